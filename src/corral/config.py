@@ -1,0 +1,170 @@
+"""Dispatcher configuration: engines from a TOML file, validated with errors naming the key.
+
+::
+
+    [[engines]]
+    id = "default"
+    driver = "local"
+    slots = 4
+    base_need = 1
+    maximum_vms = 4
+    labels = { zone = "a" }
+
+The first engine is the default one. With no file, one ``default`` engine on the local
+driver with ``2 × cores`` slots is used.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from corral.core.ids import EngineId
+from corral.core.model import Engine
+from corral.errors import InvalidRequest
+
+DRIVERS = ("local",)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    engines: tuple[Engine, ...]
+
+    @property
+    def default_engine(self) -> Engine:
+        return self.engines[0]
+
+
+def default_config() -> Config:
+    slots = 2 * (os.cpu_count() or 1)
+    return Config((Engine(EngineId("default"), slots=slots, maximum_vms=1),))
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path``; None gives the embedded defaults."""
+    if path is None:
+        return default_config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read config {path}: {exc.strerror}", field="config") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{path} is not valid TOML: {exc}", field="config") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    unknown = set(raw) - {"engines"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise InvalidRequest(f"{source}: unknown key {key!r}; expected 'engines'", field=key)
+    items = raw.get("engines")
+    if items is None:
+        return default_config()
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest(
+            f"{source}: 'engines' must be a non-empty array of tables", field="engines"
+        )
+    engines = [_engine(item, f"engines[{i}]", source) for i, item in enumerate(items)]
+    seen: set[str] = set()
+    for i, engine in enumerate(engines):
+        if engine.engine_id in seen:
+            raise InvalidRequest(
+                f"{source}: engine id {engine.engine_id!r} is declared twice",
+                field=f"engines[{i}].id",
+            )
+        seen.add(engine.engine_id)
+    return Config(tuple(engines))
+
+
+_INTS = ("slots", "base_need", "maximum_vms")
+_FLOATS = (
+    "heartbeat_period",
+    "heartbeat_warning",
+    "heartbeat_missing",
+    "boot_timeout",
+    "terminate_grace",
+)
+
+
+def _engine(item: Any, where: str, source: str) -> Engine:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{source}: {where} must be a table", field=where)
+    known = {f.name for f in fields(Engine)} - {"engine_id"} | {"id"}
+    for key in item:
+        if key not in known:
+            raise InvalidRequest(
+                f"{source}: {where}.{key} is not an engine setting; expected one of "
+                f"{', '.join(sorted(known))}",
+                field=f"{where}.{key}",
+            )
+    engine_id = item.get("id")
+    if not isinstance(engine_id, str) or not engine_id:
+        raise InvalidRequest(
+            f"{source}: {where}.id must be a non-empty string", field=f"{where}.id"
+        )
+    values: dict[str, Any] = {"engine_id": EngineId(engine_id)}
+    driver = item.get("driver", "local")
+    if driver not in DRIVERS:
+        raise InvalidRequest(
+            f"{source}: {where}.driver {driver!r} is not available; expected one of "
+            f"{', '.join(DRIVERS)}",
+            field=f"{where}.driver",
+        )
+    values["driver"] = driver
+    values.update(_numbers(item, where, source))
+    values["labels"] = _labels(item.get("labels", {}), where, source)
+    engine = Engine(**values)
+    if engine.base_need > engine.maximum_vms:
+        raise InvalidRequest(
+            f"{source}: {where}.base_need ({engine.base_need}) exceeds maximum_vms "
+            f"({engine.maximum_vms})",
+            field=f"{where}.base_need",
+        )
+    if not engine.heartbeat_warning < engine.heartbeat_missing:
+        raise InvalidRequest(
+            f"{source}: {where}.heartbeat_warning must be below heartbeat_missing",
+            field=f"{where}.heartbeat_warning",
+        )
+    return engine
+
+
+def _numbers(item: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in _INTS:
+        if key in item:
+            value = item[key]
+            least = 1 if key == "slots" else 0
+            if type(value) is not int or value < least:
+                raise InvalidRequest(
+                    f"{source}: {where}.{key} must be a whole number ≥ {least}",
+                    field=f"{where}.{key}",
+                )
+            values[key] = value
+    for key in _FLOATS:
+        if key in item:
+            value = item[key]
+            # "not value > 0" also refuses NaN, which TOML allows
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidRequest(
+                    f"{source}: {where}.{key} must be a number > 0", field=f"{where}.{key}"
+                )
+            values[key] = float(value)
+    return values
+
+
+def _labels(labels: Any, where: str, source: str) -> dict[str, str]:
+    if not isinstance(labels, dict) or any(isinstance(v, dict | list) for v in labels.values()):
+        raise InvalidRequest(
+            f"{source}: {where}.labels must be a table of plain values", field=f"{where}.labels"
+        )
+    return {str(k): _label_text(v) for k, v in labels.items()}
+
+
+def _label_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

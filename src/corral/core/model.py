@@ -1,0 +1,271 @@
+"""Frozen records: engines, definitions, processes and nodes, and their document form.
+
+Records are immutable; a change is a new record (``dataclasses.replace``). ``as_doc`` and
+``from_doc`` give the JSON document the store keeps and the API returns, so the two can
+never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.core.ids import DefinitionId, EngineId, NodeId, Round, Upid
+from corral.core.node_states import IdleBehavior, NodeState
+from corral.core.process_states import ProcessState, QueueingMode, RestartMode
+
+#: definition types: "supd" is the EPU's name (supervisord-monitored), "exec" a plain exec
+DEFINITION_TYPES = ("supd", "exec")
+
+_FIRST_ROUND = Round(0)
+
+ConstraintValue = str | int | float | bool | list[str | int | float | bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """An execution engine: a kind of node, and how many of them the pool keeps."""
+
+    engine_id: EngineId
+    driver: str = "local"
+    slots: int = 4
+    base_need: int = 1
+    maximum_vms: int = 4
+    labels: Mapping[str, str] = field(default_factory=dict)
+    heartbeat_period: float = 1.0
+    heartbeat_warning: float = 3.0
+    heartbeat_missing: float = 6.0
+    boot_timeout: float = 30.0
+    #: seconds between SIGTERM and SIGKILL when a process is stopped
+    terminate_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Executable:
+    exec: str
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_directory: str | None = None
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "exec": self.exec,
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "working_directory": self.working_directory,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Executable:
+        return cls(
+            exec=doc["exec"],
+            argv=tuple(doc.get("argv") or ()),
+            env=dict(doc.get("env") or {}),
+            working_directory=doc.get("working_directory"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    definition_id: DefinitionId
+    definition_type: str
+    executable: Executable
+    name: str | None = None
+    description: str | None = None
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "definition_id": self.definition_id,
+            "definition_type": self.definition_type,
+            "executable": self.executable.as_doc(),
+            "name": self.name,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Definition:
+        return cls(
+            definition_id=DefinitionId(doc["definition_id"]),
+            definition_type=doc["definition_type"],
+            executable=Executable.from_doc(doc["executable"]),
+            name=doc.get("name"),
+            description=doc.get("description"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRequest:
+    """What ``schedule_process`` asked for: fixed once a process has been scheduled."""
+
+    definition_id: DefinitionId
+    name: str | None = None
+    configuration: Mapping[str, Any] = field(default_factory=dict)
+    subscribers: tuple[str, ...] = ()
+    constraints: Mapping[str, ConstraintValue] = field(default_factory=dict)
+    queueing_mode: QueueingMode = QueueingMode.ALWAYS
+    restart_mode: RestartMode = RestartMode.ABNORMAL
+    execution_engine_id: EngineId | None = None
+    node_exclusive: str | None = None
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "definition_id": self.definition_id,
+            "name": self.name,
+            "configuration": dict(self.configuration),
+            "subscribers": list(self.subscribers),
+            "constraints": dict(self.constraints),
+            "queueing_mode": self.queueing_mode.value,
+            "restart_mode": self.restart_mode.value,
+            "execution_engine_id": self.execution_engine_id,
+            "node_exclusive": self.node_exclusive,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ProcessRequest:
+        engine = doc.get("execution_engine_id")
+        return cls(
+            definition_id=DefinitionId(doc["definition_id"]),
+            name=doc.get("name"),
+            configuration=dict(doc.get("configuration") or {}),
+            subscribers=tuple(doc.get("subscribers") or ()),
+            constraints=dict(doc.get("constraints") or {}),
+            queueing_mode=QueueingMode(doc.get("queueing_mode") or "ALWAYS"),
+            restart_mode=RestartMode(doc.get("restart_mode") or "ABNORMAL"),
+            execution_engine_id=EngineId(engine) if engine else None,
+            node_exclusive=doc.get("node_exclusive"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """One process: its request, and where its current round stands."""
+
+    upid: Upid
+    request: ProcessRequest
+    state: ProcessState
+    round: Round = _FIRST_ROUND
+    #: False until the first schedule_process (a create_process alone leaves it False)
+    scheduled: bool = False
+    assigned: NodeId | None = None
+    hostname: str | None = None
+    engine: EngineId | None = None
+    pid: int | None = None
+    #: how many times an OS process was started for it, over all rounds
+    starts: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    #: restarts since the last healthy run; drives the backoff and max_attempts
+    attempts: int = 0
+    waiting_reason: str | None = None
+    #: why the process ended, or why its last round ended
+    end_reason: str | None = None
+    #: wall-clock time before which a delayed restart is not requested
+    not_before: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def as_doc(self) -> dict[str, Any]:
+        doc = self.request.as_doc()
+        doc.update(
+            upid=self.upid,
+            state=int(self.state),
+            round=self.round,
+            scheduled=self.scheduled,
+            assigned=self.assigned,
+            hostname=self.hostname,
+            engine=self.engine,
+            pid=self.pid,
+            starts=self.starts,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            attempts=self.attempts,
+            waiting_reason=self.waiting_reason,
+            end_reason=self.end_reason,
+            not_before=self.not_before,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+        )
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ProcessRecord:
+        assigned, engine = doc.get("assigned"), doc.get("engine")
+        return cls(
+            upid=Upid(doc["upid"]),
+            request=ProcessRequest.from_doc(doc),
+            state=ProcessState(doc["state"]),
+            round=Round(doc.get("round", 0)),
+            scheduled=bool(doc.get("scheduled", False)),
+            assigned=NodeId(assigned) if assigned else None,
+            hostname=doc.get("hostname"),
+            engine=EngineId(engine) if engine else None,
+            pid=doc.get("pid"),
+            starts=doc.get("starts", 0),
+            exit_code=doc.get("exit_code"),
+            signal=doc.get("signal"),
+            attempts=doc.get("attempts", 0),
+            waiting_reason=doc.get("waiting_reason"),
+            end_reason=doc.get("end_reason"),
+            not_before=doc.get("not_before"),
+            created_at=doc.get("created_at", 0.0),
+            updated_at=doc.get("updated_at", 0.0),
+            started_at=doc.get("started_at"),
+            ended_at=doc.get("ended_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A node as the dispatcher knows it: what the driver made and what its agent said."""
+
+    node_id: NodeId
+    engine: EngineId
+    state: NodeState
+    slots: int
+    hostname: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    idle_behavior: IdleBehavior = IdleBehavior.RUN
+    #: the driver's own handle for the instance
+    instance_id: str | None = None
+    created_at: float = 0.0
+
+    def properties(self) -> dict[str, str]:
+        """What constraints are matched against: engine labels plus the node's own."""
+        props = dict(self.labels)
+        props["node_id"] = self.node_id
+        props["engine"] = self.engine
+        if self.hostname is not None:
+            props["hostname"] = self.hostname
+        return props
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "engine": self.engine,
+            "state": self.state.value,
+            "slots": self.slots,
+            "hostname": self.hostname,
+            "labels": dict(self.labels),
+            "idle_behavior": self.idle_behavior.value,
+            "instance_id": self.instance_id,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> NodeRecord:
+        return cls(
+            node_id=NodeId(doc["node_id"]),
+            engine=EngineId(doc["engine"]),
+            state=NodeState(doc["state"]),
+            slots=doc["slots"],
+            hostname=doc.get("hostname"),
+            labels=dict(doc.get("labels") or {}),
+            idle_behavior=IdleBehavior(doc.get("idle_behavior", "run")),
+            instance_id=doc.get("instance_id"),
+            created_at=doc.get("created_at", 0.0),
+        )

@@ -1,0 +1,56 @@
+"""Read-only views the pure decisions take: what the nodes have and what waits for them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from corral.core.ids import EngineId, NodeId, Round, Upid
+from corral.core.model import ConstraintValue
+from corral.core.process_states import QueueingMode
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node_id: NodeId
+    engine: EngineId
+    properties: Mapping[str, str]
+    slots: int
+    #: slots in use or reserved, including stale rounds the agent still runs
+    used: int = 0
+    exclusive_tags: frozenset[str] = frozenset()
+    #: connected, healthy and allowed to take new work
+    accepting: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EngineView:
+    engine_id: EngineId
+    #: nodes created but whose agent has not joined yet
+    booting: int = 0
+    maximum_vms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A process waiting for a slot, with only what the matchmaker needs."""
+
+    upid: Upid
+    round: Round
+    constraints: Mapping[str, ConstraintValue] = field(default_factory=dict)
+    execution_engine_id: EngineId | None = None
+    node_exclusive: str | None = None
+    queueing_mode: QueueingMode = QueueingMode.ALWAYS
+    is_restart: bool = False
+    #: already WAITING with a reason: may be skipped when nothing is free anywhere
+    has_reason: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Engines in configuration order (the first is the default), nodes, and the queue in
+    the order processes should be served."""
+
+    engines: tuple[EngineView, ...]
+    nodes: tuple[NodeView, ...]
+    queue: tuple[Pending, ...]

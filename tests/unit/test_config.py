@@ -1,0 +1,202 @@
+"""Dispatcher configuration: a TOML file of engines, with errors that name the key."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.config import Config, default_config, load_config, parse_config
+from corral.core.ids import EngineId
+from corral.core.model import Engine
+from corral.errors import InvalidRequest
+
+
+def _error(raw: dict[str, Any]) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_config(raw, source="corral.toml")
+    assert caught.value.message.startswith("corral.toml: ")
+    return caught.value
+
+
+def _one(**settings: Any) -> dict[str, Any]:
+    return {"engines": [{"id": "default", **settings}]}
+
+
+# -- defaults ----------------------------------------------------------------------------------
+
+
+def test_no_file_gives_one_default_engine_on_the_local_driver():
+    config = load_config(None)
+    assert [e.engine_id for e in config.engines] == ["default"]
+    assert config.default_engine.driver == "local"
+    assert config.default_engine.slots == 2 * (os.cpu_count() or 1)
+    assert config.default_engine.maximum_vms == 1
+
+
+def test_a_file_without_engines_gives_the_defaults():
+    assert parse_config({}) == default_config()
+
+
+def test_an_engine_needs_only_an_id():
+    config = parse_config(_one())
+    assert config.engines == (Engine(EngineId("default")),)
+
+
+def test_the_first_engine_is_the_default():
+    config = parse_config({"engines": [{"id": "small"}, {"id": "big", "slots": 16}]})
+    assert isinstance(config, Config)
+    assert config.default_engine.engine_id == "small"
+    assert [e.engine_id for e in config.engines] == ["small", "big"]
+
+
+def test_every_setting_is_read():
+    config = parse_config(
+        _one(
+            driver="local",
+            slots=8,
+            base_need=2,
+            maximum_vms=5,
+            labels={"zone": "a"},
+            heartbeat_period=0.5,
+            heartbeat_warning=2,
+            heartbeat_missing=4,
+            boot_timeout=60,
+            terminate_grace=3,
+        )
+    )
+    e = config.default_engine
+    assert (e.slots, e.base_need, e.maximum_vms) == (8, 2, 5)
+    assert (e.heartbeat_period, e.heartbeat_warning, e.heartbeat_missing) == (0.5, 2.0, 4.0)
+    assert (e.boot_timeout, e.terminate_grace) == (60.0, 3.0)
+    assert isinstance(e.heartbeat_warning, float)
+
+
+def test_labels_become_strings_as_constraints_compare_them():
+    labels = parse_config(_one(labels={"zone": 1, "gpu": True, "ssd": False, "ratio": 1.5}))
+    assert labels.default_engine.labels == {
+        "zone": "1",
+        "gpu": "true",
+        "ssd": "false",
+        "ratio": "1.5",
+    }
+
+
+# -- errors name the key -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"engine": []}, "engine"),
+        ({"engines": [], "zz": 1}, "zz"),
+        ({"engines": []}, "engines"),
+        ({"engines": {"id": "x"}}, "engines"),
+        ({"engines": ["x"]}, "engines[0]"),
+        (_one(cores=4), "engines[0].cores"),
+        ({"engines": [{"slots": 2}]}, "engines[0].id"),
+        ({"engines": [{"id": ""}]}, "engines[0].id"),
+        ({"engines": [{"id": 3}]}, "engines[0].id"),
+        (_one(driver="ec2"), "engines[0].driver"),
+        (_one(slots=0), "engines[0].slots"),
+        (_one(slots=2.0), "engines[0].slots"),
+        (_one(slots=True), "engines[0].slots"),
+        (_one(base_need=-1), "engines[0].base_need"),
+        (_one(maximum_vms="4"), "engines[0].maximum_vms"),
+        (_one(base_need=3, maximum_vms=2), "engines[0].base_need"),
+        (_one(heartbeat_warning=6, heartbeat_missing=6), "engines[0].heartbeat_warning"),
+        (_one(heartbeat_warning=7), "engines[0].heartbeat_warning"),
+        (_one(heartbeat_period=0), "engines[0].heartbeat_period"),
+        (_one(heartbeat_period=math.nan), "engines[0].heartbeat_period"),
+        (_one(boot_timeout=-5), "engines[0].boot_timeout"),
+        (_one(boot_timeout=math.nan), "engines[0].boot_timeout"),
+        (_one(terminate_grace="10s"), "engines[0].terminate_grace"),
+        (_one(terminate_grace=False), "engines[0].terminate_grace"),
+        (_one(labels={"zone": {"a": 1}}), "engines[0].labels"),
+        (_one(labels={"zones": ["a", "b"]}), "engines[0].labels"),
+        (_one(labels="zone=a"), "engines[0].labels"),
+        ({"engines": [{"id": "a"}, {"id": "b"}, {"id": "a"}]}, "engines[2].id"),
+        ({"engines": [{"id": "a"}, {"id": "b", "slots": 0}]}, "engines[1].slots"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_key(raw, field):
+    error = _error(raw)
+    assert error.field == field
+    key = field.rsplit(".", 1)[-1]
+    assert key in error.message
+
+
+def test_an_unknown_engine_setting_lists_the_known_ones():
+    assert "expected one of base_need, boot_timeout" in _error(_one(cores=4)).message
+
+
+def test_a_missing_driver_says_which_are_available():
+    assert "'ec2' is not available; expected one of local" in _error(_one(driver="ec2")).message
+
+
+def test_a_duplicate_engine_id_is_named():
+    message = _error({"engines": [{"id": "a"}, {"id": "a"}]}).message
+    assert "engine id 'a' is declared twice" in message
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def test_load_config_reads_a_toml_file(tmp_path: Path):
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        "[[engines]]\n"
+        'id = "cpu"\n'
+        "slots = 2\n"
+        "labels = { zone = 1 }\n"
+        "\n"
+        "[[engines]]\n"
+        'id = "gpu"\n'
+        "base_need = 0\n"
+    )
+    config = load_config(path)
+    assert [(e.engine_id, e.slots, dict(e.labels)) for e in config.engines] == [
+        ("cpu", 2, {"zone": "1"}),
+        ("gpu", 4, {}),
+    ]
+
+
+def test_an_error_in_a_file_names_the_file_and_the_key(tmp_path: Path):
+    path = tmp_path / "corral.toml"
+    path.write_text('[[engines]]\nid = "a"\nslots = 0\n')
+    with pytest.raises(InvalidRequest) as caught:
+        load_config(path)
+    assert caught.value.message.startswith(f"{path}: engines[0].slots")
+    assert caught.value.field == "engines[0].slots"
+
+
+def test_invalid_toml_is_refused_naming_the_file(tmp_path: Path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[[engines]\nid = 'a'\n")
+    with pytest.raises(InvalidRequest, match=r"broken\.toml is not valid TOML") as caught:
+        load_config(path)
+    assert caught.value.field == "config"
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[[engines]]\nid = "zürich"\n'.encode("latin-1"))
+    with pytest.raises(InvalidRequest, match=r"latin1\.toml is not valid TOML") as caught:
+        load_config(path)
+    assert caught.value.field == "config"
+
+
+def test_a_utf8_file_with_non_ascii_text_is_read_as_utf8(tmp_path: Path):
+    path = tmp_path / "corral.toml"
+    path.write_bytes('[[engines]]\nid = "zürich"\n'.encode())
+    assert load_config(path).default_engine.engine_id == "zürich"
+
+
+def test_a_missing_file_is_refused_naming_the_file(tmp_path: Path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(InvalidRequest, match=r"cannot read config .*nope\.toml") as caught:
+        load_config(path)
+    assert caught.value.field == "config"
