@@ -1,0 +1,397 @@
+"""Spawning, watching and killing the agent's processes, each in its own process group.
+
+A process is started with ``subprocess.Popen`` and no ``preexec_fn`` (which would disable
+CPython's fast vfork path), in a new session so that it leads its own process group, with
+stdin on /dev/null and stdout/stderr appended to its log files. Its exit is watched with a
+pidfd registered on the event loop: no thread per child, no polling. When the leader exits,
+the rest of its group is SIGKILLed (stragglers) while the unreaped leader still pins the group
+id, then the leader is reaped with ``waitpid`` and the exit code or signal reported.
+
+Processes outlive the agent: the records in ``STATE_DIR/pids`` let a restarted agent adopt
+them (their exit status is then unknowable, since they are no longer its children) and let
+``kill_orphans`` clean up after an agent that is gone for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from corral.agent import pidfiles
+from corral.agent.logs import log_path, open_for_append, safe_name
+from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
+
+log = logging.getLogger("corral.agent")
+
+Key = tuple[str, int]
+"""A process round: ``(upid, round)``."""
+
+UNKNOWN_STATUS = "exit status unknown: the process was adopted after an agent restart"
+ENDED_UNWATCHED = "exit status unknown: the process ended while no agent was watching it"
+
+
+@dataclass(slots=True)
+class _Child:
+    """A live process round the launcher watches."""
+
+    report: ProcessReport
+    pid: int
+    pidfd: int
+    popen: subprocess.Popen[bytes] | None  # None when adopted: not our child, cannot be reaped
+    config_path: Path
+    kill_timer: asyncio.TimerHandle | None = None
+    kill_at: float | None = None
+
+
+class Launcher:
+    """Runs process rounds and calls ``on_exit`` with the final report of each."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        on_exit: Callable[[ProcessReport], None],
+        environ: Mapping[str, str],
+    ) -> None:
+        self._state_dir = state_dir
+        self._pids_dir = state_dir / "pids"
+        self._config_dir = state_dir / "config"
+        self._on_exit = on_exit
+        self._environ = dict(environ)
+        self._loop = asyncio.get_running_loop()
+        self._live: dict[Key, _Child] = {}
+        # Records are written a loop turn after the spawn (see _write_records).
+        self._unrecorded: dict[int, _Child] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._live)
+
+    def is_live(self, key: Key) -> bool:
+        return key in self._live
+
+    # --- spawning -----------------------------------------------------------------------------
+
+    def spawn(self, launch: Launch) -> ProcessReport:
+        """Start a round; the report says ``running`` or, never raising, ``spawn_failed``."""
+        started_at = time.time()
+        try:
+            return self._start(launch, started_at)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return ProcessReport(
+                launch.upid,
+                launch.round,
+                SPAWN_FAILED,
+                None,
+                None,
+                None,
+                describe_spawn_error(exc),
+                started_at,
+                time.time(),
+            )
+
+    def _config_path(self, upid: str, round_: int) -> Path:
+        return self._config_dir / f"{safe_name(upid)}.{round_}.json"
+
+    def _start(self, launch: Launch, started_at: float) -> ProcessReport:
+        config_path = self._config_path(launch.upid, launch.round)
+        _write_private(config_path, launch.configuration)
+        env = {
+            **self._environ,
+            **launch.env,
+            "CORRAL_UPID": launch.upid,
+            "CORRAL_ROUND": str(launch.round),
+            "CORRAL_CONFIGURATION": launch.configuration,
+            "CORRAL_CONFIGURATION_FILE": str(config_path),
+        }
+        out = err = -1
+        try:
+            out = open_for_append(log_path(self._state_dir, launch.upid, "stdout"))
+            err = open_for_append(log_path(self._state_dir, launch.upid, "stderr"))
+            popen = subprocess.Popen(
+                [launch.exec, *launch.argv],
+                executable=launch.exec,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=launch.working_directory,
+                close_fds=True,
+                start_new_session=True,
+            )
+        except BaseException:
+            config_path.unlink(missing_ok=True)
+            raise
+        finally:
+            for fd in (out, err):
+                if fd >= 0:
+                    os.close(fd)
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError:
+            # Out of descriptors, most likely: a process we cannot watch must not run at all.
+            _killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            config_path.unlink(missing_ok=True)
+            raise
+        report = ProcessReport(
+            launch.upid, launch.round, RUNNING, popen.pid, None, None, None, started_at, None
+        )
+        child = _Child(report, popen.pid, pidfd, popen, config_path)
+        self._watch(child)
+        # Reading /proc/<pid>/stat now would wait for the child to finish exec; a loop turn
+        # later it has, so a batch of spawns does not pay that wait once per child.
+        if not self._unrecorded:
+            self._loop.call_soon(self._write_records)
+        self._unrecorded[popen.pid] = child
+        return report
+
+    def _write_records(self) -> None:
+        pending, self._unrecorded = self._unrecorded, {}
+        for pid, child in pending.items():
+            # Unreaped (reaping drops it from _unrecorded), so /proc/<pid> is still this child.
+            identity = pidfiles.proc_identity(pid)
+            report = child.report
+            record = pidfiles.PidRecord(
+                report.upid,
+                report.round,
+                pid,
+                identity[2] if identity else 0,
+                report.started_at or 0.0,
+            )
+            try:
+                pidfiles.write_record(self._pids_dir, pid, record)
+            except OSError as exc:
+                # The process runs on; only an orphan clean-up after an agent crash misses it.
+                log.warning("cannot record pid %d of %s: %s", pid, report.upid, exc)
+
+    def _watch(self, child: _Child) -> None:
+        key = (child.report.upid, child.report.round)
+        self._live[key] = child
+        self._idle.clear()
+        self._loop.add_reader(child.pidfd, self._on_ready, key)
+
+    # --- adoption after an agent restart ------------------------------------------------------
+
+    def adopt(self) -> list[ProcessReport]:
+        """Take over the processes a previous agent left running; report the ones that ended.
+
+        Reports come back for every record found: ``running`` for a process still alive
+        (watched from now on), ``exited`` with an unknown status for one that is gone.
+        """
+        reports = []
+        for pid, record in pidfiles.read_records(self._pids_dir):
+            if record is None:
+                pidfiles.remove_record(self._pids_dir, pid)
+                continue
+            pidfd = _pidfd_if_same(pid, record)
+            if pidfd is None:
+                reports.append(self._ended_unwatched(pid, record))
+                continue
+            report = ProcessReport(
+                record.upid, record.round, RUNNING, pid, None, None, None, record.started_at, None
+            )
+            key = (record.upid, record.round)
+            self._watch(_Child(report, pid, pidfd, None, self._config_path(*key)))
+            reports.append(report)
+        return reports
+
+    def _ended_unwatched(self, pid: int, record: pidfiles.PidRecord) -> ProcessReport:
+        pidfiles.remove_record(self._pids_dir, pid)
+        with contextlib.suppress(ValueError):
+            self._config_path(record.upid, record.round).unlink(missing_ok=True)
+        return ProcessReport(
+            record.upid,
+            record.round,
+            EXITED,
+            pid,
+            None,
+            None,
+            ENDED_UNWATCHED,
+            record.started_at,
+            None,
+        )
+
+    # --- exits --------------------------------------------------------------------------------
+
+    def _on_ready(self, key: Key) -> None:
+        child = self._live.get(key)
+        if child is None:
+            return
+        if child.popen is not None and not _is_zombie(child.pidfd):
+            return  # a readable pidfd means exit; this check only keeps a live group unkilled
+        del self._live[key]
+        self._unrecorded.pop(child.pid, None)
+        self._loop.remove_reader(child.pidfd)
+        os.close(child.pidfd)
+        if child.kill_timer is not None:
+            child.kill_timer.cancel()
+        exit_code: int | None = None
+        signum: int | None = None
+        error: str | None = UNKNOWN_STATUS
+        if child.popen is not None:
+            # Stragglers first: the unreaped leader still holds the group id, so it cannot
+            # have been reused by an unrelated group.
+            _killpg(child.pid, signal.SIGKILL)
+            exit_code, signum, error = _reap(child.popen)
+        # An adopted leader was reaped by someone else, so its group id may already be reused:
+        # leave its group alone rather than risk killing a stranger.
+        pidfiles.remove_record(self._pids_dir, child.pid)
+        child.config_path.unlink(missing_ok=True)
+        report = replace(
+            child.report,
+            status=EXITED,
+            exit_code=exit_code,
+            signal=signum,
+            error=error,
+            ended_at=time.time(),
+        )
+        if not self._live:
+            self._idle.set()
+        self._on_exit(report)
+
+    # --- killing ------------------------------------------------------------------------------
+
+    def kill(self, key: Key, grace: float) -> bool:
+        """SIGTERM the round's process group; SIGKILL it after ``grace`` seconds if alive.
+
+        Returns False when the round is not running. A repeated kill only ever brings the
+        SIGKILL closer.
+        """
+        child = self._live.get(key)
+        if child is None:
+            return False
+        self._signal_group(child, signal.SIGTERM)
+        kill_at = self._loop.time() + max(grace, 0.0)
+        if child.kill_at is None or kill_at < child.kill_at:
+            if child.kill_timer is not None:
+                child.kill_timer.cancel()
+            child.kill_at = kill_at
+            child.kill_timer = self._loop.call_at(kill_at, self._escalate, key)
+        return True
+
+    def _escalate(self, key: Key) -> None:
+        child = self._live.get(key)
+        if child is not None:
+            self._signal_group(child, signal.SIGKILL)
+
+    def _signal_group(self, child: _Child, signum: int) -> None:
+        # Our own leader cannot be reaped before _on_ready runs, so its group id is ours. An
+        # adopted leader could be; checking its pidfd first narrows that to nothing practical.
+        if child.popen is None and _has_exited(child.pidfd):
+            return
+        _killpg(child.pid, signum)
+
+    def terminate_all(self, grace: float) -> None:
+        for key in list(self._live):
+            self.kill(key, grace)
+
+    async def wait_idle(self) -> None:
+        """Wait until no process is running."""
+        await self._idle.wait()
+
+    def detach(self) -> None:
+        """Stop watching without killing: the processes keep running, their records stay."""
+        self._write_records()
+        for child in self._live.values():
+            self._loop.remove_reader(child.pidfd)
+            os.close(child.pidfd)
+            if child.kill_timer is not None:
+                child.kill_timer.cancel()
+        self._live.clear()
+
+
+def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
+    """SIGKILL the process groups a dead agent left behind; return how many were killed.
+
+    Each record in ``STATE_DIR/pids`` is acted on only if its leader is still the same process
+    (same start time and group), so a reused pid is never killed. All records are removed.
+    Raises ``StateDirBusy`` if an agent still runs on ``state_dir``.
+    """
+    root = Path(state_dir)
+    lock = pidfiles.lock_state_dir(root)
+    try:
+        killed = 0
+        for pid, record in pidfiles.read_records(root / "pids"):
+            # A zombie leader still pins its group id: its stragglers are safe to kill too,
+            # but only a leader that was still running counts as killed.
+            if record is not None and pidfiles.same_process(pid, record):
+                running = pidfiles.still_running(pid, record)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(record.pgid, signal.SIGKILL)
+                    killed += running
+            pidfiles.remove_record(root / "pids", pid)
+        return killed
+    finally:
+        os.close(lock)
+
+
+def describe_spawn_error(exc: BaseException) -> str:
+    """A one-line reason such as ``No such file or directory: /x``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does nothing to a file that already existed
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _pidfd_if_same(pid: int, record: pidfiles.PidRecord) -> int | None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # Check identity after opening: the pidfd then pins this very process, whatever comes next.
+    if not pidfiles.still_running(pid, record):
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _is_zombie(pidfd: int) -> bool:
+    """True once our child has exited; WNOWAIT leaves it unreaped, pinning its pid."""
+    try:
+        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped by someone else: nothing left to wait for
+
+
+def _has_exited(pidfd: int) -> bool:
+    readable, _, _ = select.select([pidfd], [], [], 0)
+    return bool(readable)
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _reap(popen: subprocess.Popen[bytes]) -> tuple[int | None, int | None, str | None]:
+    """Reap the exited leader: ``(exit_code, signal, error)``."""
+    try:
+        pid, status = os.waitpid(popen.pid, os.WNOHANG)
+    except ChildProcessError:
+        pid = 0
+    if pid == 0:  # someone else reaped it; keep subprocess from trying again later
+        popen.returncode = -1
+        return None, None, f"exit status lost: {os.strerror(errno.ECHILD)}"
+    code = os.waitstatus_to_exitcode(status)
+    popen.returncode = code  # so Popen.__del__ does not queue it for a second waitpid
+    return (code, None, None) if code >= 0 else (None, -code, None)

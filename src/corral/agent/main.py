@@ -1,0 +1,128 @@
+"""``python -m corral.agent``: parse the command line, lock the state directory, run the agent.
+
+Exit codes: 0 after a Shutdown or on SIGTERM/SIGINT, 2 for a usage error or a state directory
+another agent holds, 3 when the dispatcher refuses the agent (a wrong token must not loop).
+
+SIGTERM and SIGINT stop the agent but NOT its processes, so an operator can restart or
+upgrade the agent under a running workload; the new agent adopts the processes recorded in
+its state directory. To stop the processes too, the dispatcher sends Shutdown (or, once the
+agent is gone, ``corral.agent.launcher.kill_orphans`` cleans up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from corral.agent.pidfiles import StateDirBusy, lock_state_dir, prepare_state_dir
+from corral.agent.session import EXIT_USAGE, Agent, AgentConfig
+
+TOKEN_ENV = "CORRAL_AGENT_TOKEN"
+
+log = logging.getLogger("corral.agent")
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)  # [::1]:7000 names an IPv6 host
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corral.agent",
+        description="corral node agent: dials the dispatcher and runs the processes it sends.",
+        epilog="SIGTERM/SIGINT stop the agent but leave its processes running.",
+    )
+    default_state = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "corral/agent"
+    hostname = socket.gethostname()
+    add = parser.add_argument
+    add("--dispatcher", type=_address, required=True, metavar="HOST:PORT")
+    add("--token-file", type=Path, help=f"file holding the token (else ${TOKEN_ENV})")
+    add("--node-id", default=hostname, help="default: the host name")
+    add("--engine", default="default", help="execution engine id this node serves")
+    add("--slots", type=int, default=os.cpu_count() or 1, help="default: number of CPUs")
+    add("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
+    add("--hostname", default=hostname)
+    add("--state-dir", type=Path, default=default_state)
+    add("--heartbeat-period", type=float, default=1.0, help="seconds; Welcome overrides it")
+    add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def _read_token(parser: argparse.ArgumentParser, token_file: Path | None) -> str:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"cannot read the token file: {exc}")
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        parser.error(f"no token: give --token-file or set {TOKEN_ENV}")
+    return token
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent until it is shut down, refused or signalled; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
+    )
+    token = _read_token(parser, args.token_file)
+    if args.slots < 0:
+        parser.error("--slots must not be negative")
+    state_dir = args.state_dir.expanduser().resolve()
+    try:
+        lock = lock_state_dir(state_dir)
+    except StateDirBusy as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    try:
+        prepare_state_dir(state_dir)
+        # The processes inherit the agent's environment, but never its credentials.
+        environ = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        host, port = args.dispatcher
+        config = AgentConfig(
+            host=host,
+            port=port,
+            token=token,
+            node_id=args.node_id,
+            engine=args.engine,
+            hostname=args.hostname,
+            slots=args.slots,
+            labels=dict(args.label),
+            state_dir=state_dir,
+            heartbeat_period=args.heartbeat_period,
+            environ=environ,
+        )
+        log.info("agent %s starting; state in %s", config.node_id, state_dir)
+        return _run(Agent(config).run())
+    finally:
+        os.close(lock)

@@ -1,0 +1,131 @@
+"""The agent's on-disk records of live children, and the lock on its state directory.
+
+``STATE_DIR/pids/<pid>`` holds, as one JSON object, the upid, round, process group and the
+kernel start time (field 22 of ``/proc/<pid>/stat``) of each live child. The start time is
+what makes the record safe to act on later: a pid the kernel has since given to another
+process has another start time, so it is never killed by mistake. Records outlive the agent
+on purpose: a restarted agent adopts the processes they name, and ``kill_orphans`` (in
+``launcher``) kills them when the agent is gone for good.
+
+``STATE_DIR/agent.lock`` is held (``flock``) by the running agent, so two agents never share a
+state directory and orphans are never "cleaned" under a live agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+class StateDirBusy(RuntimeError):
+    """Another live agent holds this state directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class PidRecord:
+    """What ``STATE_DIR/pids/<pid>`` says about one live child."""
+
+    upid: str
+    round: int
+    pgid: int
+    start_time: int
+    started_at: float
+
+
+def proc_identity(pid: int) -> tuple[str, int, int] | None:
+    """``(state, process group, start time)`` of ``pid`` from ``/proc``; None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[2]), int(fields[19])  # fields 3, 5 and 22
+
+
+def write_record(pids_dir: Path, pid: int, record: PidRecord) -> None:
+    fd = os.open(pids_dir / str(pid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(asdict(record)).encode())  # far below the size of one write
+    finally:
+        os.close(fd)
+
+
+def remove_record(pids_dir: Path, pid: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pids_dir / str(pid))
+
+
+def read_records(pids_dir: Path) -> Iterator[tuple[int, PidRecord | None]]:
+    """Every ``(pid, record)`` on disk; the record is None when the file is unreadable."""
+    try:
+        names = os.listdir(pids_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(pids_dir / name, "rb") as file:
+                raw = json.loads(file.read())
+            record: PidRecord | None = PidRecord(
+                upid=str(raw["upid"]),
+                round=int(raw["round"]),
+                pgid=int(raw["pgid"]),
+                start_time=int(raw["start_time"]),
+                started_at=float(raw["started_at"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            record = None
+        yield int(name), record
+
+
+def same_process(pid: int, record: PidRecord) -> bool:
+    """True if ``pid`` is still the process the record describes, even as a zombie.
+
+    An unreaped zombie leader still pins its group id, so its group is still safe to signal.
+    """
+    identity = proc_identity(pid)
+    return identity is not None and identity[1:] == (record.pgid, record.start_time)
+
+
+def still_running(pid: int, record: PidRecord) -> bool:
+    """True if ``pid`` is still the process the record describes, and has not exited."""
+    identity = proc_identity(pid)
+    return (
+        identity is not None
+        and identity[0] not in ("Z", "X")
+        and identity[1:] == (record.pgid, record.start_time)
+    )
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    for sub in ("logs", "pids", "config"):
+        (state_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the state directory's lock and return its descriptor (keep it open to hold it).
+
+    Raises StateDirBusy if another process holds it. The descriptor is close-on-exec, so the
+    children never inherit the lock and it dies with the agent.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusy(f"an agent is running on {state_dir}") from None
+    return fd

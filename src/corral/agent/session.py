@@ -1,0 +1,341 @@
+"""The agent's loop: dial the hub, say Hello, obey commands, report, reconnect.
+
+1. Dial the dispatcher; on failure wait (jittered exponential backoff, 50 ms up to 2 s).
+2. Send Hello with the whole inventory: every running round and every finished one not yet
+   forgotten, so whatever happened while disconnected reaches the dispatcher.
+3. Welcome starts the heartbeats; Refused ends the agent (exit code 3: a wrong token must not
+   retry forever).
+4. Commands are idempotent: a Launch of a known ``(upid, round)`` only re-sends its report, a
+   Kill of a finished round re-sends its end, a Forget of a running round is refused.
+5. On disconnection the processes keep running and their reports are kept; go back to 1.
+
+Shutdown stops every process and exits 0. SIGTERM and SIGINT stop the agent only: its
+processes keep running, and an agent restarted on the same state directory adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from corral.agent.launcher import Key, Launcher
+from corral.agent.logs import read_chunk
+from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
+from corral.wire.messages import (
+    PROTOCOL_VERSION,
+    Forget,
+    Heartbeat,
+    Hello,
+    Kill,
+    Launch,
+    Message,
+    ProcessReport,
+    ReadLog,
+    Refused,
+    Shutdown,
+    Welcome,
+)
+
+log = logging.getLogger("corral.agent")
+
+EXIT_OK: Final = 0
+EXIT_USAGE: Final = 2
+EXIT_REFUSED: Final = 3
+
+_YIELD_EVERY: Final = 64  # launches handled between two loop turns, so exits and heartbeats
+# are not starved by a big batch and the reports leave in batches of this size
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything the agent is told on its command line."""
+
+    host: str
+    port: int
+    token: str
+    node_id: str
+    engine: str
+    hostname: str
+    slots: int
+    labels: dict[str, str]
+    state_dir: Path
+    heartbeat_period: float = 1.0
+    connect_timeout: float = 5.0
+    welcome_timeout: float = 10.0
+    backoff_start: float = 0.05
+    backoff_cap: float = 2.0
+    environ: Mapping[str, str] = field(default_factory=dict)
+    """The environment every process starts from (the agent's, minus its token)."""
+
+
+class Backoff:
+    """Exponential delays with jitter: each in [d/2, d], d doubling from start to cap."""
+
+    def __init__(self, start: float, cap: float, rand: Callable[[], float] = random.random) -> None:
+        self._start = start
+        self._cap = cap
+        self._rand = rand
+        self._next = start
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._cap, delay * 2)
+        return delay * (0.5 + self._rand() / 2)
+
+    def reset(self) -> None:
+        self._next = self._start
+
+
+class _End(enum.Enum):
+    LOST = "lost"  # never welcomed: keep backing off
+    WELCOMED = "welcomed"  # a good session ended: reconnect quickly
+    REFUSED = "refused"
+    SHUT_DOWN = "shut down"
+
+
+class Agent:
+    """One node agent: its inventory of process rounds and its link to the dispatcher."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._config = config
+        self._inventory: dict[Key, ProcessReport] = {}
+        self._conn: Connection | None = None
+        self._launcher: Launcher | None = None
+        self._signalled = False
+
+    @property
+    def launcher(self) -> Launcher:
+        assert self._launcher is not None, "the launcher exists once run() has started"
+        return self._launcher
+
+    async def run(self) -> int:
+        """Serve until Shutdown (0), Refused (3), or SIGTERM/SIGINT (0, processes left running)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum, task)
+        self._launcher = Launcher(self._config.state_dir, self._on_exit, self._config.environ)
+        for report in self._launcher.adopt():
+            self._inventory[(report.upid, report.round)] = report
+            log.info("adopted %s round %s: %s", report.upid, report.round, report.status)
+        try:
+            return await self._serve()
+        except asyncio.CancelledError:
+            if not self._signalled:
+                raise
+            log.info("stopping; %d processes keep running", self._launcher.running)
+            self._launcher.detach()
+            return EXIT_OK
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            if self._conn is not None:
+                self._conn.close()
+
+    def _on_signal(self, signum: int, task: asyncio.Task[int]) -> None:
+        log.info("received signal %d", signum)
+        self._signalled = True
+        task.cancel()
+
+    async def _serve(self) -> int:
+        backoff = Backoff(self._config.backoff_start, self._config.backoff_cap)
+        while True:
+            end = await self._session()
+            if end is _End.REFUSED:
+                return EXIT_REFUSED
+            if end is _End.SHUT_DOWN:
+                return EXIT_OK
+            if end is _End.WELCOMED:
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
+
+    # --- one connection -----------------------------------------------------------------------
+
+    async def _session(self) -> _End:
+        cfg = self._config
+        try:
+            conn = await asyncio.wait_for(open_connection(cfg.host, cfg.port), cfg.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.debug("cannot reach the dispatcher at %s:%s: %s", cfg.host, cfg.port, exc)
+            return _End.LOST
+        _tune_socket(conn)
+        log.info("connected to %s", conn.peer)
+        heartbeats: asyncio.Task[None] | None = None
+        try:
+            await conn.send_now(self._hello())
+            # From here on every report is sent as it happens; the Hello came first.
+            self._conn = conn
+            batch = await asyncio.wait_for(conn.read_batch(), cfg.welcome_timeout)
+            first = batch[0] if batch else None
+            if isinstance(first, Refused):
+                log.error("the dispatcher refused this agent: %s", first.reason)
+                return _End.REFUSED
+            if not isinstance(first, Welcome):
+                raise ProtocolError(f"expected Welcome or Refused, got {type(first).__name__}")
+            conn.mark_authenticated()
+            period = first.heartbeat_period if first.heartbeat_period > 0 else cfg.heartbeat_period
+            heartbeats = asyncio.create_task(self._heartbeats(conn, max(period, 0.01)))
+            log.info("welcomed by %s; heartbeat every %.3gs", conn.peer, period)
+            if await self._obey(conn, batch[1:]):
+                return _End.SHUT_DOWN
+            while True:
+                if await self._obey(conn, await conn.read_batch()):
+                    return _End.SHUT_DOWN
+        except TimeoutError:
+            log.warning("no Welcome from %s within %ss", conn.peer, cfg.welcome_timeout)
+            return _End.LOST
+        except ConnectionClosed as exc:
+            log.info("disconnected: %s", exc.message)
+            return _End.WELCOMED if heartbeats is not None else _End.LOST
+        except (ProtocolError, OSError) as exc:
+            log.error("dropping the connection to %s: %s", conn.peer, exc)
+            return _End.LOST
+        finally:
+            self._conn = None
+            if heartbeats is not None:
+                heartbeats.cancel()
+            conn.close()
+
+    def _hello(self) -> Hello:
+        cfg = self._config
+        return Hello(
+            token=cfg.token,
+            node_id=cfg.node_id,
+            engine=cfg.engine,
+            hostname=cfg.hostname,
+            slots=cfg.slots,
+            labels=dict(cfg.labels),
+            pid=os.getpid(),
+            version=PROTOCOL_VERSION,
+            inventory=list(self._inventory.values()),
+        )
+
+    async def _heartbeats(self, conn: Connection, period: float) -> None:
+        while True:
+            conn.send(Heartbeat(time.time(), self.launcher.running))
+            await asyncio.sleep(period)
+
+    async def _obey(self, conn: Connection, batch: list[Message]) -> bool:
+        """Carry out a batch of commands; True when one of them was Shutdown."""
+        launches = 0
+        for msg in batch:
+            if isinstance(msg, Launch):
+                self._launch(msg)
+                launches += 1
+                if launches % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            elif isinstance(msg, Kill):
+                self._kill(msg)
+            elif isinstance(msg, Forget):
+                self._forget(msg)
+            elif isinstance(msg, ReadLog):
+                conn.send(
+                    read_chunk(
+                        self._config.state_dir,
+                        msg.request_id,
+                        msg.upid,
+                        msg.stream,
+                        msg.offset,
+                        msg.limit,
+                    )
+                )
+            elif isinstance(msg, Shutdown):
+                await self._shutdown(conn, msg.grace)
+                return True
+            else:
+                raise ProtocolError(f"an agent does not accept {type(msg).__name__}")
+        return False
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _send(self, report: ProcessReport) -> None:
+        if self._conn is not None:
+            self._conn.send(report)
+
+    def _launch(self, msg: Launch) -> None:
+        key = (msg.upid, msg.round)
+        known = self._inventory.get(key)
+        if known is not None:
+            self._send(known)  # a repeated Launch: say where that round is, start nothing
+            return
+        report = self.launcher.spawn(msg)
+        self._inventory[key] = report
+        if report.error is None:
+            log.info("started %s round %s: pid %s", msg.upid, msg.round, report.pid)
+        else:
+            log.warning("cannot start %s round %s: %s", msg.upid, msg.round, report.error)
+        self._send(report)
+
+    def _on_exit(self, report: ProcessReport) -> None:
+        self._inventory[(report.upid, report.round)] = report
+        how = (
+            f"exit code {report.exit_code}"
+            if report.exit_code is not None
+            else f"signal {report.signal}"
+            if report.signal is not None
+            else report.error
+        )
+        log.info("%s round %s (pid %s) ended: %s", report.upid, report.round, report.pid, how)
+        self._send(report)
+
+    def _kill(self, msg: Kill) -> None:
+        key = (msg.upid, msg.round)
+        if self.launcher.kill(key, msg.grace):
+            log.info("terminating %s round %s (grace %.3gs)", msg.upid, msg.round, msg.grace)
+            return
+        known = self._inventory.get(key)
+        if known is not None:
+            self._send(known)  # already over: tell the dispatcher how it ended
+        else:
+            log.warning("kill for unknown %s round %s ignored", msg.upid, msg.round)
+
+    def _forget(self, msg: Forget) -> None:
+        key = (msg.upid, msg.round)
+        known = self._inventory.get(key)
+        if known is None:
+            return
+        if self.launcher.is_live(key):
+            # Dropping a live round would leave a process nobody tracks: say it still runs.
+            log.warning("forget for running %s round %s refused", msg.upid, msg.round)
+            self._send(known)
+            return
+        del self._inventory[key]
+
+    async def _shutdown(self, conn: Connection, grace: float) -> None:
+        log.info("shutting down: terminating %d processes", self.launcher.running)
+        self.launcher.terminate_all(grace)
+        try:
+            # SIGKILL lands at ``grace``; a process stuck in the kernel may outlast even that.
+            await asyncio.wait_for(self.launcher.wait_idle(), grace + 5.0)
+        except TimeoutError:
+            log.error("%d processes survived SIGKILL", self.launcher.running)
+        # If the dispatcher is gone, these reports die with the agent: its processes are
+        # gone too, and a Shutdown is only sent by a dispatcher that wants the node empty.
+        with contextlib.suppress(ConnectionClosed):
+            await conn.drain()
+
+
+def _tune_socket(conn: Connection) -> None:
+    """Notice a silently vanished dispatcher within about a minute instead of many."""
+    sock = conn.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not TCP: keep the defaults
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        # Unacknowledged data (heartbeats to a dead peer) also fails the connection in time.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)

@@ -1,0 +1,187 @@
+"""The messages the dispatcher and its agents exchange, as frozen records.
+
+Each message is a ``dataclass(frozen=True, slots=True)``; its fields, in declaration order, are
+what travels on the wire (see ``corral.wire.codec``), after a small integer that names its type
+(``TYPE_CODES``). Adding, removing or reordering a field changes the protocol: bump
+``PROTOCOL_VERSION`` when you do.
+
+Agent → dispatcher: ``Hello`` (first frame), ``ProcessReport``, ``Heartbeat``, ``LogChunk``.
+Dispatcher → agent: ``Welcome`` or ``Refused`` (answers to Hello), ``Launch``, ``Kill``,
+``Forget``, ``ReadLog``, ``Shutdown``.
+
+Every command names a process by ``(upid, round)``, so a repeated command is harmless and a
+command for an older round can be told apart from the current one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+
+PROTOCOL_VERSION: Final = 1
+"""Sent in ``Hello.version``; the hub refuses agents that speak another version."""
+
+ReportStatus: TypeAlias = Literal["running", "exited", "spawn_failed"]
+"""What the agent observed; the dispatcher turns it into EXITED or FAILED."""
+
+LogStream: TypeAlias = Literal["stdout", "stderr"]
+
+RUNNING: Final = "running"
+EXITED: Final = "exited"
+SPAWN_FAILED: Final = "spawn_failed"
+
+
+# --- agent → dispatcher -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReport:
+    """The agent's view of one round of one process.
+
+    ``exit_code`` is set for a normal exit, ``signal`` when a signal ended the process,
+    ``error`` when it could not be spawned (or when its exit status could not be known, for a
+    process adopted after an agent restart). Times are wall-clock epoch seconds.
+    """
+
+    upid: str
+    round: int
+    status: ReportStatus
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message of every connection: who the agent is and everything it knows.
+
+    ``inventory`` lists every process the agent tracks: running ones, and finished ones the
+    dispatcher has not yet told it to ``Forget``. It is how missed reports catch up after a
+    disconnection.
+    """
+
+    token: str
+    node_id: str
+    engine: str
+    hostname: str
+    slots: int
+    labels: dict[str, str]
+    pid: int
+    version: int
+    inventory: list[ProcessReport]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent every heartbeat period once welcomed; ``running`` counts live processes."""
+
+    sent_at: float
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """Answer to ``ReadLog``: ``data`` starts at the requested offset.
+
+    ``next_offset`` is where the next read should start; ``size`` is the file's size when it
+    was read, so a reader can tell whether it has caught up. ``error`` is set (and ``data`` is
+    empty) when the log cannot be read.
+    """
+
+    request_id: int
+    data: bytes
+    next_offset: int
+    size: int
+    error: str | None
+
+
+# --- dispatcher → agent -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The hub accepted the Hello; heartbeats start at this period (seconds)."""
+
+    heartbeat_period: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The hub rejected the Hello (wrong token, wrong version); it closes the connection next."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Start round ``round`` of process ``upid``: ``exec`` with ``argv`` after it.
+
+    ``configuration`` is a JSON text, handed to the process in ``CORRAL_CONFIGURATION`` and in
+    the file named by ``CORRAL_CONFIGURATION_FILE``.
+    """
+
+    upid: str
+    round: int
+    exec: str
+    argv: list[str]
+    env: dict[str, str]
+    working_directory: str | None
+    configuration: str
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """SIGTERM the process group of that round, then SIGKILL it after ``grace`` seconds."""
+
+    upid: str
+    round: int
+    grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The dispatcher has durably recorded that round's end: drop it from the inventory."""
+
+    upid: str
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLog:
+    """Read at most ``limit`` bytes of a process's log from ``offset``; answered by LogChunk."""
+
+    request_id: int
+    upid: str
+    stream: LogStream
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Terminate every process (TERM, then KILL after ``grace``), report them, and exit 0."""
+
+    grace: float
+
+
+AgentMessage: TypeAlias = Hello | ProcessReport | Heartbeat | LogChunk
+DispatcherMessage: TypeAlias = Welcome | Refused | Launch | Kill | Forget | ReadLog | Shutdown
+Message: TypeAlias = AgentMessage | DispatcherMessage
+
+TYPE_CODES: Final[dict[type[Message], int]] = {
+    Hello: 1,
+    ProcessReport: 2,
+    Heartbeat: 3,
+    LogChunk: 4,
+    Welcome: 16,
+    Refused: 17,
+    Launch: 18,
+    Kill: 19,
+    Forget: 20,
+    ReadLog: 21,
+    Shutdown: 22,
+}
+"""The number that leads each message on the wire. Never reuse a retired number."""
