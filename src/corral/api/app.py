@@ -1,0 +1,49 @@
+"""``create_app``: the FastAPI application over a :class:`DispatcherService`.
+
+The app is assembled from the route modules, the one error mapping (``api.errors``) and the
+one auth middleware (``api.auth``). Middleware order, outermost first: the catch-all that
+turns an unexpected exception into a logged, generic 500; then bearer auth, so a request
+without a token learns nothing, not even whether a route exists; then FastAPI.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from corral import __version__
+from corral.api import auth, errors
+from corral.api._service import DispatcherService
+from corral.api.routes import definitions, events, processes, system
+
+
+def create_app(
+    service: DispatcherService,
+    token: str,
+    *,
+    title: str = "corral",
+    sse_keepalive: float = 15.0,
+) -> FastAPI:
+    """Build the HTTP API over ``service``, guarded by the bearer ``token``.
+
+    ``/health`` and ``/openapi.json`` answer without a token (they describe the
+    API, not the dispatcher's contents). ``sse_keepalive`` is the quiet period, in seconds,
+    after which ``/events`` sends a keep-alive comment.
+    """
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description="corral process dispatcher API (EPU Process Dispatcher operations)",
+        openapi_url="/openapi.json",
+        # FastAPI's /docs page loads its scripts from a CDN, which a dispatcher on a
+        # closed network cannot reach: serve the schema only.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.sse_keepalive = sse_keepalive
+    for module in (system, definitions, processes, events):
+        app.include_router(module.router)
+    # added in this order so the catch-all ends up outermost (Starlette wraps the last added)
+    auth.install(app, token)
+    errors.install(app)
+    return app

@@ -1,0 +1,62 @@
+"""``/definitions``: create, list, describe, update and remove process definitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from corral.api.routes import Service
+from corral.api.schemas import DefinitionBody, DefinitionCreate
+from corral.errors import InvalidRequest
+
+router = APIRouter(prefix="/definitions", tags=["definitions"])
+
+
+@router.post("", summary="create_definition")
+async def create_definition(body: DefinitionCreate, service: Service) -> dict[str, Any]:
+    return await service.create_definition(
+        body.definition_id,
+        body.definition_type,
+        body.executable.model_dump(),
+        body.name,
+        body.description,
+    )
+
+
+@router.get("", summary="list_definitions")
+async def list_definitions(service: Service) -> list[dict[str, Any]]:
+    return service.list_definitions()
+
+
+@router.get("/{definition_id}", summary="describe_definition")
+async def describe_definition(definition_id: str, service: Service) -> dict[str, Any]:
+    return service.describe_definition(definition_id)
+
+
+@router.put("/{definition_id}", summary="update_definition")
+async def update_definition(
+    definition_id: str, body: DefinitionBody, service: Service
+) -> dict[str, Any]:
+    # the body may repeat the id (a describe_definition result sent back as is), not change it
+    if body.definition_id not in (None, definition_id):
+        raise InvalidRequest(
+            f"definition_id {body.definition_id!r} in the body differs from "
+            f"{definition_id!r} in the path",
+            field="definition_id",
+        )
+    return await service.update_definition(
+        definition_id,
+        body.definition_type,
+        body.executable.model_dump(),
+        body.name,
+        body.description,
+    )
+
+
+@router.delete(
+    "/{definition_id}", summary="remove_definition", status_code=204, response_class=Response
+)
+async def remove_definition(definition_id: str, service: Service) -> Response:
+    await service.remove_definition(definition_id)
+    return Response(status_code=204)

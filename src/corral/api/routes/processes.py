@@ -1,0 +1,87 @@
+"""``/processes``: create, schedule, describe, restart, terminate, wait for, and read logs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+
+from corral.api.routes import Service
+from corral.api.schemas import ProcessCreate, ScheduleBatch, ScheduleBody
+
+router = APIRouter(prefix="/processes", tags=["processes"])
+
+#: a long poll is held at most this long; clients poll again (the Client does so itself)
+MAX_WAIT = 300.0
+#: the largest log chunk one request may ask for
+MAX_LOG_CHUNK = 4 * 1024 * 1024
+
+
+@router.post("", summary="create_process")
+async def create_process(body: ProcessCreate, service: Service) -> dict[str, Any]:
+    return await service.create_process(body.upid, body.definition_id, body.name)
+
+
+@router.get("", summary="describe_processes")
+async def describe_processes(service: Service) -> list[dict[str, Any]]:
+    return service.describe_processes()
+
+
+@router.post(
+    "/schedule",
+    summary="schedule_processes",
+    description="Schedule many processes in one request and one commit: every item is "
+    "accepted, or none is (the error names the item).",
+)
+async def schedule_processes(body: ScheduleBatch, service: Service) -> list[dict[str, Any]]:
+    items = [item.model_dump() for item in body.processes]
+    return await service.schedule_processes(items)
+
+
+@router.get("/{upid}", summary="describe_process")
+async def describe_process(upid: str, service: Service) -> dict[str, Any]:
+    return service.describe_process(upid)
+
+
+@router.post("/{upid}/schedule", summary="schedule_process")
+async def schedule_process(upid: str, body: ScheduleBody, service: Service) -> dict[str, Any]:
+    return await service.schedule_process(upid, **body.model_dump())
+
+
+@router.post("/{upid}/restart", summary="restart_process")
+async def restart_process(upid: str, service: Service) -> dict[str, Any]:
+    return await service.restart_process(upid)
+
+
+@router.post("/{upid}/terminate", summary="terminate_process")
+async def terminate_process(upid: str, service: Service) -> dict[str, Any]:
+    return await service.terminate_process(upid)
+
+
+@router.get(
+    "/{upid}/wait",
+    summary="wait_process",
+    description=(
+        "Long poll: answer once the process is in one of `state` (or terminal, when no "
+        f"`state` is given or none is reached), or 408 after `timeout` seconds (at most "
+        f"{MAX_WAIT:g}; larger values are capped)."
+    ),
+)
+async def wait_process(
+    upid: str,
+    service: Service,
+    state: Annotated[list[str] | None, Query(description="a state to wait for; repeatable")] = None,
+    timeout: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    return await service.wait_process(upid, state, min(timeout, MAX_WAIT))
+
+
+@router.get("/{upid}/logs", summary="read_log")
+async def read_log(
+    upid: str,
+    service: Service,
+    stream: Literal["stdout", "stderr"] = "stdout",
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 65536,
+) -> dict[str, Any]:
+    return await service.read_log(upid, stream, offset, limit)

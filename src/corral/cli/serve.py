@@ -1,0 +1,132 @@
+"""``corral serve``: run a dispatcher with its HTTP API (the only CLI module that builds one).
+
+State lives under ``--home`` (default ``$CORRAL_HOME``, else ``~/.corral``): the SQLite
+store, the API token (``token``, mode 0600), the agents' token, the API's address (``url``,
+so the client and CLI find it) and the local nodes' directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from corral.api.app import create_app
+from corral.api.auth import load_or_create_token
+from corral.api.server import open_api_server
+from corral.config import load_config
+from corral.dispatcher.runtime import Runtime, RuntimeSettings
+from corral.errors import CorralError
+
+DEFAULT_LISTEN = "127.0.0.1:7480"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("CORRAL_HOME") or Path.home() / ".corral")
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {text!r}", param_hint=option)
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command()
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory (default $CORRAL_HOME, else ~/.corral).",
+)
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="HOST:PORT of the HTTP API; port 0 picks a free one.",
+)
+@click.option(
+    "--agent-listen",
+    default=None,
+    help="HOST:PORT agents dial (default: the last run's, else a free loopback port).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Engines file (default HOME/corral.toml if present).",
+)
+@click.option(
+    "--store", "store_url", default=None, help="Store URL (default sqlite:///HOME/corral.db)."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    home: Path | None,
+    listen: str,
+    agent_listen: str | None,
+    config_path: Path | None,
+    store_url: str | None,
+    log_level: str,
+) -> None:
+    """Run the dispatcher, its local nodes and its HTTP API until interrupted."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    home = (home or default_home()).expanduser().resolve()
+    host, port = parse_address(listen, "--listen")
+    agents = parse_address(agent_listen, "--agent-listen") if agent_listen else None
+    try:
+        if config_path is None and (home / "corral.toml").exists():
+            config_path = home / "corral.toml"
+        config = load_config(config_path)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token = load_or_create_token(home / "token")
+        agent_token = load_or_create_token(home / "agent_token")
+    except CorralError as exc:
+        raise click.ClickException(exc.message) from None
+    settings = RuntimeSettings(home, config, agent_token, agents, store_url)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        code = runner.run(_serve(settings, token, host, port))
+    sys.exit(code)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) -> int:
+    runtime = Runtime(settings)
+    try:
+        dispatcher = await runtime.start()
+    except CorralError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        await runtime.aclose()
+        return 1
+    api = await open_api_server(create_app(dispatcher, token), host, port)
+    if api is None:
+        await runtime.aclose()
+        return 1
+    (settings.home / "url").write_text(api.url + "\n")
+    logging.getLogger("corral").info("API on %s; token in %s", api.url, settings.home / "token")
+    stopped = asyncio.get_running_loop().create_task(runtime.stopped.wait())
+    await asyncio.wait({api.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    api.stop()
+    await api.task
+    stopped.cancel()
+    await runtime.aclose()
+    return 1 if runtime.failure is not None else 0

@@ -1,0 +1,272 @@
+"""What both clients share: discovery, request building, response and event decoding.
+
+Discovery, in order:
+
+- URL: the ``url`` argument, ``CORRAL_URL``, the file ``<home>/url`` (where ``corral serve``
+  writes its address), then ``http://127.0.0.1:7480``;
+- token: the ``token`` argument, ``CORRAL_TOKEN``, then the file ``<home>/token``;
+- home: ``CORRAL_HOME``, else ``~/.corral``.
+
+Each operation is a function returning a :class:`Call` (method, path, query, JSON body),
+so ``Client`` and ``AsyncClient`` differ only in how they send it. A non-2xx answer is
+decoded back into the ``corral.errors`` class the server raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from corral.errors import (
+    ERROR_CLASSES,
+    CorralError,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+
+DEFAULT_URL = "http://127.0.0.1:7480"
+#: one long poll of wait_process; below the server's cap and any proxy's idle timeout
+WAIT_CHUNK = 30.0
+#: the server sends a keep-alive every 15 s, so this much silence means the link is dead
+EVENTS_READ_TIMEOUT = 60.0
+
+Params = list[tuple[str, str | int | float | bool | None]]
+_BY_STATUS: dict[int, type[CorralError]] = {
+    401: Unauthorized,
+    404: NotFound,
+    408: ERROR_CLASSES["WaitTimeout"],
+    409: ERROR_CLASSES["Conflict"],
+    422: InvalidRequest,
+    503: Unavailable,
+}
+
+
+def corral_home() -> Path:
+    home = os.environ.get("CORRAL_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".corral"
+
+
+def _read_home_file(name: str) -> str | None:
+    try:
+        text = (corral_home() / name).read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def discover_url(url: str | None = None) -> str:
+    found = url or os.environ.get("CORRAL_URL") or _read_home_file("url") or DEFAULT_URL
+    return found.rstrip("/")
+
+
+def discover_token(token: str | None = None) -> str | None:
+    return token or os.environ.get("CORRAL_TOKEN") or _read_home_file("token")
+
+
+def headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP request of an operation, independent of sync or async sending."""
+
+    method: str
+    path: str
+    params: Params = field(default_factory=list)
+    json: Any = None
+    #: extra seconds of read timeout this call needs beyond the client's (a long poll)
+    extra_timeout: float = 0.0
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _drop_none(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def create_definition(
+    definition_id: str,
+    definition_type: str,
+    executable: dict[str, Any],
+    name: str | None,
+    description: str | None,
+) -> Call:
+    body = _drop_none(name=name, description=description)
+    body.update(definition_id=definition_id, definition_type=definition_type, executable=executable)
+    return Call("POST", "/definitions", json=body)
+
+
+def update_definition(
+    definition_id: str,
+    definition_type: str,
+    executable: dict[str, Any],
+    name: str | None,
+    description: str | None,
+) -> Call:
+    body = _drop_none(name=name, description=description)
+    body.update(definition_type=definition_type, executable=executable)
+    return Call("PUT", f"/definitions/{_seg(definition_id)}", json=body)
+
+
+def describe_definition(definition_id: str) -> Call:
+    return Call("GET", f"/definitions/{_seg(definition_id)}")
+
+
+def remove_definition(definition_id: str) -> Call:
+    return Call("DELETE", f"/definitions/{_seg(definition_id)}")
+
+
+def list_definitions() -> Call:
+    return Call("GET", "/definitions")
+
+
+def create_process(upid: str, definition_id: str, name: str | None) -> Call:
+    body = _drop_none(upid=upid, definition_id=definition_id, name=name)
+    return Call("POST", "/processes", json=body)
+
+
+def schedule_process(upid: str, **parameters: Any) -> Call:
+    """``parameters`` are schedule_process's keyword arguments; None means "not given"."""
+    return Call("POST", f"/processes/{_seg(upid)}/schedule", json=_drop_none(**parameters))
+
+
+def schedule_processes(processes: list[dict[str, Any]]) -> Call:
+    items = [_drop_none(**item) for item in processes]
+    return Call("POST", "/processes/schedule", json={"processes": items})
+
+
+def describe_process(upid: str) -> Call:
+    return Call("GET", f"/processes/{_seg(upid)}")
+
+
+def describe_processes() -> Call:
+    return Call("GET", "/processes")
+
+
+def restart_process(upid: str) -> Call:
+    return Call("POST", f"/processes/{_seg(upid)}/restart")
+
+
+def terminate_process(upid: str) -> Call:
+    return Call("POST", f"/processes/{_seg(upid)}/terminate")
+
+
+def wait_process(upid: str, states: list[str] | None, timeout: float) -> Call:
+    params: Params = [("state", state) for state in states or ()]
+    params.append(("timeout", timeout))
+    return Call("GET", f"/processes/{_seg(upid)}/wait", params=params, extra_timeout=timeout)
+
+
+def wait_chunk(remaining: float) -> float:
+    return min(max(remaining, 0.0), WAIT_CHUNK)
+
+
+def wait_timed_out(upid: str, states: list[str] | None, timeout: float) -> CorralError:
+    target = " or ".join(states) if states else "a terminal state"
+    return ERROR_CLASSES["WaitTimeout"](
+        f"process {upid} did not reach {target} within {timeout:g}s"
+    )
+
+
+def read_log(upid: str, stream: str, offset: int, limit: int) -> Call:
+    params: Params = [("stream", stream), ("offset", offset), ("limit", limit)]
+    return Call("GET", f"/processes/{_seg(upid)}/logs", params=params)
+
+
+def dump() -> Call:
+    return Call("GET", "/dump")
+
+
+def list_nodes() -> Call:
+    return Call("GET", "/nodes")
+
+
+def list_engines() -> Call:
+    return Call("GET", "/engines")
+
+
+def health() -> Call:
+    return Call("GET", "/health")
+
+
+def events(upid: str | None) -> Call:
+    return Call("GET", "/events", params=[("upid", upid)] if upid else [])
+
+
+def events_timeout(timeout: float) -> httpx.Timeout:
+    return httpx.Timeout(timeout, read=EVENTS_READ_TIMEOUT)
+
+
+def decode(response: httpx.Response, has_token: bool = True) -> Any:
+    """The JSON result of a 2xx answer (None when empty); otherwise raise its error."""
+    if response.is_success:
+        return response.json() if response.content else None
+    raise error_from(response, has_token)
+
+
+def error_from(response: httpx.Response, has_token: bool = True) -> CorralError:
+    try:
+        body = response.json()["error"]
+        kind, message, where = body["type"], str(body["message"]), body.get("field")
+    except (ValueError, KeyError, TypeError):
+        # not our error body: a proxy, or another server on the port
+        fallback = _BY_STATUS.get(response.status_code, CorralError)
+        text = response.text.strip()[:200] or response.reason_phrase
+        return fallback(f"HTTP {response.status_code} from {response.url}: {text}")
+    cls = ERROR_CLASSES.get(kind) or _BY_STATUS.get(response.status_code, CorralError)
+    if cls is Unauthorized and not has_token:
+        where_from = corral_home() / "token"
+        message += f" (this client found no token: none given, no CORRAL_TOKEN, no {where_from})"
+    return cls(message, field=where if isinstance(where, str) else None)
+
+
+def unavailable(url: str, exc: httpx.TransportError) -> Unavailable:
+    """The error for a request that never got an answer."""
+    if isinstance(exc, httpx.TimeoutException):
+        return Unavailable(f"no answer from the corral dispatcher at {url} in time ({exc!r})")
+    return Unavailable(
+        f"cannot reach the corral dispatcher at {url} ({exc}); "
+        "is it running? start one with `corral serve`"
+    )
+
+
+class EventDecoder:
+    """Turns Server-Sent Event lines into event dicts; ``feed`` one line at a time."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._event = ""
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """Return the event a blank line completes; raise the error an error event carries."""
+        if line.startswith(":"):
+            return None  # a comment: the server's keep-alive
+        if line:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                self._data.append(value)
+            elif name == "event":
+                self._event = value
+            return None
+        data, kind = "\n".join(self._data), self._event
+        self._data, self._event = [], ""
+        if not data:
+            return None
+        payload = json.loads(data)
+        if kind == "error":
+            error = payload.get("error", {})
+            cls = ERROR_CLASSES.get(error.get("type"), CorralError)
+            raise cls(str(error.get("message", "event stream failed")), field=error.get("field"))
+        return payload if isinstance(payload, dict) else {"data": payload}
