@@ -1,0 +1,158 @@
+"""The mapper loop: queued processes → node slots, through the pure matchmaker.
+
+Woken by anything that may free or need a slot (a schedule, an exit, a node joining), it
+promotes delayed restarts that are due, takes a snapshot, asks ``core.matchmaker.match``
+for a plan, and applies it: placements are committed as ASSIGNED and only then launched;
+processes that must wait get their reason; those their queueing mode forbids to wait are
+REJECTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from dataclasses import replace
+
+from corral.clock import Clock
+from corral.config import Config
+from corral.core.ids import Round, Upid
+from corral.core.matchmaker import Match, match
+from corral.core.model import ProcessRecord
+from corral.core.process_states import ProcessEvent, ProcessState
+from corral.core.snapshot import EngineView, NodeView, Snapshot
+from corral.dispatcher.nodes import Nodes
+from corral.dispatcher.rounds import assigned, moved
+from corral.dispatcher.state import State
+
+log = logging.getLogger("corral.mapper")
+
+
+class Mapper:
+    def __init__(self, state: State, config: Config, clock: Clock, nodes: Nodes) -> None:
+        self._state = state
+        self._config = config
+        self._clock = clock
+        self._nodes = nodes
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            timeout = self._until_next_restart()
+            if timeout is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                self.pass_once()
+            except Exception:
+                log.exception("mapper pass failed")
+
+    def _until_next_restart(self) -> float | None:
+        if not self._state.delayed:
+            return None
+        return max(0.0, self._state.delayed[0][0] - self._clock.time())
+
+    def pass_once(self) -> None:
+        self._promote_due_restarts()
+        if not self._state.queue:
+            return
+        result = match(self.snapshot())
+        self._apply(result)
+
+    def _promote_due_restarts(self) -> None:
+        now = self._clock.time()
+        due: list[ProcessRecord] = []
+        delayed = self._state.delayed
+        while delayed and delayed[0][0] <= now:
+            _, upid, round_ = heapq.heappop(delayed)
+            record = self._state.processes.get(upid)
+            if (
+                record
+                and record.round == round_
+                and record.state is ProcessState.UNSCHEDULED_PENDING
+            ):
+                due.append(
+                    moved(
+                        record,
+                        ProcessEvent.RESTART_DUE,
+                        now,
+                        not_before=None,
+                        waiting_reason="restart due",
+                    )
+                )
+        if due:
+            self._state.save_processes(due)
+
+    def snapshot(self) -> Snapshot:
+        engines = tuple(
+            EngineView(e.engine_id, self._nodes.booting(e.engine_id), e.maximum_vms)
+            for e in self._config.engines
+        )
+        views = []
+        for node in self._state.nodes.values():
+            if not self._nodes.accepting(node):
+                continue
+            held = self._state.by_node.get(node.node_id, ())
+            tags = frozenset(
+                tag
+                for tag in (self._state.processes[u].request.node_exclusive for u in held)
+                if tag is not None
+            )
+            views.append(
+                NodeView(
+                    node.node_id,
+                    node.engine,
+                    node.properties(),
+                    node.slots,
+                    self._nodes.used_slots(node.node_id),
+                    tags,
+                )
+            )
+        return Snapshot(engines, tuple(views), tuple(self._state.queue.values()))
+
+    def _apply(self, result: Match) -> None:
+        now = self._clock.time()
+        processes = self._state.processes
+        changed: list[ProcessRecord] = []
+        placed: list[tuple[Upid, Round]] = []
+        for placement in result.placements:
+            node = self._state.nodes[placement.node_id]
+            record = assigned(
+                processes[placement.upid], node.node_id, node.hostname, node.engine, now
+            )
+            changed.append(record)
+            placed.append((record.upid, record.round))
+        for upid, reason in result.waiting.items():
+            record = processes[upid]
+            if record.state is not ProcessState.WAITING:
+                changed.append(moved(record, ProcessEvent.WAIT, now, waiting_reason=reason.message))
+            elif record.waiting_reason != reason.message:
+                changed.append(replace(record, waiting_reason=reason.message, updated_at=now))
+        for upid, reason in result.rejected.items():
+            changed.append(
+                moved(processes[upid], ProcessEvent.REJECT, now, end_reason=reason.message)
+            )
+        if not changed:
+            return
+        committed = self._state.save_processes(changed)
+        if placed:
+            committed.add_done_callback(lambda f: self._launch(f, placed))
+
+    def _launch(self, committed: asyncio.Future[None], placed: list[tuple[Upid, Round]]) -> None:
+        if committed.cancelled() or committed.exception() is not None:
+            return
+        ready = []
+        for upid, round_ in placed:
+            record = self._state.processes.get(upid)
+            # Terminated, restarted or lost meanwhile: that placement is void.
+            if record and record.round == round_ and record.state is ProcessState.ASSIGNED:
+                ready.append(record)
+        if ready:
+            self._nodes.launch(ready)

@@ -1,0 +1,397 @@
+"""The node side of the dispatcher: agents joining and leaving, health, and the pool.
+
+Agents join through the hub; their reports go to the syncer. A periodic tick classifies
+heartbeats by the dispatcher's own monotonic clock, compares nodes with the driver's
+instance list, declares lost the nodes that are missing, never joined or whose instance
+vanished, and boots what the planner asks for. Commands to agents (launch, kill, read a
+log) are sent from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from corral.clock import Clock
+from corral.config import Config
+from corral.core.ids import EngineId, NodeId, Round, Upid
+from corral.core.model import Engine, NodeRecord, ProcessRecord
+from corral.core.node_states import Health, NodeState, classify_health
+from corral.core.planner import nodes_to_boot
+from corral.core.process_states import ProcessEvent, ProcessState
+from corral.dispatcher.rounds import moved
+from corral.dispatcher.state import State
+from corral.dispatcher.syncer import Syncer
+from corral.errors import Unavailable
+from corral.hub import AgentSession
+from corral.pool import NodePool
+from corral.wire.messages import (
+    RUNNING,
+    Forget,
+    Heartbeat,
+    Kill,
+    Launch,
+    LogChunk,
+    LogStream,
+    Message,
+    ProcessReport,
+    ReadLog,
+    Welcome,
+)
+
+log = logging.getLogger("corral.nodes")
+
+#: how often instances are listed through the drivers, in ticks
+LIST_EVERY = 5
+LOG_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class _Live:
+    """What is known of a node beyond its record: its connection and what it runs."""
+
+    heard: float
+    session: AgentSession | None = None
+    instances: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+class Nodes:
+    def __init__(
+        self,
+        state: State,
+        config: Config,
+        clock: Clock,
+        pool: NodePool,
+        wake_mapper: Callable[[], None],
+    ) -> None:
+        self._state = state
+        self._config = config
+        self._engines = {e.engine_id: e for e in config.engines}
+        self._clock = clock
+        self._pool = pool
+        self._wake_mapper = wake_mapper
+        self._started = clock.monotonic()
+        self._live: dict[NodeId, _Live] = {}
+        self._log_requests: dict[int, asyncio.Future[LogChunk]] = {}
+        self._request_ids = itertools.count(1)
+        self._ticks = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.syncer = Syncer(state, clock, self.send, self.kill, self.launch_one, wake_mapper)
+
+    # -- agents (the hub's handler) -------------------------------------------
+
+    def agent_joined(self, session: AgentSession) -> str | None:
+        hello = session.hello
+        engine = self._engines.get(EngineId(hello.engine))
+        if engine is None:
+            return f"engine {hello.engine!r} is not configured on this dispatcher"
+        node = self._state.nodes.get(session.node_id)
+        if node is not None and node.engine != engine.engine_id:
+            return f"node {hello.node_id!r} belongs to engine {node.engine!r}"
+        if node is not None and node.state in (NodeState.SHUTTING_DOWN, NodeState.GONE):
+            return f"node {hello.node_id!r} is being retired"
+        joined = NodeRecord(
+            node_id=session.node_id,
+            engine=engine.engine_id,
+            state=NodeState.IDLE,
+            slots=hello.slots,
+            hostname=hello.hostname,
+            labels={**engine.labels, **hello.labels},
+            instance_id=node.instance_id if node else None,
+            created_at=node.created_at if node else self._clock.time(),
+        )
+        if joined != node:
+            self._state.save_node(joined)
+        live = self._live.setdefault(session.node_id, _Live(self._clock.monotonic()))
+        live.session = session
+        live.heard = self._clock.monotonic()
+        live.instances = {(r.upid, r.round): r.status for r in hello.inventory}
+        session.send(Welcome(engine.heartbeat_period))
+        log.info(
+            "agent %s joined from %s with %d process(es)",
+            hello.node_id,
+            session.peer,
+            len(hello.inventory),
+        )
+        self.syncer.reconcile(session.node_id, list(hello.inventory))
+        self._wake_mapper()
+        return None
+
+    def agent_batch(self, session: AgentSession, messages: list[Message]) -> None:
+        live = self._live.get(session.node_id)
+        if live is None or live.session is not session:
+            return
+        live.heard = self._clock.monotonic()
+        reports: list[ProcessReport] = []
+        for msg in messages:
+            if isinstance(msg, ProcessReport):
+                live.instances[(msg.upid, msg.round)] = msg.status
+                reports.append(msg)
+            elif isinstance(msg, LogChunk):
+                waiter = self._log_requests.pop(msg.request_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg)
+            elif not isinstance(msg, Heartbeat):
+                log.warning("unexpected %s from agent %s", type(msg).__name__, session.node_id)
+        if reports:
+            self.syncer.reports(session.node_id, reports)
+
+    def agent_left(self, session: AgentSession) -> None:
+        live = self._live.get(session.node_id)
+        if live is not None and live.session is session:
+            live.session = None
+            log.info("agent %s disconnected", session.node_id)
+
+    # -- commands ---------------------------------------------------------------
+
+    def send(self, node_id: NodeId, msg: Message) -> None:
+        live = self._live.get(node_id)
+        if isinstance(msg, Forget) and live is not None:
+            live.instances.pop((msg.upid, msg.round), None)
+        if live is not None and live.session is not None:
+            live.session.send(msg)
+
+    def kill(self, node_id: NodeId, upid: Upid, round_: Round) -> None:
+        node = self._state.nodes.get(node_id)
+        grace = self._engines[node.engine].terminate_grace if node else 10.0
+        self.send(node_id, Kill(upid, round_, grace))
+
+    def launch(self, records: Iterable[ProcessRecord]) -> None:
+        """Send the launches of committed placements; mark the ASSIGNED ones PENDING."""
+        now = self._clock.time()
+        pending: list[ProcessRecord] = []
+        failed: list[ProcessRecord] = []
+        for record in records:
+            assert record.assigned is not None
+            definition = self._state.definitions.get(record.request.definition_id)
+            if definition is None:
+                failed.append(
+                    moved(
+                        record,
+                        ProcessEvent.FAIL,
+                        now,
+                        end_reason=f"definition {record.request.definition_id!r} is gone",
+                    )
+                )
+                continue
+            executable = definition.executable
+            self.send(
+                record.assigned,
+                Launch(
+                    record.upid,
+                    record.round,
+                    executable.exec,
+                    list(executable.argv),
+                    dict(executable.env),
+                    executable.working_directory,
+                    json.dumps(record.request.configuration),
+                ),
+            )
+            if record.state is ProcessState.ASSIGNED:
+                pending.append(moved(record, ProcessEvent.LAUNCH, now))
+        if pending or failed:
+            self._state.save_processes([*pending, *failed])
+
+    def launch_one(self, record: ProcessRecord) -> None:
+        self.launch([record])
+
+    async def read_log(
+        self, node_id: NodeId, upid: Upid, stream: str, offset: int, limit: int
+    ) -> dict[str, Any]:
+        live = self._live.get(node_id)
+        if live is None or live.session is None:
+            raise Unavailable(f"node {node_id} is not connected; its logs cannot be read now")
+        request_id = next(self._request_ids)
+        waiter: asyncio.Future[LogChunk] = asyncio.get_running_loop().create_future()
+        self._log_requests[request_id] = waiter
+        which: LogStream = "stderr" if stream == "stderr" else "stdout"
+        live.session.send(ReadLog(request_id, upid, which, offset, limit))
+        try:
+            chunk = await asyncio.wait_for(waiter, LOG_TIMEOUT)
+        except TimeoutError:
+            raise Unavailable(f"node {node_id} did not send the log in {LOG_TIMEOUT:g} s") from None
+        finally:
+            self._log_requests.pop(request_id, None)
+        if chunk.error is not None:
+            raise Unavailable(f"node {node_id} could not read the log: {chunk.error}")
+        return {
+            "data": chunk.data.decode("utf-8", errors="replace"),
+            "next_offset": chunk.next_offset,
+            "size": chunk.size,
+        }
+
+    # -- views ------------------------------------------------------------------
+
+    def used_slots(self, node_id: NodeId) -> int:
+        held = self._state.by_node.get(node_id, ())
+        live = self._live.get(node_id)
+        stale = 0
+        if live is not None:
+            for (upid, round_), status in live.instances.items():
+                if status == RUNNING:
+                    record = self._state.processes.get(Upid(upid))
+                    if record is None or record.round != round_ or upid not in held:
+                        stale += 1
+        return len(held) + stale
+
+    def accepting(self, node: NodeRecord) -> bool:
+        live = self._live.get(node.node_id)
+        return (
+            node.state in (NodeState.IDLE, NodeState.BUSY)
+            and live is not None
+            and live.session is not None
+            and self.health(node) is Health.OK
+            and node.idle_behavior.value == "run"
+        )
+
+    def health(self, node: NodeRecord) -> Health:
+        live = self._live.get(node.node_id)
+        heard = live.heard if live is not None else self._started
+        engine = self._engines[node.engine]
+        return classify_health(
+            self._clock.monotonic() - heard, engine.heartbeat_warning, engine.heartbeat_missing
+        )
+
+    def booting(self, engine_id: EngineId) -> int:
+        return sum(
+            1
+            for n in self._state.nodes.values()
+            if n.engine == engine_id and n.state in (NodeState.BOOTING, NodeState.UNKNOWN)
+        )
+
+    def describe_nodes(self) -> list[dict[str, Any]]:
+        described = []
+        now = self._clock.monotonic()
+        for node in self._state.nodes.values():
+            used = self.used_slots(node.node_id)
+            state = node.state
+            if state in (NodeState.IDLE, NodeState.BUSY):
+                state = NodeState.BUSY if used else NodeState.IDLE
+            live = self._live.get(node.node_id)
+            doc = node.as_doc()
+            doc.update(
+                state=state.value,
+                health=self.health(node).value,
+                used=used,
+                connected=bool(live and live.session),
+                last_heard=round(now - live.heard, 3) if live else None,
+            )
+            described.append(doc)
+        return described
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "nodes": len(self._state.nodes),
+            "connected": sum(1 for live in self._live.values() if live.session is not None),
+        }
+
+    # -- the tick ---------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One pass of the node loop: health, instance sync, then boots."""
+        self._ticks += 1
+        for node in list(self._state.nodes.values()):
+            reason = self._failure(node)
+            if reason is not None:
+                self.lose(node.node_id, reason)
+        if self._ticks % LIST_EVERY == 1:
+            await self._sync_instances()
+        self._boot_missing()
+
+    def _failure(self, node: NodeRecord) -> str | None:
+        engine = self._engines.get(node.engine)
+        if engine is None:
+            return f"engine {node.engine!r} is no longer configured"
+        live = self._live.get(node.node_id)
+        since = self._clock.monotonic() - (live.heard if live else self._started)
+        if node.state is NodeState.BOOTING:
+            if since >= engine.boot_timeout:
+                return f"its agent did not join within boot_timeout ({engine.boot_timeout:g} s)"
+            return None
+        if self.health(node) is Health.MISSING:
+            return (
+                f"no heartbeat for {since:.1f} s (heartbeat_missing {engine.heartbeat_missing:g} s)"
+            )
+        return None
+
+    async def _sync_instances(self) -> None:
+        instances = await self._pool.instances()
+        if instances is None:
+            return
+        for node in list(self._state.nodes.values()):
+            if node.node_id not in instances and node.state is not NodeState.BOOTING:
+                self.lose(node.node_id, "its instance is gone")
+        for node_id, instance in instances.items():
+            if node_id not in self._state.nodes:
+                engine = EngineId(instance.tags.get("corral-engine", ""))
+                log.warning("destroying instance %s: no node of this pool claims it", node_id)
+                if engine in self._engines:
+                    self._spawn(self._pool.destroy(engine, instance.instance_id))
+
+    def _boot_missing(self) -> None:
+        live: dict[EngineId, int] = {}
+        for node in self._state.nodes.values():
+            if node.state is not NodeState.SHUTTING_DOWN:
+                live[node.engine] = live.get(node.engine, 0) + 1
+        for engine_id, count in nodes_to_boot(self._config.engines, live).items():
+            for _ in range(count):
+                self._boot(self._engines[engine_id])
+
+    def _boot(self, engine: Engine) -> None:
+        node_id = NodeId(f"{engine.engine_id}-{secrets.token_hex(4)}")
+        record = NodeRecord(
+            node_id=node_id,
+            engine=engine.engine_id,
+            state=NodeState.BOOTING,
+            slots=engine.slots,
+            labels=dict(engine.labels),
+            created_at=self._clock.time(),
+        )
+        self._live[node_id] = _Live(self._clock.monotonic())
+        committed = self._state.save_node(record)
+
+        async def boot() -> None:
+            # The record is durable before the instance exists, so a crash in between
+            # leaves a BOOTING node that times out, never an instance nobody claims.
+            await committed
+            instance = await self._pool.boot(node_id, engine)
+            current = self._state.nodes.get(node_id)
+            if instance is None:
+                if current is not None:
+                    self._state.delete_node(node_id)
+                    self._live.pop(node_id, None)
+            elif current is not None:
+                self._state.save_node(replace(current, instance_id=instance.instance_id))
+
+        self._spawn(boot())
+
+    def lose(self, node_id: NodeId, reason: str) -> None:
+        """The node is gone: its processes follow their restart modes, its instance goes."""
+        node = self._state.nodes.get(node_id)
+        if node is None:
+            return
+        log.warning("node %s lost: %s", node_id, reason)
+        held = [self._state.processes[u] for u in self._state.by_node.get(node_id, ())]
+        self.syncer.lose(held, f"node {node_id} lost: {reason}")
+        live = self._live.pop(node_id, None)
+        if live is not None and live.session is not None:
+            live.session.close()
+        self._state.delete_node(node_id)
+        self._spawn(self._pool.destroy(node.engine, node.instance_id or node_id))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

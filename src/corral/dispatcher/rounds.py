@@ -1,0 +1,124 @@
+"""How a process record moves: every change of (round, state) is built here.
+
+Each function takes a record and returns the next one, using ``core.process_states`` for
+the move and ``core.restart`` for what follows the end of a round. The loops and the
+service only choose *which* of these to call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import cast
+
+from corral.core.ids import NodeId, Round
+from corral.core.model import ProcessRecord
+from corral.core.process_states import ProcessEvent, ProcessState, advance
+from corral.core.restart import Outcome, RestartPolicy, decide
+
+
+def moved(
+    record: ProcessRecord, event: ProcessEvent, now: float, **fields: object
+) -> ProcessRecord:
+    """``record`` after ``event``; a new round starts with a clean placement."""
+    round_, state = advance(record.state, record.round, event)
+    if round_ != record.round:
+        fields = {"assigned": None, "hostname": None, "engine": None, "pid": None, **fields}
+    waiting = cast(str | None, fields.pop("waiting_reason", None))
+    return replace(
+        record,
+        round=Round(round_),
+        state=state,
+        updated_at=now,
+        waiting_reason=waiting if state.is_queued else None,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def assigned(
+    record: ProcessRecord, node_id: NodeId, hostname: str | None, engine: str, now: float
+) -> ProcessRecord:
+    return moved(
+        record, ProcessEvent.ASSIGN, now, assigned=node_id, hostname=hostname, engine=engine
+    )
+
+
+def started(
+    record: ProcessRecord, pid: int | None, started_at: float | None, now: float
+) -> ProcessRecord:
+    return moved(
+        record,
+        ProcessEvent.START,
+        now,
+        pid=pid,
+        starts=record.starts + 1,
+        started_at=started_at or now,
+        exit_code=None,
+        signal=None,
+        ended_at=None,
+    )
+
+
+def ended(
+    record: ProcessRecord,
+    outcome: Outcome,
+    now: float,
+    rand: float,
+    *,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    reason: str,
+    ended_at: float | None = None,
+) -> ProcessRecord:
+    """The record after its round ended on its own (or its node was lost).
+
+    A process being terminated ends TERMINATED whatever the cause; otherwise the restart
+    policy picks between a terminal state and a new round.
+    """
+    facts: dict[str, object] = {
+        "exit_code": exit_code,
+        "signal": signal,
+        "ended_at": ended_at or now,
+        "end_reason": reason,
+    }
+    if record.state is ProcessState.TERMINATING:
+        return moved(record, ProcessEvent.TERMINATED, now, **facts)
+    ran_for = 0.0
+    if record.started_at is not None and record.state is ProcessState.RUNNING:
+        ran_for = max(0.0, (ended_at or now) - record.started_at)
+    policy = RestartPolicy.from_configuration(record.request.configuration)
+    decision = decide(record.request.restart_mode, outcome, policy, record.attempts, ran_for, rand)
+    if not decision.restart:
+        event = ProcessEvent.EXIT_OK if outcome is Outcome.EXITED_OK else ProcessEvent.FAIL
+        if decision.gave_up:
+            facts["end_reason"] = f"{reason}; {decision.reason}"
+        return moved(record, event, now, attempts=decision.attempts, **facts)
+    facts["attempts"] = decision.attempts
+    if decision.delay > 0:
+        return moved(
+            record,
+            ProcessEvent.RESTART_LATER,
+            now,
+            not_before=now + decision.delay,
+            waiting_reason=f"{reason}; restarting in {decision.delay:.1f} s "
+            f"(attempt {decision.attempts})",
+            **facts,
+        )
+    return moved(
+        record,
+        ProcessEvent.RESTART_NOW,
+        now,
+        waiting_reason=f"{reason}; restarting (attempt {decision.attempts})",
+        **facts,
+    )
+
+
+def describe_exit(
+    exit_code: int | None, signal: int | None, error: str | None
+) -> tuple[Outcome, str]:
+    if error is not None:
+        return Outcome.FAILED, f"failed to start: {error}"
+    if signal is not None:
+        return Outcome.FAILED, f"killed by signal {signal}"
+    if exit_code == 0:
+        return Outcome.EXITED_OK, "exited with status 0"
+    return Outcome.FAILED, f"exited with status {exit_code}"

@@ -1,0 +1,165 @@
+"""Wires store, state, hub, pool and loops into a running dispatcher; starts and stops it.
+
+The order in ``start`` is the recovery story: load the store (the truth), mark every
+known node *unknown*, open the agent port again at the address agents know, and let the
+loops run. Agents that still run re-join and report what they run; nodes that never come
+back are declared lost after ``heartbeat_missing`` and their processes follow their
+restart modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from corral.clock import Clock, SystemClock
+from corral.config import Config
+from corral.core.ids import EngineId
+from corral.core.node_states import NodeState
+from corral.dispatcher.events import EventBus
+from corral.dispatcher.mapper import Mapper
+from corral.dispatcher.nodes import Nodes
+from corral.dispatcher.service import Dispatcher
+from corral.dispatcher.state import State
+from corral.drivers.base import Driver
+from corral.drivers.local import LocalDriver
+from corral.hub import Hub
+from corral.pool import NodePool
+from corral.store import GroupCommitter, Put, Store, Table, open_store
+
+log = logging.getLogger("corral.runtime")
+
+#: seconds between passes of the node loop (health, instance sync, boots)
+TICK = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    home: Path
+    config: Config
+    agent_token: str
+    #: where agents dial; None reuses the address of the last run, else a free port
+    agent_listen: tuple[str, int] | None = None
+    store_url: str | None = None
+
+
+class Runtime:
+    def __init__(self, settings: RuntimeSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.stopped = asyncio.Event()
+        self.failure: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._store: Store | None = None
+        self._committer: GroupCommitter | None = None
+        self._hub: Hub | None = None
+        self._nodes: Nodes | None = None
+        self._events: EventBus | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.agent_address: tuple[str, int] | None = None
+
+    async def start(self) -> Dispatcher:
+        settings = self.settings
+        home = settings.home
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store_url = settings.store_url or f"sqlite:///{home / 'corral.db'}"
+        self._store = store = await asyncio.to_thread(open_store, store_url)
+        loaded = await asyncio.to_thread(store.load)
+        self._committer = committer = GroupCommitter(store)
+        await committer.start()
+        state = State(committer, self._fatal)
+        state.load(loaded)
+        for node in list(state.nodes.values()):
+            state.nodes[node.node_id] = replace(node, state=NodeState.UNKNOWN)
+        pool_id = loaded.tables[Table.META].get("pool", {}).get("id")
+        if pool_id is None:
+            pool_id = secrets.token_hex(6)
+            await committer.commit([Put(Table.META, "pool", {"id": pool_id})])
+
+        sock = self._agent_socket()
+        host, port = sock.getsockname()[:2]
+        self.agent_address = (host, port)
+        (home / "agent_address").write_text(f"{host}:{port}\n")
+        token_file = home / "agent_token"
+        drivers: dict[EngineId, Driver] = {}
+        local = LocalDriver(home, f"{host}:{port}", token_file)
+        for engine in settings.config.engines:
+            drivers[engine.engine_id] = local
+        pool = NodePool(pool_id, drivers)
+
+        mapper_ref: list[Mapper] = []
+        self._nodes = nodes = Nodes(
+            state, settings.config, self.clock, pool, lambda: mapper_ref[0].wake()
+        )
+        mapper = Mapper(state, settings.config, self.clock, nodes)
+        mapper_ref.append(mapper)
+        self._events = events = EventBus()
+        state.add_listener(events.on_commit)
+        self._hub = hub = Hub(settings.agent_token, nodes)
+        await hub.start_on(sock)
+        self.dispatcher = Dispatcher(state, settings.config, self.clock, nodes, events, mapper.wake)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(mapper.run(), name="mapper"),
+            loop.create_task(self._node_loop(nodes), name="nodes"),
+        ]
+        mapper.wake()
+        log.info(
+            "dispatcher started: %d process(es), %d node(s) known, agents dial %s:%d",
+            len(state.processes),
+            len(state.nodes),
+            host,
+            port,
+        )
+        return self.dispatcher
+
+    def _agent_socket(self) -> socket.socket:
+        settings = self.settings
+        address = settings.agent_listen
+        remembered = settings.home / "agent_address"
+        if address is None and remembered.exists():
+            host, _, port = remembered.read_text().strip().rpartition(":")
+            address = (host, int(port))
+        if address is None:
+            address = ("127.0.0.1", 0)
+        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def _node_loop(self, nodes: Nodes) -> None:
+        while True:
+            try:
+                await nodes.tick()
+            except Exception:
+                log.exception("node loop pass failed")
+            await asyncio.sleep(TICK)
+
+    def _fatal(self, error: BaseException) -> None:
+        if self.failure is None:
+            log.critical("the store failed to commit; stopping: %s", error)
+            self.failure = error
+        self.stopped.set()
+
+    async def aclose(self) -> None:
+        """Stop the loops and close the store; agents keep running their processes."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._hub is not None:
+            await self._hub.aclose()
+        if self._nodes is not None:
+            await self._nodes.aclose()
+        if self._events is not None:
+            await self._events.aclose()
+        if self._committer is not None:
+            await self._committer.aclose()
+        if self._store is not None:
+            self._store.close()
+        self.stopped.set()

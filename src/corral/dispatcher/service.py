@@ -1,0 +1,451 @@
+"""The EPU operations, as the API and the client see them.
+
+Each operation validates its request, builds the next records through ``rounds``, saves
+them through ``State`` and returns once they are durable. Results are plain dicts in the
+public form (states as ``"500-RUNNING"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from corral.clock import Clock
+from corral.config import Config
+from corral.core.ids import DefinitionId, NodeId, Round, Upid
+from corral.core.model import Definition, ProcessRecord, ProcessRequest
+from corral.core.process_states import ProcessEvent, ProcessState
+from corral.dispatcher import validation as check
+from corral.dispatcher.events import EventBus, public_process
+from corral.dispatcher.rounds import moved
+from corral.dispatcher.state import State
+from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, Unavailable, WaitTimeout
+
+_STARTABLE = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
+
+
+class NodeSide(Protocol):
+    """What the service needs from the node side (``dispatcher.nodes``)."""
+
+    def kill(self, node_id: NodeId, upid: Upid, round_: Round) -> None: ...
+
+    async def read_log(
+        self, node_id: NodeId, upid: Upid, stream: str, offset: int, limit: int
+    ) -> dict[str, Any]: ...
+
+    def describe_nodes(self) -> list[dict[str, Any]]: ...
+
+    def statistics(self) -> dict[str, Any]: ...
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        state: State,
+        config: Config,
+        clock: Clock,
+        nodes: NodeSide,
+        events: EventBus,
+        wake_mapper: Callable[[], None],
+    ) -> None:
+        self._state = state
+        self._config = config
+        self._clock = clock
+        self._nodes = nodes
+        self._events = events
+        self._wake_mapper = wake_mapper
+        self._engines = {e.engine_id: e for e in config.engines}
+
+    # -- definitions ----------------------------------------------------------
+
+    async def create_definition(
+        self,
+        definition_id: str,
+        definition_type: str,
+        executable: dict[str, Any],
+        name: str | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        definition = check.definition(definition_id, definition_type, executable, name, description)
+        existing = self._state.definitions.get(definition.definition_id)
+        if existing is not None:
+            if existing == definition:
+                return existing.as_doc()
+            raise Conflict(
+                f"definition {definition_id!r} exists with other parameters; "
+                "use update_definition to change it",
+                field="definition_id",
+            )
+        await self._state.save_definition(definition)
+        return definition.as_doc()
+
+    async def update_definition(
+        self,
+        definition_id: str,
+        definition_type: str,
+        executable: dict[str, Any],
+        name: str | None = None,
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        self._definition(definition_id)
+        definition = check.definition(definition_id, definition_type, executable, name, description)
+        await self._state.save_definition(definition)
+        return definition.as_doc()
+
+    def describe_definition(self, definition_id: str) -> dict[str, Any]:
+        return self._definition(definition_id).as_doc()
+
+    async def remove_definition(self, definition_id: str) -> None:
+        self._definition(definition_id)
+        users = [
+            r.upid
+            for r in self._state.processes.values()
+            if r.request.definition_id == definition_id and not r.state.is_terminal
+        ]
+        if users:
+            shown = ", ".join(sorted(users)[:5]) + (" …" if len(users) > 5 else "")
+            raise Conflict(
+                f"definition {definition_id!r} is used by {len(users)} unfinished "
+                f"process(es): {shown}; terminate them first",
+                field="definition_id",
+            )
+        await self._state.delete_definition(DefinitionId(definition_id))
+
+    def list_definitions(self) -> list[dict[str, Any]]:
+        return [d.as_doc() for d in self._state.definitions.values()]
+
+    def _definition(self, definition_id: str) -> Definition:
+        definition = self._state.definitions.get(DefinitionId(definition_id))
+        if definition is None:
+            raise NotFound(f"no definition {definition_id!r}", field="definition_id")
+        return definition
+
+    def _known_definition(self, definition_id: str) -> DefinitionId:
+        check.check_id(definition_id, "definition_id")
+        if definition_id not in self._state.definitions:
+            raise InvalidRequest(
+                f"definition {definition_id!r} does not exist; create it first",
+                field="definition_id",
+            )
+        return DefinitionId(definition_id)
+
+    # -- processes ------------------------------------------------------------
+
+    async def create_process(
+        self, upid: str, definition_id: str, name: str | None = None
+    ) -> dict[str, Any]:
+        check.check_id(upid, "upid")
+        definition = self._known_definition(definition_id)
+        existing = self._state.processes.get(Upid(upid))
+        if existing is not None:
+            request = existing.request
+            if request.definition_id != definition or request.name != name:
+                raise Conflict(
+                    f"process {upid!r} exists with definition {request.definition_id!r} and "
+                    f"name {request.name!r}",
+                    field="upid",
+                )
+            await self._state.durable(existing.upid)
+            return public_process(existing)
+        now = self._clock.time()
+        record = ProcessRecord(
+            upid=Upid(upid),
+            request=ProcessRequest(definition_id=definition, name=name),
+            state=ProcessState.UNSCHEDULED,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._state.save_processes([record])
+        return public_process(record)
+
+    async def schedule_process(
+        self,
+        upid: str,
+        definition_id: str | None = None,
+        configuration: dict[str, Any] | None = None,
+        subscribers: list[str] | None = None,
+        constraints: dict[str, Any] | None = None,
+        queueing_mode: str | None = None,
+        restart_mode: str | None = None,
+        execution_engine_id: str | None = None,
+        node_exclusive: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        record, changed = self._scheduled(
+            upid,
+            definition_id=definition_id,
+            configuration=configuration,
+            subscribers=subscribers,
+            constraints=constraints,
+            queueing_mode=queueing_mode,
+            restart_mode=restart_mode,
+            execution_engine_id=execution_engine_id,
+            node_exclusive=node_exclusive,
+            name=name,
+        )
+        if changed:
+            await self._state.save_processes([record])
+            self._wake_mapper()
+        else:
+            await self._state.durable(record.upid)
+        return public_process(self._state.processes[record.upid])
+
+    async def schedule_processes(self, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Schedule many processes at once: all are accepted, or none (the error names the
+        item). Each item holds ``upid`` and the parameters of ``schedule_process``."""
+        records: list[ProcessRecord] = []
+        changed: list[ProcessRecord] = []
+        seen: set[str] = set()
+        for i, item in enumerate(processes):
+            params = dict(item)
+            upid = params.pop("upid", None)
+            try:
+                if upid in seen:
+                    raise InvalidRequest(f"upid {upid!r} appears twice in the batch", field="upid")
+                record, is_new = self._scheduled(upid, **params)
+            except TypeError as exc:
+                raise InvalidRequest(f"processes[{i}]: {exc}", field=f"processes[{i}]") from None
+            except CorralError as exc:
+                field = f"processes[{i}]" + (f".{exc.field}" if exc.field else "")
+                raise type(exc)(f"processes[{i}]: {exc.message}", field=field) from None
+            seen.add(record.upid)
+            records.append(record)
+            if is_new:
+                changed.append(record)
+        if changed:
+            await self._state.save_processes(changed)
+            self._wake_mapper()
+        for record in records:
+            await self._state.durable(record.upid)
+        return [public_process(self._state.processes[r.upid]) for r in records]
+
+    def _scheduled(
+        self,
+        upid: Any,
+        definition_id: str | None = None,
+        configuration: dict[str, Any] | None = None,
+        subscribers: list[str] | None = None,
+        constraints: dict[str, Any] | None = None,
+        queueing_mode: str | None = None,
+        restart_mode: str | None = None,
+        execution_engine_id: str | None = None,
+        node_exclusive: str | None = None,
+        name: str | None = None,
+    ) -> tuple[ProcessRecord, bool]:
+        """The record ``schedule_process`` leads to, and whether it is a change at all."""
+        check.check_id(upid, "upid")
+        asked: dict[str, Any] = {
+            "definition_id": None
+            if definition_id is None
+            else self._known_definition(definition_id),
+            "name": name,
+            "configuration": check.configuration(configuration),
+            "subscribers": check.subscribers(subscribers),
+            "constraints": check.constraints(constraints),
+            "queueing_mode": check.queueing_mode(queueing_mode),
+            "restart_mode": check.restart_mode(restart_mode),
+            "execution_engine_id": check.engine(execution_engine_id, self._engines),
+            "node_exclusive": node_exclusive,
+        }
+        given = {k: v for k, v in asked.items() if v is not None}
+        existing = self._state.processes.get(Upid(upid))
+        now = self._clock.time()
+        if existing is None:
+            if "definition_id" not in given:
+                raise InvalidRequest(
+                    f"process {upid!r} does not exist, so definition_id is required",
+                    field="definition_id",
+                )
+            record = ProcessRecord(
+                upid=Upid(upid),
+                request=ProcessRequest(**given),
+                state=ProcessState.UNSCHEDULED,
+                created_at=now,
+            )
+        elif not existing.scheduled:
+            record = replace(existing, request=self._merged(existing, given, lenient=True))
+        else:
+            self._merged(existing, given, lenient=False)
+            if not existing.state.is_terminal:
+                return existing, False
+            record = existing
+        record = replace(moved(record, ProcessEvent.SCHEDULE, now), scheduled=True, attempts=0)
+        if record.round == 0:
+            record = replace(record, round=Round(1))
+        return record, True
+
+    def _merged(
+        self, existing: ProcessRecord, given: dict[str, Any], lenient: bool
+    ) -> ProcessRequest:
+        """The request ``given`` asks for, which must agree with what ``existing`` fixed.
+
+        A created-but-unscheduled process fixed only its definition and name; a scheduled
+        one fixed everything.
+        """
+        current = existing.request
+        fixed = ("definition_id", "name") if lenient else tuple(given)
+        differing = [k for k in fixed if k in given and given[k] != getattr(current, k)]
+        if differing:
+            raise Conflict(
+                f"process {existing.upid!r} was scheduled with other {', '.join(differing)}; "
+                "use another upid, or terminate and remove this one",
+                field=differing[0],
+            )
+        return replace(current, **given)
+
+    def describe_process(self, upid: str) -> dict[str, Any]:
+        return public_process(self._process(upid))
+
+    def describe_processes(self) -> list[dict[str, Any]]:
+        return [public_process(r) for r in self._state.processes.values()]
+
+    def _process(self, upid: str) -> ProcessRecord:
+        record = self._state.processes.get(Upid(upid))
+        if record is None:
+            raise NotFound(f"no process {upid!r}", field="upid")
+        return record
+
+    async def terminate_process(self, upid: str) -> dict[str, Any]:
+        record = self._process(upid)
+        now = self._clock.time()
+        if record.state.is_terminal or record.state is ProcessState.TERMINATING:
+            await self._state.durable(record.upid)
+            return public_process(record)
+        if record.state in (ProcessState.PENDING, ProcessState.RUNNING):
+            new = moved(record, ProcessEvent.TERMINATE, now, end_reason="terminate requested")
+            await self._state.save_processes([new])
+            assert record.assigned is not None
+            self._nodes.kill(record.assigned, record.upid, record.round)
+        else:
+            new = moved(record, ProcessEvent.TERMINATED, now, end_reason="terminated before it ran")
+            await self._state.save_processes([new])
+            self._wake_mapper()
+        return public_process(new)
+
+    async def restart_process(self, upid: str) -> dict[str, Any]:
+        record = self._process(upid)
+        now = self._clock.time()
+        if record.state is ProcessState.UNSCHEDULED:
+            raise Conflict(
+                f"process {upid!r} was never scheduled; use schedule_process", field="upid"
+            )
+        if record.state.is_queued:
+            return public_process(record)
+        if record.state.is_terminal:
+            new = moved(record, ProcessEvent.SCHEDULE, now, attempts=0)
+        else:
+            new = moved(
+                record,
+                ProcessEvent.RESTART_NOW,
+                now,
+                attempts=0,
+                end_reason="restart requested",
+                waiting_reason="restart requested",
+            )
+        await self._state.save_processes([new])
+        if record.state in _STARTABLE or record.state is ProcessState.TERMINATING:
+            assert record.assigned is not None
+            self._nodes.kill(record.assigned, record.upid, record.round)
+        self._wake_mapper()
+        return public_process(self._state.processes[new.upid])
+
+    async def wait_process(
+        self,
+        upid: str,
+        states: list[str] | None,
+        timeout: float,  # noqa: ASYNC109 - the seed API's parameter name
+    ) -> dict[str, Any]:
+        wanted = self._parse_states(states)
+        record = self._process(upid)
+        deadline = self._clock.monotonic() + max(0.0, timeout)
+        while not (record.state in wanted or record.state.is_terminal):
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(
+                    f"process {upid!r} is still {record.state} after {timeout:g} s", field="upid"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._events.next_change(record.upid), remaining)
+            record = self._state.processes[record.upid]
+        await self._state.durable(record.upid)
+        return public_process(record)
+
+    @staticmethod
+    def _parse_states(states: list[str] | None) -> frozenset[ProcessState]:
+        if not states:
+            return frozenset()
+        parsed = set()
+        for text in states:
+            try:
+                parsed.add(ProcessState.parse(text))
+            except ValueError:
+                names = ", ".join(str(s) for s in ProcessState)
+                raise InvalidRequest(
+                    f"state {text!r} is not a process state; expected one of {names}",
+                    field="state",
+                ) from None
+        return frozenset(parsed)
+
+    async def read_log(self, upid: str, stream: str, offset: int, limit: int) -> dict[str, Any]:
+        record = self._process(upid)
+        if stream not in ("stdout", "stderr"):
+            raise InvalidRequest("stream must be stdout or stderr", field="stream")
+        if offset < 0 or limit <= 0:
+            raise InvalidRequest("offset must be ≥ 0 and limit > 0", field="offset")
+        node_id = record.assigned
+        if node_id is None:
+            if record.starts == 0:
+                return {
+                    "upid": upid,
+                    "stream": stream,
+                    "data": "",
+                    "offset": offset,
+                    "next_offset": offset,
+                    "size": 0,
+                }
+            raise Unavailable(f"the node process {upid!r} last ran on is gone with its logs")
+        chunk = await self._nodes.read_log(
+            node_id, record.upid, stream, offset, min(limit, 1 << 20)
+        )
+        return {"upid": upid, "stream": stream, "offset": offset, **chunk}
+
+    def events(self, upid: str | None) -> AsyncIterator[dict[str, Any]]:
+        return self._events.stream(upid)
+
+    # -- introspection --------------------------------------------------------
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._nodes.describe_nodes()
+
+    def list_engines(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "engine_id": e.engine_id,
+                "driver": e.driver,
+                "slots": e.slots,
+                "base_need": e.base_need,
+                "maximum_vms": e.maximum_vms,
+                "labels": dict(e.labels),
+                "default": i == 0,
+            }
+            for i, e in enumerate(self._config.engines)
+        ]
+
+    def dump(self) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        for record in self._state.processes.values():
+            key = str(record.state)
+            by_state[key] = by_state.get(key, 0) + 1
+        return {
+            "engines": self.list_engines(),
+            "nodes": self.list_nodes(),
+            "processes": {"total": len(self._state.processes), "by_state": by_state},
+            "queue": list(self._state.queue)[:1000],
+            "queue_length": len(self._state.queue),
+            "delayed_restarts": len(self._state.delayed),
+            "definitions": len(self._state.definitions),
+            "agents": self._nodes.statistics(),
+        }

@@ -1,0 +1,179 @@
+"""The dispatcher's live tables: a write-through mirror of the store.
+
+Every change goes through ``save_*``: the in-memory record changes at once (so the loops
+see it), the store commits it in the next group commit, and only then are waiters,
+event streams and subscribers told. Commands to agents are sent from a commit's
+callback, so an agent never acts on a decision the store could lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from corral.core.ids import DefinitionId, NodeId, Round, Upid
+from corral.core.model import Definition, NodeRecord, ProcessRecord
+from corral.core.process_states import MATCHABLE_STATES, ProcessState, QueueingMode
+from corral.core.snapshot import Pending
+from corral.store import Change, Delete, GroupCommitter, Loaded, Put, Table
+
+log = logging.getLogger("corral.dispatcher")
+
+
+@dataclass(frozen=True, slots=True)
+class Change_:
+    """A committed process change, as event listeners see it."""
+
+    previous: ProcessRecord | None
+    record: ProcessRecord
+
+
+Listener = Callable[[list[Change_]], None]
+
+
+class State:
+    def __init__(
+        self, committer: GroupCommitter, on_fatal: Callable[[BaseException], None]
+    ) -> None:
+        self._committer = committer
+        self._on_fatal = on_fatal
+        self.definitions: dict[DefinitionId, Definition] = {}
+        self.processes: dict[Upid, ProcessRecord] = {}
+        self.nodes: dict[NodeId, NodeRecord] = {}
+        #: matchable processes in the order they are served (dicts keep insertion order)
+        self.queue: dict[Upid, Pending] = {}
+        #: processes holding a slot, per node
+        self.by_node: dict[NodeId, set[Upid]] = {}
+        #: delayed restarts: (not_before, upid, round)
+        self.delayed: list[tuple[float, Upid, Round]] = []
+        self._last_commit: dict[Upid, asyncio.Future[None]] = {}
+        self._listeners: list[Listener] = []
+
+    def load(self, loaded: Loaded) -> None:
+        for doc in loaded.tables[Table.DEFINITIONS].values():
+            definition = Definition.from_doc(doc)
+            self.definitions[definition.definition_id] = definition
+        for doc in loaded.tables[Table.NODES].values():
+            node = NodeRecord.from_doc(doc)
+            self.nodes[node.node_id] = node
+        records = [ProcessRecord.from_doc(doc) for doc in loaded.tables[Table.PROCESSES].values()]
+        records.sort(key=lambda r: r.updated_at)
+        for record in records:
+            self._index(None, record)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- writes ---------------------------------------------------------------
+
+    def save_processes(self, records: Iterable[ProcessRecord]) -> asyncio.Future[None]:
+        changes: list[Change] = []
+        events: list[Change_] = []
+        for record in records:
+            previous = self.processes.get(record.upid)
+            self._index(previous, record)
+            changes.append(Put(Table.PROCESSES, record.upid, record.as_doc()))
+            if previous is None or (previous.round, previous.state) != (record.round, record.state):
+                events.append(Change_(previous, record))
+        future = self._commit(changes, events)
+        for change in changes:
+            self._last_commit[Upid(change.key)] = future
+        return future
+
+    def save_definition(self, definition: Definition) -> asyncio.Future[None]:
+        self.definitions[definition.definition_id] = definition
+        return self._commit([Put(Table.DEFINITIONS, definition.definition_id, definition.as_doc())])
+
+    def delete_definition(self, definition_id: DefinitionId) -> asyncio.Future[None]:
+        self.definitions.pop(definition_id, None)
+        return self._commit([Delete(Table.DEFINITIONS, definition_id)])
+
+    def save_node(self, node: NodeRecord) -> asyncio.Future[None]:
+        self.nodes[node.node_id] = node
+        return self._commit([Put(Table.NODES, node.node_id, node.as_doc())])
+
+    def delete_node(self, node_id: NodeId) -> asyncio.Future[None]:
+        self.nodes.pop(node_id, None)
+        self.by_node.pop(node_id, None)
+        return self._commit([Delete(Table.NODES, node_id)])
+
+    async def durable(self, upid: Upid) -> None:
+        """Return once the latest change to ``upid`` is committed."""
+        future = self._last_commit.get(upid)
+        if future is not None and not future.done():
+            await asyncio.shield(future)
+
+    # -- internals ------------------------------------------------------------
+
+    def _commit(
+        self, changes: list[Change], events: list[Change_] | None = None
+    ) -> asyncio.Future[None]:
+        future = self._committer.commit_nowait(changes)
+        future.add_done_callback(lambda f: self._committed(f, events or []))
+        return future
+
+    def _committed(self, future: asyncio.Future[None], events: list[Change_]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            # Memory is now ahead of the store; the only safe move is to stop and let a
+            # restart reload the truth.
+            self._on_fatal(error)
+            return
+        for upid in {e.record.upid for e in events}:
+            if self._last_commit.get(upid) is future:
+                del self._last_commit[upid]
+        if events:
+            for listener in self._listeners:
+                try:
+                    listener(events)
+                except Exception:
+                    log.exception("a state-change listener failed")
+
+    def _index(self, previous: ProcessRecord | None, record: ProcessRecord) -> None:
+        upid = record.upid
+        self.processes[upid] = record
+        if (
+            previous is not None
+            and previous.assigned is not None
+            and (previous.assigned != record.assigned or not record.state.holds_slot)
+        ):
+            held = self.by_node.get(previous.assigned)
+            if held is not None:
+                held.discard(upid)
+        if record.state.holds_slot and record.assigned is not None:
+            self.by_node.setdefault(record.assigned, set()).add(upid)
+        if record.state in MATCHABLE_STATES:
+            old = self.queue.get(upid)
+            self.queue[upid] = _pending(
+                record, restart=old is not None and old.round == record.round and old.is_restart
+            )
+        else:
+            self.queue.pop(upid, None)
+        if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
+            heapq.heappush(self.delayed, (record.not_before, upid, record.round))
+
+
+def _pending(record: ProcessRecord, restart: bool) -> Pending:
+    request = record.request
+    return Pending(
+        upid=record.upid,
+        round=record.round,
+        constraints=request.constraints,
+        execution_engine_id=request.execution_engine_id,
+        node_exclusive=request.node_exclusive,
+        queueing_mode=request.queueing_mode,
+        # A loaded WAITING process was let wait, so its mode allows waiting: a
+        # RESTART_ONLY one can only have been waiting on a restart.
+        is_restart=restart
+        or record.state is ProcessState.DIED_REQUESTED
+        or (
+            record.state is ProcessState.WAITING
+            and request.queueing_mode is QueueingMode.RESTART_ONLY
+        ),
+        has_reason=record.state is ProcessState.WAITING,
+    )

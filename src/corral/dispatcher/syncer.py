@@ -1,0 +1,146 @@
+"""Agent reports → process states, and what to do about processes that are gone.
+
+Level-triggered: a report is compared with the store's record. The current round moves
+forward; a report of an older round (or of a process the store no longer wants on that
+node) is stale, and its process is killed or forgotten on the agent. After a round's end
+is committed the agent is told to forget it, so nothing is reported twice into the void
+and nothing is lost if the dispatcher dies in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable
+
+from corral.clock import Clock
+from corral.core.ids import NodeId, Round, Upid
+from corral.core.model import ProcessRecord
+from corral.core.process_states import ProcessState
+from corral.core.restart import Outcome
+from corral.dispatcher.rounds import describe_exit, ended, started
+from corral.dispatcher.state import State
+from corral.wire.messages import EXITED, RUNNING, Forget, Message, ProcessReport
+
+log = logging.getLogger("corral.syncer")
+
+Send = Callable[[NodeId, Message], None]
+
+
+class Syncer:
+    def __init__(
+        self,
+        state: State,
+        clock: Clock,
+        send: Send,
+        kill: Callable[[NodeId, Upid, Round], None],
+        relaunch: Callable[[ProcessRecord], None],
+        wake_mapper: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._send = send
+        self._kill = kill
+        self._relaunch = relaunch
+        self._wake_mapper = wake_mapper
+        self._rng = rng or random.Random()
+
+    def reports(self, node_id: NodeId, reports: Iterable[ProcessReport]) -> None:
+        # A batch may hold several reports of one process (started, then exited): each
+        # applies to the record the previous one made.
+        changed: dict[Upid, ProcessRecord] = {}
+        forget: list[tuple[Upid, Round]] = []
+        for report in reports:
+            upid = Upid(report.upid)
+            record = changed.get(upid) or self._state.processes.get(upid)
+            if not _current(record, node_id, report.round):
+                self._stale(node_id, report)
+                continue
+            assert record is not None
+            new = self._apply(record, report)
+            if new is not None:
+                changed[upid] = new
+                if report.status != RUNNING:
+                    forget.append((record.upid, record.round))
+        if changed:
+            self._save(list(changed.values()), node_id, forget)
+
+    def reconcile(self, node_id: NodeId, inventory: list[ProcessReport]) -> None:
+        """A (re)joined agent listed what it knows; settle every process placed on it."""
+        self.reports(node_id, inventory)
+        known = {(r.upid, r.round) for r in inventory}
+        lost: list[ProcessRecord] = []
+        for upid in list(self._state.by_node.get(node_id, ())):
+            record = self._state.processes[upid]
+            if (record.upid, record.round) in known:
+                continue
+            if record.state in (ProcessState.ASSIGNED, ProcessState.PENDING):
+                # The launch never arrived (or the dispatcher died before sending it):
+                # launches are idempotent, so send it again.
+                self._relaunch(record)
+            else:
+                lost.append(record)
+        if lost:
+            self.lose(lost, f"the agent on {node_id} no longer knows it")
+
+    def lose(self, records: Iterable[ProcessRecord], reason: str) -> None:
+        """End the rounds of processes whose node (or agent) is gone."""
+        now = self._clock.time()
+        changed = [
+            ended(r, Outcome.NODE_LOST, now, self._rng.random(), reason=reason) for r in records
+        ]
+        if changed:
+            self._state.save_processes(changed)
+            self._wake_mapper()
+
+    def _apply(self, record: ProcessRecord, report: ProcessReport) -> ProcessRecord | None:
+        now = self._clock.time()
+        if report.status == RUNNING:
+            if record.state in (ProcessState.ASSIGNED, ProcessState.PENDING):
+                return started(record, report.pid, report.started_at, now)
+            if record.state is ProcessState.TERMINATING:
+                # The kill may have been sent while the agent was away: send it again.
+                self._kill(record.assigned or NodeId(""), record.upid, record.round)
+            return None
+        exit_code = report.exit_code if report.status == EXITED else None
+        outcome, reason = describe_exit(exit_code, report.signal, report.error)
+        return ended(
+            record,
+            outcome,
+            now,
+            self._rng.random(),
+            exit_code=exit_code,
+            signal=report.signal,
+            reason=reason,
+            ended_at=report.ended_at,
+        )
+
+    def _save(
+        self, changed: list[ProcessRecord], node_id: NodeId, forget: list[tuple[Upid, Round]]
+    ) -> None:
+        future = self._state.save_processes(changed)
+        if forget:
+
+            def forget_committed(_: object) -> None:
+                for upid, round_ in forget:
+                    self._send(node_id, Forget(upid, round_))
+
+            future.add_done_callback(forget_committed)
+            self._wake_mapper()
+
+    def _stale(self, node_id: NodeId, report: ProcessReport) -> None:
+        if report.status == RUNNING:
+            log.info("killing stale %s round %d on %s", report.upid, report.round, node_id)
+            self._kill(node_id, Upid(report.upid), Round(report.round))
+        else:
+            self._send(node_id, Forget(report.upid, report.round))
+
+
+def _current(record: ProcessRecord | None, node_id: NodeId, round_: int) -> bool:
+    return (
+        record is not None
+        and record.round == round_
+        and record.assigned == node_id
+        and record.state.holds_slot
+    )

@@ -1,0 +1,48 @@
+"""The driver contract the node pool consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from corral.core.ids import NodeId
+from corral.core.model import Engine
+
+#: tag keys every instance carries, so a restarted dispatcher can find and re-adopt it
+TAG_POOL = "corral-pool"
+TAG_NODE = "corral-node"
+TAG_ENGINE = "corral-engine"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """What to boot: a node of ``engine`` that will call itself ``node_id``."""
+
+    node_id: NodeId
+    engine: Engine
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    instance_id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def node_id(self) -> NodeId | None:
+        value = self.tags.get(TAG_NODE)
+        return NodeId(value) if value else None
+
+
+class Driver(Protocol):
+    async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
+        """Boot an instance whose agent will join as ``spec.node_id``."""
+        ...
+
+    async def list(self) -> list[Instance]:
+        """Every instance that exists now, with its tags."""
+        ...
+
+    async def destroy(self, instance_id: str) -> None:
+        """Make the instance and everything it runs go away; unknown ids are not an error."""
+        ...

@@ -1,0 +1,140 @@
+"""The embedded default: each node is a ``corral.agent`` process on this machine.
+
+An instance is a directory ``<home>/nodes/<node_id>`` holding ``instance.json`` (the agent's
+pid, its start time and the tags) and the agent's state (logs, pid files of its children).
+Agents are started in their own session so they outlive the dispatcher, which finds them
+again by listing these directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from corral.agent.launcher import kill_orphans
+from corral.agent.pidfiles import proc_identity
+from corral.drivers.base import Instance, NodeSpec
+
+
+class LocalDriver:
+    def __init__(self, home: Path, dispatcher_address: str, token_file: Path) -> None:
+        self.nodes_dir = home / "nodes"
+        self.dispatcher_address = dispatcher_address
+        self.token_file = token_file
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
+        state_dir = self.nodes_dir / spec.node_id
+        state_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "corral.agent",
+            "--dispatcher",
+            self.dispatcher_address,
+            "--token-file",
+            str(self.token_file),
+            "--node-id",
+            spec.node_id,
+            "--engine",
+            spec.engine.engine_id,
+            "--slots",
+            str(spec.engine.slots),
+            "--state-dir",
+            str(state_dir),
+            "--heartbeat-period",
+            str(spec.engine.heartbeat_period),
+        ]
+        for key, value in spec.engine.labels.items():
+            argv += ["--label", f"{key}={value}"]
+        proc = await asyncio.to_thread(_spawn_agent, argv, state_dir / "agent.log")
+        self._children[spec.node_id] = proc
+        identity = proc_identity(proc.pid)
+        record = _AgentRecord(proc.pid, identity[2] if identity else None, dict(tags))
+        record.write(state_dir / "instance.json")
+        return Instance(spec.node_id, dict(tags))
+
+    async def list(self) -> list[Instance]:
+        # Agents started by this dispatcher are its children: reap the dead ones, or they
+        # would linger as zombies. (Agents of an earlier run belong to init.)
+        for node_id, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[node_id]
+        found: list[Instance] = []
+        if not self.nodes_dir.is_dir():
+            return found
+        for state_dir in sorted(self.nodes_dir.iterdir()):
+            record = _AgentRecord.read(state_dir / "instance.json")
+            if record is None or not record.alive():
+                continue
+            found.append(Instance(state_dir.name, dict(record.tags)))
+        return found
+
+    async def destroy(self, instance_id: str) -> None:
+        state_dir = self.nodes_dir / instance_id
+        if state_dir.parent != self.nodes_dir or not state_dir.is_dir():
+            return
+        record = _AgentRecord.read(state_dir / "instance.json")
+        if record is not None and record.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+            # The agent's lock on its directory is released only once it is dead; the
+            # orphans can be reaped safely after that.
+            for _ in range(500):
+                child = self._children.get(instance_id)
+                if child is not None:
+                    child.poll()
+                if not record.alive():
+                    break
+                await asyncio.sleep(0.01)
+        self._children.pop(instance_id, None)
+        kill_orphans(state_dir)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _spawn_agent(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentRecord:
+    """``instance.json``: which process is the node's agent, and the node's tags."""
+
+    pid: int
+    #: the kernel's start time of ``pid``, so a reused pid is never mistaken for the agent
+    start_time: int | None
+    tags: dict[str, str]
+
+    def alive(self) -> bool:
+        identity = proc_identity(self.pid)
+        # A zombie is dead: it only waits for its (possibly long gone) parent to reap it.
+        return (
+            identity is not None
+            and identity[0] not in ("Z", "X")
+            and identity[2] == self.start_time
+        )
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> _AgentRecord | None:
+        try:
+            doc = json.loads(path.read_text())
+            return cls(int(doc["pid"]), doc.get("start_time"), dict(doc.get("tags") or {}))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
