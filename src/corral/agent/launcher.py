@@ -19,7 +19,6 @@ import contextlib
 import errno
 import logging
 import os
-import select
 import signal
 import subprocess
 import time
@@ -69,7 +68,7 @@ class Launcher:
         self._environ = dict(environ)
         self._loop = asyncio.get_running_loop()
         self._live: dict[Key, _Child] = {}
-        # Records are written a loop turn after the spawn (see _write_records).
+        # Records are written after a batch of spawns (see record_pending).
         self._unrecorded: dict[int, _Child] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -150,14 +149,19 @@ class Launcher:
         )
         child = _Child(report, popen.pid, pidfd, popen, config_path)
         self._watch(child)
-        # Reading /proc/<pid>/stat now would wait for the child to finish exec; a loop turn
-        # later it has, so a batch of spawns does not pay that wait once per child.
-        if not self._unrecorded:
-            self._loop.call_soon(self._write_records)
+        if not self._unrecorded:  # a safety net for callers that never call record_pending
+            self._loop.call_soon(self.record_pending)
         self._unrecorded[popen.pid] = child
         return report
 
-    def _write_records(self) -> None:
+    def record_pending(self) -> None:
+        """Write the ``pids/`` records of the rounds spawned since the last call.
+
+        Reading ``/proc/<pid>/stat`` right after a spawn would wait for the child to finish
+        its exec; after a batch of spawns it no longer has to, so records are written per
+        batch. Call this before the batch's reports can leave, so that a process reported
+        running always has its record.
+        """
         pending, self._unrecorded = self._unrecorded, {}
         for pid, child in pending.items():
             # Unreaped (reaping drops it from _unrecorded), so /proc/<pid> is still this child.
@@ -195,7 +199,7 @@ class Launcher:
             if record is None:
                 pidfiles.remove_record(self._pids_dir, pid)
                 continue
-            pidfd = _pidfd_if_same(pid, record)
+            pidfd = pidfiles.open_pidfd_if_same(pid, record)
             if pidfd is None:
                 reports.append(self._ended_unwatched(pid, record))
                 continue
@@ -229,7 +233,8 @@ class Launcher:
         child = self._live.get(key)
         if child is None:
             return
-        if child.popen is not None and not _is_zombie(child.pidfd):
+        exited = _peek_exit(child.pidfd) if child.popen is not None else False
+        if exited is None:
             return  # a readable pidfd means exit; this check only keeps a live group unkilled
         del self._live[key]
         self._unrecorded.pop(child.pid, None)
@@ -240,13 +245,14 @@ class Launcher:
         exit_code: int | None = None
         signum: int | None = None
         error: str | None = UNKNOWN_STATUS
-        if child.popen is not None:
+        if exited:
             # Stragglers first: the unreaped leader still holds the group id, so it cannot
             # have been reused by an unrelated group.
             _killpg(child.pid, signal.SIGKILL)
+        if child.popen is not None:
             exit_code, signum, error = _reap(child.popen)
-        # An adopted leader was reaped by someone else, so its group id may already be reused:
-        # leave its group alone rather than risk killing a stranger.
+        # A leader someone else reaped (an adopted one) may have had its group id reused:
+        # leave that group alone rather than risk killing a stranger.
         pidfiles.remove_record(self._pids_dir, child.pid)
         child.config_path.unlink(missing_ok=True)
         report = replace(
@@ -289,7 +295,7 @@ class Launcher:
     def _signal_group(self, child: _Child, signum: int) -> None:
         # Our own leader cannot be reaped before _on_ready runs, so its group id is ours. An
         # adopted leader could be; checking its pidfd first narrows that to nothing practical.
-        if child.popen is None and _has_exited(child.pidfd):
+        if child.popen is None and pidfiles.has_exited(child.pidfd):
             return
         _killpg(child.pid, signum)
 
@@ -303,7 +309,7 @@ class Launcher:
 
     def detach(self) -> None:
         """Stop watching without killing: the processes keep running, their records stay."""
-        self._write_records()
+        self.record_pending()
         for child in self._live.values():
             self._loop.remove_reader(child.pidfd)
             os.close(child.pidfd)
@@ -330,7 +336,7 @@ def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
                 running = pidfiles.still_running(pid, record)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(record.pgid, signal.SIGKILL)
-                    killed += running
+                    killed += 1 if running else 0
             pidfiles.remove_record(root / "pids", pid)
         return killed
     finally:
@@ -353,29 +359,14 @@ def _write_private(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _pidfd_if_same(pid: int, record: pidfiles.PidRecord) -> int | None:
+def _peek_exit(pidfd: int) -> bool | None:
+    """Has our child exited? None: not yet; True: a zombie, unreaped, still pinning its pid
+    and group id; False: already reaped by someone else. WNOWAIT leaves it unreaped."""
     try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    # Check identity after opening: the pidfd then pins this very process, whatever comes next.
-    if not pidfiles.still_running(pid, record):
-        os.close(pidfd)
-        return None
-    return pidfd
-
-
-def _is_zombie(pidfd: int) -> bool:
-    """True once our child has exited; WNOWAIT leaves it unreaped, pinning its pid."""
-    try:
-        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        return True  # already reaped by someone else: nothing left to wait for
-
-
-def _has_exited(pidfd: int) -> bool:
-    readable, _, _ = select.select([pidfd], [], [], 0)
-    return bool(readable)
+        return False
+    return None if result is None else True
 
 
 def _killpg(pgid: int, signum: int) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,11 +56,14 @@ def proc_identity(pid: int) -> tuple[str, int, int] | None:
 
 
 def write_record(pids_dir: Path, pid: int, record: PidRecord) -> None:
-    fd = os.open(pids_dir / str(pid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    """Write the record whole or not at all: an agent killed midway leaves no empty record."""
+    tmp = pids_dir / f".{pid}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, json.dumps(asdict(record)).encode())  # far below the size of one write
     finally:
         os.close(fd)
+    os.rename(tmp, pids_dir / str(pid))
 
 
 def remove_record(pids_dir: Path, pid: int) -> None:
@@ -74,6 +78,9 @@ def read_records(pids_dir: Path) -> Iterator[tuple[int, PidRecord | None]]:
     except FileNotFoundError:
         return
     for name in names:
+        if name.endswith(".tmp"):  # left by an agent killed while writing it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pids_dir / name)
         if not name.isdigit():
             continue
         try:
@@ -108,6 +115,25 @@ def still_running(pid: int, record: PidRecord) -> bool:
         and identity[0] not in ("Z", "X")
         and identity[1:] == (record.pgid, record.start_time)
     )
+
+
+def open_pidfd_if_same(pid: int, record: PidRecord) -> int | None:
+    """A pidfd for the process the record describes, or None if it is no longer running."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # Check identity after opening: the pidfd then pins this very process, whatever comes next.
+    if not still_running(pid, record):
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def has_exited(pidfd: int) -> bool:
+    """True once the process behind ``pidfd`` has exited (a pidfd turns readable then)."""
+    readable, _, _ = select.select([pidfd], [], [], 0)
+    return bool(readable)
 
 
 def prepare_state_dir(state_dir: Path) -> None:

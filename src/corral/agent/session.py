@@ -113,6 +113,7 @@ class Agent:
         self._conn: Connection | None = None
         self._launcher: Launcher | None = None
         self._signalled = False
+        self._unreachable = False
 
     @property
     def launcher(self) -> Launcher:
@@ -168,8 +169,12 @@ class Agent:
         try:
             conn = await asyncio.wait_for(open_connection(cfg.host, cfg.port), cfg.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            log.debug("cannot reach the dispatcher at %s:%s: %s", cfg.host, cfg.port, exc)
+            # One line per outage, not one per attempt.
+            level = logging.DEBUG if self._unreachable else logging.WARNING
+            log.log(level, "cannot reach the dispatcher at %s:%s: %s", cfg.host, cfg.port, exc)
+            self._unreachable = True
             return _End.LOST
+        self._unreachable = False
         _tune_socket(conn)
         log.info("connected to %s", conn.peer)
         heartbeats: asyncio.Task[None] | None = None
@@ -235,6 +240,8 @@ class Agent:
                 self._launch(msg)
                 launches += 1
                 if launches % _YIELD_EVERY == 0:
+                    # Reports leave only when the loop turns: their records must exist first.
+                    self.launcher.record_pending()
                     await asyncio.sleep(0)
             elif isinstance(msg, Kill):
                 self._kill(msg)
@@ -256,6 +263,7 @@ class Agent:
                 return True
             else:
                 raise ProtocolError(f"an agent does not accept {type(msg).__name__}")
+        self.launcher.record_pending()
         return False
 
     # --- commands -----------------------------------------------------------------------------

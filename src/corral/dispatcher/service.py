@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -435,10 +436,8 @@ class Dispatcher:
         ]
 
     def dump(self) -> dict[str, Any]:
-        by_state: dict[str, int] = {}
-        for record in self._state.processes.values():
-            key = str(record.state)
-            by_state[key] = by_state.get(key, 0) + 1
+        counts = Counter(record.state for record in self._state.processes.values())
+        by_state = {str(state): counts[state] for state in sorted(counts)}
         return {
             "engines": self.list_engines(),
             "nodes": self.list_nodes(),

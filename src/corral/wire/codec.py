@@ -303,7 +303,7 @@ class Connection:
         self._max_frame = MAX_FRAME
 
     async def read_batch(self) -> list[Message]:
-        """Wait for the next frame and return its messages (never an empty frame's none).
+        """Wait for the next frame and return its messages (an empty frame gives none).
 
         Raises ``ConnectionClosed`` at end of stream and ``ProtocolError`` for a bad frame.
         """
