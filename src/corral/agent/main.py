@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -21,7 +22,12 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.agent.pidfiles import StateDirBusy, lock_state_dir, prepare_state_dir
+from corral.agent.pidfiles import (
+    StateDirBusy,
+    lock_state_dir,
+    prepare_state_dir,
+    private_runtime_root,
+)
 from corral.agent.session import EXIT_USAGE, Agent, AgentConfig
 
 TOKEN_ENV = "CORRAL_AGENT_TOKEN"
@@ -60,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
     add("--hostname", default=hostname)
     add("--state-dir", type=Path, default=default_state)
+    add(
+        "--runtime-dir",
+        type=Path,
+        default=None,
+        help="tmpfs directory for pid records and configuration files "
+        "(default: under $XDG_RUNTIME_DIR or /dev/shm; '' keeps them in the state dir)",
+    )
     add("--heartbeat-period", type=float, default=1.0, help="seconds; Welcome overrides it")
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -86,6 +99,17 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
+def _runtime_dir(asked: Path | None, state_dir: Path) -> Path | None:
+    if asked is not None:
+        return asked.expanduser().resolve() if str(asked) else None
+    for base in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        root = private_runtime_root(Path(base)) if base and os.path.isdir(base) else None
+        if root is not None:
+            # One directory per state dir: two agents of one host never share it.
+            return root / hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until it is shut down, refused or signalled; return the exit code."""
     parser = build_parser()
@@ -105,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_USAGE
     try:
-        prepare_state_dir(state_dir)
+        prepare_state_dir(state_dir, _runtime_dir(args.runtime_dir, state_dir))
         # The processes inherit the agent's environment, but never its credentials.
         environ = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         host, port = args.dispatcher

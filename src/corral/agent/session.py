@@ -281,7 +281,9 @@ class Agent:
         report = self.launcher.spawn(msg)
         self._inventory[key] = report
         if report.error is None:
-            log.info("started %s round %s: pid %s", msg.upid, msg.round, report.pid)
+            # Per-process lines are debug: at a thousand launches a second, writing them
+            # costs the agent more than the launches.
+            log.debug("started %s round %s: pid %s", msg.upid, msg.round, report.pid)
         else:
             log.warning("cannot start %s round %s: %s", msg.upid, msg.round, report.error)
         self._send(report)
@@ -295,7 +297,7 @@ class Agent:
             if report.signal is not None
             else report.error
         )
-        log.info("%s round %s (pid %s) ended: %s", report.upid, report.round, report.pid, how)
+        log.debug("%s round %s (pid %s) ended: %s", report.upid, report.round, report.pid, how)
         self._send(report)
 
     def _kill(self, msg: Kill) -> None:

@@ -10,7 +10,9 @@ restart modes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import secrets
 import socket
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.state import State
 from corral.drivers.base import Driver
 from corral.drivers.local import LocalDriver
+from corral.errors import Conflict
 from corral.hub import Hub
 from corral.pool import NodePool
 from corral.store import GroupCommitter, Put, Store, Table, open_store
@@ -61,11 +64,13 @@ class Runtime:
         self._events: EventBus | None = None
         self.dispatcher: Dispatcher | None = None
         self.agent_address: tuple[str, int] | None = None
+        self._lock: int | None = None
 
     async def start(self) -> Dispatcher:
         settings = self.settings
         home = settings.home
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = _lock_home(home)
         store_url = settings.store_url or f"sqlite:///{home / 'corral.db'}"
         self._store = store = await asyncio.to_thread(open_store, store_url)
         loaded = await asyncio.to_thread(store.load)
@@ -162,4 +167,25 @@ class Runtime:
             await self._committer.aclose()
         if self._store is not None:
             self._store.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         self.stopped.set()
+
+
+def _lock_home(home: Path) -> int:
+    """Hold ``home/dispatcher.lock`` while this dispatcher runs: two dispatchers on one
+    store would each believe they own every process."""
+    fd = os.open(home / "dispatcher.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise Conflict(
+            f"another dispatcher (pid {holder}) already runs on {home}; stop it first",
+            field="home",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

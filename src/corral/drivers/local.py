@@ -14,14 +14,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from corral.agent.launcher import kill_orphans
-from corral.agent.pidfiles import proc_identity
+from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
 from corral.drivers.base import Instance, NodeSpec
 
 
@@ -30,7 +29,8 @@ class LocalDriver:
         self.nodes_dir = home / "nodes"
         self.dispatcher_address = dispatcher_address
         self.token_file = token_file
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        #: agents this dispatcher started, by node: its children until they are reaped
+        self._children: dict[str, int] = {}
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         state_dir = self.nodes_dir / spec.node_id
@@ -56,18 +56,18 @@ class LocalDriver:
         ]
         for key, value in spec.engine.labels.items():
             argv += ["--label", f"{key}={value}"]
-        proc = await asyncio.to_thread(_spawn_agent, argv, state_dir / "agent.log")
-        self._children[spec.node_id] = proc
-        identity = proc_identity(proc.pid)
-        record = _AgentRecord(proc.pid, identity[2] if identity else None, dict(tags))
+        pid = await asyncio.to_thread(_spawn_agent, argv, state_dir / "agent.log")
+        self._children[spec.node_id] = pid
+        identity = proc_identity(pid)
+        record = _AgentRecord(pid, identity[2] if identity else None, dict(tags))
         record.write(state_dir / "instance.json")
         return Instance(spec.node_id, dict(tags))
 
     async def list(self) -> list[Instance]:
         # Agents started by this dispatcher are its children: reap the dead ones, or they
         # would linger as zombies. (Agents of an earlier run belong to init.)
-        for node_id, child in list(self._children.items()):
-            if child.poll() is not None:
+        for node_id, pid in list(self._children.items()):
+            if _reaped(pid):
                 del self._children[node_id]
         found: list[Instance] = []
         if not self.nodes_dir.is_dir():
@@ -92,20 +92,46 @@ class LocalDriver:
             for _ in range(500):
                 child = self._children.get(instance_id)
                 if child is not None:
-                    child.poll()
+                    _reaped(child)
                 if not record.alive():
                     break
                 await asyncio.sleep(0.01)
         self._children.pop(instance_id, None)
         kill_orphans(state_dir)
+        remove_runtime_dirs(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _spawn_agent(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+def _spawn_agent(argv: list[str], log_path: Path) -> int:
+    """Start an agent in its own session; its pid.
+
+    ``posix_spawn`` rather than ``subprocess.Popen``: the agent is meant to outlive this
+    dispatcher, and a Popen object warns when it is dropped while its process runs.
+    """
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log, 1),
+                (os.POSIX_SPAWN_DUP2, log, 2),
+            ],
+            setsid=True,
         )
+    finally:
+        os.close(log)
+
+
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it has exited; True once it is gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done != 0
 
 
 @dataclass(frozen=True, slots=True)
