@@ -8,6 +8,7 @@ logs: what it reads back is whatever is on disk, even for a forgotten process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from pathlib import Path
@@ -27,7 +28,7 @@ class UnsafeName(ValueError):
 
 
 def safe_name(upid: str) -> str:
-    """Escape ``upid`` into a file name: injective, no ``/``, no NUL, never ``.``/``..``.
+    """Escape ``upid`` into a file name: unique, no ``/``, no NUL, never ``.``/``..``.
 
     Anything outside ``[A-Za-z0-9._-]`` becomes ``%XX`` per UTF-8 byte, and so does a leading
     dot, so no name is hidden or climbs out of its directory.
@@ -42,7 +43,10 @@ def safe_name(upid: str) -> str:
             out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
     name = "".join(out)
     if len(name) > _MAX_NAME:
-        raise UnsafeName(f"upid is too long for a file name ({len(name)} > {_MAX_NAME})")
+        # Escaping can triple a name; keep it unique (and still readable at the start)
+        # with a digest of the whole upid rather than refuse a upid the dispatcher took.
+        digest = hashlib.sha256(upid.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        name = f"{name[: _MAX_NAME - 34]}~{digest}"
     return name
 
 

@@ -48,23 +48,26 @@ class Syncer:
 
     def reports(self, node_id: NodeId, reports: Iterable[ProcessReport]) -> None:
         # A batch may hold several reports of one process (started, then exited): each
-        # applies to the record the previous one made.
-        changed: dict[Upid, ProcessRecord] = {}
+        # applies to the record the previous one made, and each step is kept, so every
+        # listener sees RUNNING before EXITED even for a process that ended at once.
+        latest: dict[Upid, ProcessRecord] = {}
+        steps: list[ProcessRecord] = []
         forget: list[tuple[Upid, Round]] = []
         for report in reports:
             upid = Upid(report.upid)
-            record = changed.get(upid) or self._state.processes.get(upid)
+            record = latest.get(upid) or self._state.processes.get(upid)
             if not _current(record, node_id, report.round):
                 self._stale(node_id, report)
                 continue
             assert record is not None
             new = self._apply(record, report)
             if new is not None:
-                changed[upid] = new
+                latest[upid] = new
+                steps.append(new)
                 if report.status != RUNNING:
                     forget.append((record.upid, record.round))
-        if changed:
-            self._save(list(changed.values()), node_id, forget)
+        if steps:
+            self._save(steps, node_id, forget)
 
     def reconcile(self, node_id: NodeId, inventory: list[ProcessReport]) -> None:
         """A (re)joined agent listed what it knows; settle every process placed on it."""

@@ -90,9 +90,9 @@ class LocalDriver:
             # The agent's lock on its directory is released only once it is dead; the
             # orphans can be reaped safely after that.
             for _ in range(500):
-                child = self._children.get(instance_id)
-                if child is not None:
-                    _reaped(child)
+                # The agent may be a child of this process even when this driver did not
+                # start it (another driver object of the same process did): reap it.
+                _reaped(record.pid)
                 if not record.alive():
                     break
                 await asyncio.sleep(0.01)
