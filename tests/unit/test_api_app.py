@@ -328,7 +328,8 @@ async def test_events_are_one_data_frame_each() -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     sent = frames(response.text)
-    assert [json.loads(frame.removeprefix("data: ")) for frame in sent] == fake.queued_events
+    assert sent[0] == ": subscribed"
+    assert [json.loads(frame.removeprefix("data: ")) for frame in sent[1:]] == fake.queued_events
 
 
 async def test_a_quiet_stream_sends_keep_alive_comments() -> None:
@@ -338,9 +339,9 @@ async def test_a_quiet_stream_sends_keep_alive_comments() -> None:
     async with client(fake, sse_keepalive=0.02) as http:
         response = await http.get("/events")
     sent = frames(response.text)
-    assert sent[0] == ": keep-alive"
+    assert sent[:2] == [": subscribed", ": keep-alive"]
     assert sent[-1].startswith("data: ")
-    assert set(sent[:-1]) == {": keep-alive"}
+    assert set(sent[1:-1]) == {": keep-alive"}
 
 
 async def test_an_error_while_streaming_is_an_error_event() -> None:

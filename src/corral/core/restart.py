@@ -129,8 +129,8 @@ def decide(
             False,
             0.0,
             attempts - 1,
-            f"gave up after {policy.max_attempts} restart(s) without a healthy run "
-            f"of {policy.healthy_after:g} s",
+            f"gave up after {policy.max_attempts} restart(s) (max_attempts) without a "
+            f"healthy run of {policy.healthy_after:g} s",
             gave_up=True,
         )
     delay = backoff_delay(policy, attempts, rand)

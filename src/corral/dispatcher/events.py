@@ -78,15 +78,16 @@ class EventBus:
             self._changed[upid] = waiter
         return asyncio.shield(waiter)
 
-    async def stream(self, upid: str | None) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, upid: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Changes of ``upid`` (or of all processes) from this call on, until closed.
+
+        The subscription is made here, not at the first ``anext``, so a caller that has the
+        iterator knows it will miss nothing after that point.
+        """
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(BACKLOG)
         entry = (upid, queue)
         self._streams.add(entry)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._streams.discard(entry)
+        return _Stream(self._streams, entry)
 
     def _subscriber(self, url: str) -> _Subscriber:
         subscriber = self._subscribers.get(url)
@@ -107,6 +108,27 @@ def _put_dropping_oldest(queue: asyncio.Queue[dict[str, Any]], event: dict[str, 
     if queue.full():
         queue.get_nowait()
     queue.put_nowait(event)
+
+
+class _Stream:
+    """One subscriber's iterator over the bus; ``aclose`` unsubscribes."""
+
+    def __init__(
+        self,
+        streams: set[tuple[str | None, asyncio.Queue[dict[str, Any]]]],
+        entry: tuple[str | None, asyncio.Queue[dict[str, Any]]],
+    ) -> None:
+        self._streams = streams
+        self._entry = entry
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._entry[1].get()
+
+    async def aclose(self) -> None:
+        self._streams.discard(self._entry)
 
 
 class _Subscriber:

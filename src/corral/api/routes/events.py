@@ -24,6 +24,8 @@ from corral.errors import CorralError
 router = APIRouter(tags=["events"])
 
 KEEPALIVE_FRAME = b": keep-alive\n\n"
+#: the first frame: the subscription exists, nothing after this point will be missed
+SUBSCRIBED_FRAME = b": subscribed\n\n"
 
 
 @router.get(
@@ -54,6 +56,7 @@ async def frames(source: AsyncIterator[dict[str, Any]], keepalive: float) -> Asy
     """Frame each event of ``source``, with a keep-alive comment after each quiet period."""
     pending: asyncio.Future[dict[str, Any]] | None = None
     try:
+        yield SUBSCRIBED_FRAME
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(source))

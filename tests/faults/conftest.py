@@ -1,0 +1,251 @@
+"""A real ``corral serve`` subprocess that the fault tests SIGKILL and start again.
+
+``served`` gives a :class:`Served`: ``corral serve --home H --listen 127.0.0.1:0`` on a
+fresh home with short heartbeats. ``served.kill()`` SIGKILLs it (its agents outlive it, as
+they would in production); ``served.start()`` starts it again on the same home and reads
+the API's new address from ``H/url``. On teardown the dispatcher is stopped and every local
+agent and what it runs is destroyed, so no test leaves a process behind.
+
+Processes under test are ``/bin/sh -c`` scripts that append ``$CORRAL_UPID $CORRAL_ROUND
+$$`` to a *start file* when they start, so "started twice" is counted by the OS, not by the
+dispatcher's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from corral import Client
+from corral.testing.dispatcher import destroy_local_nodes
+
+T = TypeVar("T")
+
+CONFIG = """
+[[engines]]
+id = "default"
+driver = "local"
+slots = 4
+base_need = 1
+maximum_vms = 1
+heartbeat_period = 0.2
+heartbeat_warning = 1.0
+heartbeat_missing = 2.0
+terminate_grace = 1.0
+"""
+HEARTBEAT_MISSING = 2.0
+SLOTS = 4
+
+#: every wait in these tests ends well before the per-test timeout
+DEADLINE = 20.0
+
+TERMINAL = frozenset({"700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED"})
+
+#: the first line of every script under test: record this start in the start file
+RECORD_START = 'echo "$CORRAL_UPID $CORRAL_ROUND $$" >> "$STARTS"'
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process; a zombie is not (PID 1 here may never reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def wait_until(
+    probe: Callable[[], T], what: str, timeout: float = DEADLINE, every: float = 0.05
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(every)
+
+
+class Served:
+    """``corral serve`` as a subprocess on ``home``; restartable on the same home.
+
+    The helpers and constants are reachable from here too (``served.wait_until``,
+    ``served.pid_alive``, ``served.TERMINAL``...), so test modules need not import this
+    conftest (another directory's ``conftest`` module has the same name).
+    """
+
+    wait_until = staticmethod(wait_until)
+    pid_alive = staticmethod(pid_alive)
+    TERMINAL = TERMINAL
+    DEADLINE = DEADLINE
+    SLOTS = SLOTS
+    HEARTBEAT_MISSING = HEARTBEAT_MISSING
+
+    def __init__(self, home: Path, config: str = CONFIG) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "corral.toml").write_text(config)
+        self.starts_file = home / "starts.txt"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        self.url = ""
+        self.token = ""
+        self._clients: list[Client] = []
+
+    # -- the dispatcher process -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start ``corral serve`` and wait until it has written its API address."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        url_file = self.home / "url"
+        url_file.unlink(missing_ok=True)
+        self.runs += 1
+        log = (self.home / f"serve-{self.runs}.log").open("wb")
+        argv = [sys.executable, "-m", "corral", "serve", "--home", str(self.home)]
+        argv += ["--listen", "127.0.0.1:0", "--log-level", "info"]
+        with log:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        proc = self.proc
+        wait_until(
+            lambda: url_file.exists() or proc.poll() is not None,
+            "corral serve to write its url",
+            every=0.02,
+        )
+        if proc.poll() is not None:
+            pytest.fail(f"corral serve exited with {proc.returncode}:\n{self.log_tail()}")
+        self.url = url_file.read_text().strip()
+        self.token = (self.home / "token").read_text().strip()
+
+    def kill(self) -> None:
+        """SIGKILL the dispatcher (and only it: agents run in their own sessions)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        destroy_local_nodes(self.home)
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        for path in sorted(self.home.glob("serve-*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    # -- talking to it --------------------------------------------------------------------
+
+    def client(self, timeout: float = 10.0) -> Client:
+        """A client of the running dispatcher (closed on teardown)."""
+        client = Client(self.url, self.token, timeout=timeout)
+        self._clients.append(client)
+        return client
+
+    def connected_nodes(self) -> list[dict[str, Any]]:
+        with Client(self.url, self.token, timeout=5.0) as client:
+            return [n for n in client.list_nodes() if n["connected"] and n["health"] == "ok"]
+
+    def wait_node(self, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Wait until a node (not in ``exclude``) is connected and healthy; return it."""
+
+        def probe() -> dict[str, Any] | None:
+            fresh = [n for n in self.connected_nodes() if n["node_id"] not in exclude]
+            return fresh[0] if fresh else None
+
+        return wait_until(probe, "a node to be connected and healthy")
+
+    def agent_pid(self, node_id: str) -> int:
+        record = json.loads((self.home / "nodes" / node_id / "instance.json").read_text())
+        return int(record["pid"])
+
+    # -- processes under test -------------------------------------------------------------
+
+    def define(self, definition_id: str, body: str) -> str:
+        """A definition of ``/bin/sh -c`` that records its start, then runs ``body``."""
+        executable = {
+            "exec": "/bin/sh",
+            "argv": ["-c", f"{RECORD_START}; {body}"],
+            "env": {"STARTS": str(self.starts_file)},
+        }
+        with Client(self.url, self.token) as client:
+            client.create_definition(definition_id, "exec", executable)
+        return definition_id
+
+    def starts(self) -> list[tuple[str, int, int]]:
+        """Each recorded start: ``(upid, round, pid)``."""
+        try:
+            lines = self.starts_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            upid, round_, pid = line.split()
+            out.append((upid, int(round_), int(pid)))
+        return out
+
+    def starts_of(self, upid: str) -> list[tuple[int, int]]:
+        return [(r, p) for u, r, p in self.starts() if u == upid]
+
+    def duplicate_starts(self) -> list[tuple[str, int]]:
+        """``(upid, round)`` pairs that were started more than once."""
+        counts = Counter((u, r) for u, r, _ in self.starts())
+        return sorted(key for key, count in counts.items() if count > 1)
+
+
+@contextlib.contextmanager
+def _serving(home: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
+    server = Served(home)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(server.log_tail())
+
+
+@pytest.fixture
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """A started ``corral serve`` with its one node connected."""
+    with _serving(tmp_path / "home", request) as server:
+        server.start()
+        server.wait_node()
+        yield server
+
+
+@pytest.fixture
+def unstarted(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """A ``Served`` on a fresh home, not started yet (``unstarted.start()``)."""
+    with _serving(tmp_path / "home", request) as server:
+        yield server
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,75 @@
+"""SIGKILL a node's agent: its node is lost, its processes follow their restart modes.
+
+An ALWAYS service runs again on a new node in a higher round; a NEVER one ends FAILED with a
+reason naming the lost node; the OS processes of the dead agent are killed, so nothing runs
+twice. Starts are counted from the start file (see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_agent_sigkill_loses_the_node_and_restarts_by_policy(served: Any) -> None:
+    client = served.client()
+    served.define("svc", "exec sleep 600")
+    client.schedule_process("always", "svc", restart_mode="ALWAYS")
+    client.schedule_process("never", "svc", restart_mode="NEVER")
+
+    def running(upid: str) -> dict[str, Any] | None:
+        record = client.describe_process(upid)
+        return record if record["state"] == "500-RUNNING" else None
+
+    always = served.wait_until(lambda: running("always"), "always to be RUNNING")
+    never = served.wait_until(lambda: running("never"), "never to be RUNNING")
+    old_node = always["assigned"]
+    assert never["assigned"] == old_node
+    old_pids = [always["pid"], never["pid"]]
+    assert all(served.pid_alive(pid) for pid in old_pids)
+    agent_pid = served.agent_pid(old_node)
+
+    os.kill(agent_pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    served.wait_until(
+        lambda: old_node not in [n["node_id"] for n in client.list_nodes()],
+        f"node {old_node} to be declared lost",
+        timeout=served.HEARTBEAT_MISSING + 4.0,
+        every=0.02,
+    )
+    print(f"node lost {time.monotonic() - killed:.2f} s after its agent was killed")
+
+    failed = served.wait_until(
+        lambda: (r := client.describe_process("never"))["state"] == "850-FAILED" and r,
+        "never to be FAILED",
+    )
+    assert old_node in (failed["end_reason"] or ""), failed
+
+    new_node = served.wait_node(exclude=frozenset({old_node}))["node_id"]
+    again = served.wait_until(
+        lambda: (r := running("always")) and r["round"] > always["round"] and r,
+        "always to run again in a new round",
+    )
+    # the old processes were killed before anything ran again
+    alive = [pid for pid in old_pids if served.pid_alive(pid)]
+    assert not alive, f"processes of the dead agent still run: {alive}"
+    assert again["assigned"] == new_node
+    assert again["pid"] != always["pid"]
+    assert served.starts_of("always") == [
+        (always["round"], always["pid"]),
+        (again["round"], again["pid"]),
+    ]
+
+    # the NEVER process stays FAILED and never runs again
+    time.sleep(1.0)
+    assert client.describe_process("never")["state"] == "850-FAILED"
+    assert served.starts_of("never") == [(never["round"], never["pid"])]
+    assert served.duplicate_starts() == []
+    assert [n["node_id"] for n in client.list_nodes()] == [new_node]
