@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,17 @@ from corral.testing.dispatcher import destroy_local_nodes
 class Served:
     """A ``corral serve`` subprocess on a fresh home and a free port."""
 
-    def __init__(self, config: str | None = None, store_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: str | None = None,
+        store_url: str | None = None,
+        prepare: Callable[[str], None] | None = None,
+    ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="corral-bench-"))
         if config is not None:
             (self.home / "corral.toml").write_text(config)
+        if prepare is not None:
+            prepare(str(self.home))
         argv = [
             sys.executable,
             "-m",
@@ -44,15 +52,22 @@ class Served:
     def _start(self) -> subprocess.Popen[bytes]:
         url_file = self.home / "url"
         url_file.unlink(missing_ok=True)
+        started = time.monotonic()
         proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while not url_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("corral serve did not start")
             time.sleep(0.02)
+        self.started_in = time.monotonic() - started
         self.url = url_file.read_text().strip()
         self.token = (self.home / "token").read_text().strip()
         return proc
+
+    @classmethod
+    def prepared(cls, prepare: Callable[[str], None]) -> Served:
+        """A dispatcher on a home that ``prepare`` filled before it starts."""
+        return cls(prepare=prepare)
 
     def wait_nodes(self, count: int = 1, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -164,7 +164,6 @@ BAD_INPUTS = [
     _define("unknown-definition-type", "definition_type", _definition(definition_type="docker")),
     _define("argv-not-a-list", "executable.argv", _executable(argv="-c true")),
     _define("argv-item-not-a-string", "executable.argv", _executable(argv=[1])),
-    _define("argv-item-empty", "executable.argv", _executable(argv=["-c", ""])),
     _define("exec-empty", "executable.exec", _executable(exec="")),
     _define("exec-not-executable", "executable.exec", _executable(exec="/etc/passwd")),
     _define("exec-missing", "executable.exec", _executable(exec="/no/such/program")),

@@ -7,8 +7,10 @@ never drift apart.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from corral.core.ids import DefinitionId, EngineId, NodeId, Round, Upid
@@ -19,6 +21,14 @@ from corral.core.process_states import ProcessState, QueueingMode, RestartMode
 DEFINITION_TYPES = ("supd", "exec")
 
 _FIRST_ROUND = Round(0)
+#: one shared empty mapping for the many records without configuration or constraints
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _shared(text: str | None) -> str | None:
+    """Many records repeat the same few strings (node, engine, reason): keep one copy."""
+    return None if text is None else sys.intern(text)
+
 
 ConstraintValue = str | int | float | bool | list[str | int | float | bool]
 
@@ -125,11 +135,11 @@ class ProcessRequest:
     def from_doc(cls, doc: Mapping[str, Any]) -> ProcessRequest:
         engine = doc.get("execution_engine_id")
         return cls(
-            definition_id=DefinitionId(doc["definition_id"]),
+            definition_id=DefinitionId(sys.intern(doc["definition_id"])),
             name=doc.get("name"),
-            configuration=dict(doc.get("configuration") or {}),
+            configuration=doc.get("configuration") or _EMPTY,
             subscribers=tuple(doc.get("subscribers") or ()),
-            constraints=dict(doc.get("constraints") or {}),
+            constraints=doc.get("constraints") or _EMPTY,
             queueing_mode=QueueingMode(doc.get("queueing_mode") or "ALWAYS"),
             restart_mode=RestartMode(doc.get("restart_mode") or "ABNORMAL"),
             execution_engine_id=EngineId(engine) if engine else None,
@@ -201,16 +211,16 @@ class ProcessRecord:
             state=ProcessState(doc["state"]),
             round=Round(doc.get("round", 0)),
             scheduled=bool(doc.get("scheduled", False)),
-            assigned=NodeId(assigned) if assigned else None,
-            hostname=doc.get("hostname"),
-            engine=EngineId(engine) if engine else None,
+            assigned=NodeId(sys.intern(assigned)) if assigned else None,
+            hostname=_shared(doc.get("hostname")),
+            engine=EngineId(sys.intern(engine)) if engine else None,
             pid=doc.get("pid"),
             starts=doc.get("starts", 0),
             exit_code=doc.get("exit_code"),
             signal=doc.get("signal"),
             attempts=doc.get("attempts", 0),
-            waiting_reason=doc.get("waiting_reason"),
-            end_reason=doc.get("end_reason"),
+            waiting_reason=_shared(doc.get("waiting_reason")),
+            end_reason=_shared(doc.get("end_reason")),
             not_before=doc.get("not_before"),
             created_at=doc.get("created_at", 0.0),
             updated_at=doc.get("updated_at", 0.0),

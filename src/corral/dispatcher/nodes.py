@@ -190,7 +190,7 @@ class Nodes:
                     list(executable.argv),
                     dict(executable.env),
                     executable.working_directory,
-                    json.dumps(record.request.configuration),
+                    json.dumps(dict(record.request.configuration)),
                 ),
             )
             if record.state is ProcessState.ASSIGNED:

@@ -73,7 +73,7 @@ class Runtime:
         self._lock = _lock_home(home)
         store_url = settings.store_url or f"sqlite:///{home / 'corral.db'}"
         self._store = store = await asyncio.to_thread(open_store, store_url)
-        loaded = await asyncio.to_thread(store.load)
+        loaded = await asyncio.to_thread(store.load, State.convert)
         self._committer = committer = GroupCommitter(store)
         await committer.start()
         state = State(committer, self._fatal)

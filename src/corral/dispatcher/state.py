@@ -13,6 +13,7 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
 from corral.core.model import Definition, NodeRecord, ProcessRecord
@@ -52,14 +53,24 @@ class State:
         self._last_commit: dict[Upid, asyncio.Future[None]] = {}
         self._listeners: list[Listener] = []
 
+    @staticmethod
+    def convert(table: Table, doc: dict[str, Any]) -> Any:
+        """The record a stored document stands for (``Store.load``'s converter)."""
+        if table is Table.PROCESSES:
+            return ProcessRecord.from_doc(doc)
+        if table is Table.DEFINITIONS:
+            return Definition.from_doc(doc)
+        if table is Table.NODES:
+            return NodeRecord.from_doc(doc)
+        return doc
+
     def load(self, loaded: Loaded) -> None:
-        for doc in loaded.tables[Table.DEFINITIONS].values():
-            definition = Definition.from_doc(doc)
+        """Fill the tables from a store loaded with :meth:`convert`."""
+        for definition in loaded.tables[Table.DEFINITIONS].values():
             self.definitions[definition.definition_id] = definition
-        for doc in loaded.tables[Table.NODES].values():
-            node = NodeRecord.from_doc(doc)
+        for node in loaded.tables[Table.NODES].values():
             self.nodes[node.node_id] = node
-        records = [ProcessRecord.from_doc(doc) for doc in loaded.tables[Table.PROCESSES].values()]
+        records: list[ProcessRecord] = list(loaded.tables[Table.PROCESSES].values())
         records.sort(key=lambda r: r.updated_at)
         for record in records:
             self._index(None, record)

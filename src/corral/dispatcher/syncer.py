@@ -61,9 +61,9 @@ class Syncer:
                 continue
             assert record is not None
             new = self._apply(record, report)
-            if new is not None:
-                latest[upid] = new
-                steps.append(new)
+            if new:
+                latest[upid] = new[-1]
+                steps.extend(new)
                 if report.status != RUNNING:
                     forget.append((record.upid, record.round))
         if steps:
@@ -97,27 +97,38 @@ class Syncer:
             self._state.save_processes(changed)
             self._wake_mapper()
 
-    def _apply(self, record: ProcessRecord, report: ProcessReport) -> ProcessRecord | None:
+    def _apply(self, record: ProcessRecord, report: ProcessReport) -> list[ProcessRecord]:
+        """The steps ``report`` moves ``record`` through (none, one or two)."""
         now = self._clock.time()
+        unstarted = record.state in (ProcessState.ASSIGNED, ProcessState.PENDING)
         if report.status == RUNNING:
-            if record.state in (ProcessState.ASSIGNED, ProcessState.PENDING):
-                return started(record, report.pid, report.started_at, now)
+            if unstarted:
+                return [started(record, report.pid, report.started_at, now)]
             if record.state is ProcessState.TERMINATING:
                 # The kill may have been sent while the agent was away: send it again.
                 self._kill(record.assigned or NodeId(""), record.upid, record.round)
-            return None
+            return []
+        steps = []
+        if unstarted and report.status == EXITED:
+            # It ran and ended while we were not listening (the dispatcher was down when
+            # it started): record the start it had before its end.
+            record = started(record, report.pid, report.started_at, now)
+            steps.append(record)
         exit_code = report.exit_code if report.status == EXITED else None
         outcome, reason = describe_exit(exit_code, report.signal, report.error)
-        return ended(
-            record,
-            outcome,
-            now,
-            self._rng.random(),
-            exit_code=exit_code,
-            signal=report.signal,
-            reason=reason,
-            ended_at=report.ended_at,
+        steps.append(
+            ended(
+                record,
+                outcome,
+                now,
+                self._rng.random(),
+                exit_code=exit_code,
+                signal=report.signal,
+                reason=reason,
+                ended_at=report.ended_at,
+            )
         )
+        return steps
 
     def _save(
         self, changed: list[ProcessRecord], node_id: NodeId, forget: list[tuple[Upid, Round]]

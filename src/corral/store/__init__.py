@@ -12,13 +12,14 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from corral.errors import InvalidRequest
-from corral.store.base import Change, Delete, Loaded, Put, Store, Table
+from corral.store.base import Change, Convert, Delete, Loaded, Put, Store, Table
 from corral.store.group_commit import CommitStatistics, GroupCommitter
 from corral.store.sqlite import SQLiteStore, Synchronous
 
 __all__ = [
     "Change",
     "CommitStatistics",
+    "Convert",
     "Delete",
     "GroupCommitter",
     "Loaded",

@@ -7,7 +7,7 @@ processes or nodes: what a document means is the dispatcher's business.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -53,7 +53,12 @@ class Loaded:
     """The whole contents of a store, as read at start-up."""
 
     #: table -> key -> doc; every `Table` is present, possibly empty
-    tables: Mapping[Table, Mapping[str, dict[str, Any]]]
+    #: documents, or what ``load``'s ``convert`` made of them
+    tables: Mapping[Table, Mapping[str, Any]]
+
+
+#: turns a document of a table into what the caller keeps of it
+Convert = Callable[[Table, dict[str, Any]], Any]
 
 
 class Store(Protocol):
@@ -63,8 +68,13 @@ class Store(Protocol):
     `apply` only from the group committer's writer thread.
     """
 
-    def load(self) -> Loaded:
-        """Read every table, for start-up."""
+    def load(self, convert: Convert | None = None) -> Loaded:
+        """Read every table, for start-up.
+
+        With ``convert``, each document is handed to it as soon as it is read and its result
+        is kept instead: a large store is never held twice in memory, as documents and as
+        the caller's records.
+        """
         ...
 
     def apply(self, changes: Sequence[Change]) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from corral.errors import StoreError
 from corral.store import schema
-from corral.store.base import Change, Loaded, Put, Table
+from corral.store.base import Change, Convert, Loaded, Put, Table
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -148,7 +148,7 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
-    def load(self) -> Loaded:
+    def load(self, convert: Convert | None = None) -> Loaded:
         """Read every table in one read transaction, so the tables agree with each other."""
         conn = self._connection()
         tables: dict[Table, dict[str, dict[str, Any]]] = {}
@@ -157,7 +157,8 @@ class SQLiteStore:
             for table in Table:
                 rows = tables[table] = {}
                 for key, text in conn.execute(_SELECT[table]):
-                    rows[key] = self._loads(table, key, text)
+                    doc = self._loads(table, key, text)
+                    rows[key] = doc if convert is None else convert(table, doc)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
