@@ -26,8 +26,9 @@ class Served:
         config: str | None = None,
         store_url: str | None = None,
         prepare: Callable[[str], None] | None = None,
+        home_base: str | None = None,
     ) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+        self.home = Path(tempfile.mkdtemp(prefix="corral-bench-", dir=home_base))
         if config is not None:
             (self.home / "corral.toml").write_text(config)
         if prepare is not None:

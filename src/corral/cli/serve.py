@@ -121,7 +121,10 @@ async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) ->
     if api is None:
         await runtime.aclose()
         return 1
-    (settings.home / "url").write_text(api.url + "\n")
+    # Written whole or not at all: a client reading it mid-write must not see half a URL.
+    partial = settings.home / "url.tmp"
+    partial.write_text(api.url + "\n")
+    partial.replace(settings.home / "url")
     logging.getLogger("corral").info("API on %s; token in %s", api.url, settings.home / "token")
     stopped = asyncio.get_running_loop().create_task(runtime.stopped.wait())
     await asyncio.wait({api.task, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -325,7 +325,10 @@ class Nodes:
         if instances is None:
             return
         for node in list(self._state.nodes.values()):
-            if node.node_id not in instances and node.state is not NodeState.BOOTING:
+            # A node with no instance joined on its own (an agent started by hand): no
+            # driver knows it, so only its heartbeats tell whether it is alive.
+            booted = node.instance_id is not None
+            if booted and node.node_id not in instances and node.state is not NodeState.BOOTING:
                 self.lose(node.node_id, "its instance is gone")
         for node_id, instance in instances.items():
             if node_id not in self._state.nodes:

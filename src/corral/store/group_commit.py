@@ -131,6 +131,10 @@ class GroupCommitter:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
+                    # One more loop turn before the batch is taken: work woken by the same
+                    # event (a placement made for a process just scheduled) joins this
+                    # transaction instead of waiting for the next one.
+                    await asyncio.sleep(0)
                     continue
                 await self._apply_next_batch()
         finally:
