@@ -12,19 +12,16 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 
-from corral.testing.dispatcher import destroy_local_nodes
+from corral.testing.serve import ServeProcess, pid_alive, wait_until
 
 T = TypeVar("T")
 
@@ -43,29 +40,6 @@ terminate_grace = 1.0
 DEADLINE = 20.0
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process; a zombie is not (PID 1 here may never reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def wait_until(
-    probe: Callable[[], T], what: str, timeout: float = DEADLINE, every: float = 0.05
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
-        time.sleep(every)
-
-
 def user_env(home: Path) -> dict[str, str]:
     """The environment of a user whose corral lives in ``home`` (nothing else set)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
@@ -74,57 +48,18 @@ def user_env(home: Path) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Served:
-    home: Path
-    proc: subprocess.Popen[bytes]
-    url: str
-    token: str
+class Served(ServeProcess):
+    """``corral serve`` with its node up; the helpers are reachable from it too."""
 
     wait_until = staticmethod(wait_until)
     pid_alive = staticmethod(pid_alive)
 
-    def http(self, token: str | None = "") -> httpx.Client:
-        """An httpx client of the API; ``token=None`` sends no Authorization header."""
-        headers = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0)
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = (self.home / "serve.log").read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
 
 def start_served(home: Path, config: str = CONFIG) -> Served:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "corral.toml").write_text(config)
-    argv = [sys.executable, "-m", "corral", "serve", "--home", str(home)]
-    argv += ["--listen", "127.0.0.1:0", "--log-level", "info"]
-    with (home / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    url_file = home / "url"
-    wait_until(lambda: url_file.exists() or proc.poll() is not None, "corral serve to start")
-    if proc.poll() is not None:
-        raise RuntimeError(f"corral serve exited with {proc.returncode}")
-    served = Served(home, proc, url_file.read_text().strip(), (home / "token").read_text().strip())
-    with served.http() as http:
-        wait_until(
-            lambda: any(n["connected"] and n["health"] == "ok" for n in http.get("/nodes").json()),
-            "a node to join",
-        )
+    served = Served(home, config)
+    served.start()
+    served.wait_nodes()
     return served
-
-
-def stop_served(served: Served) -> None:
-    if served.proc.poll() is None:
-        served.proc.send_signal(signal.SIGTERM)
-        try:
-            served.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            served.proc.kill()
-            served.proc.wait(10)
-    destroy_local_nodes(served.home)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield server
     finally:
         with contextlib.suppress(Exception):
-            stop_served(server)
+            server.stop()
 
 
 @dataclass

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from corral import Client
-from corral.testing.dispatcher import destroy_local_nodes
+from corral.testing.serve import ServeProcess, pid_alive, wait_until
 
 T = TypeVar("T")
 
@@ -55,30 +51,7 @@ TERMINAL = frozenset({"700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTE
 RECORD_START = 'echo "$CORRAL_UPID $CORRAL_ROUND $$" >> "$STARTS"'
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process; a zombie is not (PID 1 here may never reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def wait_until(
-    probe: Callable[[], T], what: str, timeout: float = DEADLINE, every: float = 0.05
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
-        time.sleep(every)
-
-
-class Served:
+class Served(ServeProcess):
     """``corral serve`` as a subprocess on ``home``; restartable on the same home.
 
     The helpers and constants are reachable from here too (``served.wait_until``,
@@ -94,67 +67,15 @@ class Served:
     HEARTBEAT_MISSING = HEARTBEAT_MISSING
 
     def __init__(self, home: Path, config: str = CONFIG) -> None:
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "corral.toml").write_text(config)
+        super().__init__(home, config)
         self.starts_file = home / "starts.txt"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-        self.url = ""
-        self.token = ""
         self._clients: list[Client] = []
-
-    # -- the dispatcher process -----------------------------------------------------------
-
-    def start(self) -> None:
-        """Start ``corral serve`` and wait until it has written its API address."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        url_file = self.home / "url"
-        url_file.unlink(missing_ok=True)
-        self.runs += 1
-        log = (self.home / f"serve-{self.runs}.log").open("wb")
-        argv = [sys.executable, "-m", "corral", "serve", "--home", str(self.home)]
-        argv += ["--listen", "127.0.0.1:0", "--log-level", "info"]
-        with log:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
-        proc = self.proc
-        wait_until(
-            lambda: url_file.exists() or proc.poll() is not None,
-            "corral serve to write its url",
-            every=0.02,
-        )
-        if proc.poll() is not None:
-            pytest.fail(f"corral serve exited with {proc.returncode}:\n{self.log_tail()}")
-        self.url = url_file.read_text().strip()
-        self.token = (self.home / "token").read_text().strip()
-
-    def kill(self) -> None:
-        """SIGKILL the dispatcher (and only it: agents run in their own sessions)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
 
     def stop(self) -> None:
         for client in self._clients:
             client.close()
         self._clients.clear()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        destroy_local_nodes(self.home)
-
-    def log_tail(self, lines: int = 40) -> str:
-        out = []
-        for path in sorted(self.home.glob("serve-*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(out)
+        super().stop()
 
     # -- talking to it --------------------------------------------------------------------
 

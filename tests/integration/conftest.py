@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import threading
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -31,6 +30,7 @@ import pytest
 
 from corral import Client
 from corral.testing.dispatcher import open_test_dispatcher
+from corral.testing.serve import pid_alive, wait_until
 
 T = TypeVar("T")
 
@@ -51,30 +51,6 @@ terminate_grace = 1.0
 
 #: a script fragment: block until the file named by $GATE exists
 WAIT_FOR_GATE = 'while [ ! -e "$GATE" ]; do sleep 0.05; done'
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # the state follows the command name, which is in parentheses and may hold spaces
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def wait_until(
-    probe: Callable[[], T], what: str, timeout: float = DEADLINE, every: float = 0.02
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
-        time.sleep(every)
 
 
 class Corral:
