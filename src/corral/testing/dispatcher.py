@@ -87,13 +87,28 @@ def open_test_dispatcher(
 
 
 def destroy_local_nodes(home: Path) -> None:
-    """Kill every local agent under ``home`` and what it runs."""
+    """Kill every local agent under ``home`` and what it runs.
+
+    Callable from a coroutine too (a benchmark's ``finally``): the driver's own loop then
+    runs in a thread of its own.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_destroy_local_nodes(home))
+        return
+    worker = threading.Thread(target=asyncio.run, args=(_destroy_local_nodes(home),))
+    worker.start()
+    worker.join()
+
+
+async def _destroy_local_nodes(home: Path) -> None:
     nodes = home / "nodes"
     if not nodes.is_dir():
         return
     driver = LocalDriver(home, "127.0.0.1:0", home / "agent_token")
     for node in list(nodes.iterdir()):
-        asyncio.run(driver.destroy(node.name))
+        await driver.destroy(node.name)
 
 
 def _small_default() -> Config:
