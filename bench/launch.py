@@ -54,7 +54,7 @@ async def corral_rate(client: AsyncClient, count: int, batch: int) -> float:
         done = (await client.dump())["processes"]["by_state"].get("800-EXITED", 0)
         if done >= count:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - start
     print(f"  corral: {count} submitted in {submitted:.2f} s, all EXITED after {elapsed:.2f} s")
     return count / elapsed

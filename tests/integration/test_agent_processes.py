@@ -222,7 +222,7 @@ def test_spawn_failures_are_reported_and_the_agent_carries_on(tmp_path: Path) ->
                 Launch("a", 1, "/nonexistent/prog", [], {}, None, "{}"),
                 Launch("b", 1, str(not_executable), [], {}, None, "{}"),
                 Launch("c", 1, "/bin/true", [], {}, str(missing_dir), "{}"),
-                Launch("../../etc/passwd", 1, "/bin/true", [], {}, None, "{}"),
+                Launch("../../etc/passwd", 1, "/bin/echo", ["hi"], {}, None, "{}"),
                 Launch("x" * 300, 1, "/bin/true", [], {}, None, "{}"),
                 Launch("d", 1, "/bin/true", [], {"BAD": "nul\x00"}, None, "{}"),
                 sh("ok", "exit 0"),
@@ -244,7 +244,7 @@ def test_spawn_failures_are_reported_and_the_agent_carries_on(tmp_path: Path) ->
             assert (await session.report("ok", "exited")).exit_code == 0
 
     run(scenario())
-    assert (tmp_path / "state/logs/%2E.%2F..%2Fetc%2Fpasswd.stdout").exists()
+    assert (tmp_path / "state/logs/%2E.%2F..%2Fetc%2Fpasswd.stdout").read_text() == "hi\n"
 
 
 @pytest.mark.timeout(30)

@@ -20,7 +20,12 @@ from test_agent_harness import (
 )
 
 from corral.agent.launcher import ENDED_UNWATCHED, UNKNOWN_STATUS, kill_orphans
-from corral.agent.pidfiles import StateDirBusy, lock_state_dir, proc_identity
+from corral.agent.pidfiles import (
+    StateDirBusy,
+    has_pidfs,
+    lock_state_dir,
+    proc_identity,
+)
 from corral.wire.messages import Forget, Kill, Launch
 
 SLEEPER = Launch("sleeper", 1, "/bin/sleep", ["100"], {}, None, "{}")
@@ -166,20 +171,29 @@ def test_kill_orphans_kills_the_groups_a_killed_agent_left(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(30)
-def test_kill_orphans_never_kills_a_reused_pid_nor_under_a_live_agent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("identified_by", ["start_time", "pidfd_ino"])
+def test_kill_orphans_never_kills_a_reused_pid_nor_under_a_live_agent(
+    tmp_path: Path, identified_by: str
+) -> None:
+    if identified_by == "pidfd_ino" and not has_pidfs():
+        pytest.skip("this kernel has no pidfs")
     state = tmp_path / "state"
     (state / "pids").mkdir(parents=True)
     stranger = subprocess.Popen(["sleep", "100"], start_new_session=True)
     try:
         identity = proc_identity(stranger.pid)
         assert identity is not None
-        # A record for this pid, but from an older process: another start time.
+        pidfd = os.pidfd_open(stranger.pid)
+        ino = os.fstat(pidfd).st_ino
+        os.close(pidfd)
+        # A record for this pid, but from an older process: another start time or inode.
         record = {
             "upid": "old",
             "round": 1,
             "pgid": stranger.pid,
-            "start_time": identity[2] - 1,
+            "start_time": identity[2] - 1 if identified_by == "start_time" else 0,
             "started_at": 0.0,
+            "pidfd_ino": ino - 1 if identified_by == "pidfd_ino" else 0,
         }
         (state / "pids" / str(stranger.pid)).write_text(json.dumps(record))
         (state / "pids" / "12345").write_text("not json")

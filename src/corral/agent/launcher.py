@@ -1,11 +1,13 @@
 """Spawning, watching and killing the agent's processes, each in its own process group.
 
-A process is started with ``subprocess.Popen`` and no ``preexec_fn`` (which would disable
-CPython's fast vfork path), in a new session so that it leads its own process group, with
-stdin on /dev/null and stdout/stderr appended to its log files. Its exit is watched with a
-pidfd registered on the event loop: no thread per child, no polling. When the leader exits,
-the rest of its group is SIGKILLed (stragglers) while the unreaped leader still pins the group
-id, then the leader is reaped with ``waitpid`` and the exit code or signal reported.
+A process is started with ``os.posix_spawn`` (a vfork and an exec, with none of
+``subprocess``'s per-call Python work), in a new session so that it leads its own process
+group, with stdin on /dev/null and stdout/stderr appended to its logs (see
+``logs.LogSpool``). Its exit is watched with a pidfd registered on the event loop: no thread
+per child, no polling. When
+the leader exits, the rest of its group is SIGKILLed (stragglers) while the unreaped leader
+still pins the group id, then the leader is reaped with ``waitpid`` and the exit code or
+signal reported.
 
 Processes outlive the agent: the records in ``STATE_DIR/pids`` let a restarted agent adopt
 them (their exit status is then unknowable, since they are no longer its children) and let
@@ -20,20 +22,21 @@ import errno
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from corral.agent import pidfiles
-from corral.agent.logs import log_path, open_for_append, safe_name
+from corral.agent.logs import SPILL_EVERY, LogSpool, safe_name
 from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
 
 log = logging.getLogger("corral.agent")
 
 Key = tuple[str, int]
 """A process round: ``(upid, round)``."""
+
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 UNKNOWN_STATUS = "exit status unknown: the process was adopted after an agent restart"
 ENDED_UNWATCHED = "exit status unknown: the process ended while no agent was watching it"
@@ -46,7 +49,8 @@ class _Child:
     report: ProcessReport
     pid: int
     pidfd: int
-    popen: subprocess.Popen[bytes] | None  # None when adopted: not our child, cannot be reaped
+    ours: bool  # False when adopted: not our child, so it cannot be reaped
+    identity: int  # its pidfs inode number, or 0 where the kernel has no pidfs
     config_path: Path
     kill_timer: asyncio.TimerHandle | None = None
     kill_at: float | None = None
@@ -69,6 +73,7 @@ class Launcher:
         self._empty_config = self._config_dir / "empty.json"
         _write_private(self._empty_config, "{}")
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._on_exit = on_exit
         self._environ = dict(environ)
         self._loop = asyncio.get_running_loop()
@@ -77,6 +82,8 @@ class Launcher:
         self._unrecorded: dict[int, _Child] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self.logs = LogSpool(state_dir)
+        self._spill_timer = self._loop.call_later(SPILL_EVERY, self._spill)
 
     @property
     def running(self) -> int:
@@ -92,7 +99,7 @@ class Launcher:
         started_at = time.time()
         try:
             return self._start(launch, started_at)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError) as exc:
             return ProcessReport(
                 launch.upid,
                 launch.round,
@@ -128,43 +135,63 @@ class Launcher:
         }
         out = err = -1
         try:
-            out = open_for_append(log_path(self._state_dir, launch.upid, "stdout"))
-            err = open_for_append(log_path(self._state_dir, launch.upid, "stderr"))
-            popen = subprocess.Popen(
-                [launch.exec, *launch.argv],
-                executable=launch.exec,
-                stdin=self._devnull,
-                stdout=out,
-                stderr=err,
-                env=env,
-                cwd=launch.working_directory,
-                close_fds=True,
-                start_new_session=True,
-            )
+            out, err = self.logs.open(launch.upid)
+            pid = self._spawn(launch, env, out, err)
         except BaseException:
             self._drop_config(config_path)
+            if out >= 0:
+                self.logs.settle(launch.upid)
             raise
         finally:
             for fd in (out, err):
                 if fd >= 0:
                     os.close(fd)
         try:
-            pidfd = os.pidfd_open(popen.pid)
+            pidfd = os.pidfd_open(pid)
         except OSError:
             # Out of descriptors, most likely: a process we cannot watch must not run at all.
-            _killpg(popen.pid, signal.SIGKILL)
-            popen.wait()
+            _killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
             self._drop_config(config_path)
+            self.logs.settle(launch.upid)
             raise
         report = ProcessReport(
-            launch.upid, launch.round, RUNNING, popen.pid, None, None, None, started_at, None
+            launch.upid, launch.round, RUNNING, pid, None, None, None, started_at, None
         )
-        child = _Child(report, popen.pid, pidfd, popen, config_path)
+        child = _Child(report, pid, pidfd, True, pidfiles.pidfd_identity(pidfd), config_path)
         self._watch(child)
         if not self._unrecorded:  # a safety net for callers that never call record_pending
             self._loop.call_soon(self.record_pending)
-        self._unrecorded[popen.pid] = child
+        self._unrecorded[pid] = child
         return report
+
+    def _spawn(self, launch: Launch, env: dict[str, str], out: int, err: int) -> int:
+        """Start the process and return its pid; raise OSError or ValueError if it cannot.
+
+        ``posix_spawn`` has no working directory of its own: the agent steps into it for the
+        call (it is single-threaded there, and uses no relative paths) and back out.
+        """
+        cwd = launch.working_directory
+        if cwd is not None:
+            os.chdir(cwd)
+        try:
+            return os.posix_spawn(
+                launch.exec,
+                [launch.exec, *launch.argv],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, err, 2),
+                ],
+                setsid=True,
+                # What Python ignores for itself, a child gets back at the default.
+                setsigdef=_RESET_SIGNALS,
+                setsigmask=(),
+            )
+        finally:
+            if cwd is not None:
+                os.fchdir(self._cwd)
 
     def record_pending(self) -> None:
         """Write the ``pids/`` records of the rounds spawned since the last call.
@@ -176,15 +203,19 @@ class Launcher:
         """
         pending, self._unrecorded = self._unrecorded, {}
         for pid, child in pending.items():
-            # Unreaped (reaping drops it from _unrecorded), so /proc/<pid> is still this child.
-            identity = pidfiles.proc_identity(pid)
+            start_time = 0
+            if not child.identity:
+                # Unreaped (reaping drops it from _unrecorded): /proc/<pid> is still this child.
+                identity = pidfiles.proc_identity(pid)
+                start_time = identity[2] if identity else 0
             report = child.report
             record = pidfiles.PidRecord(
                 report.upid,
                 report.round,
                 pid,
-                identity[2] if identity else 0,
+                start_time,
                 report.started_at or 0.0,
+                child.identity,
             )
             try:
                 pidfiles.write_record(self._pids_dir, pid, record)
@@ -197,6 +228,10 @@ class Launcher:
         self._live[key] = child
         self._idle.clear()
         self._loop.add_reader(child.pidfd, self._on_ready, key)
+
+    def _spill(self) -> None:
+        self.logs.spill_due()
+        self._spill_timer = self._loop.call_later(SPILL_EVERY, self._spill)
 
     # --- adoption after an agent restart ------------------------------------------------------
 
@@ -219,8 +254,11 @@ class Launcher:
                 record.upid, record.round, RUNNING, pid, None, None, None, record.started_at, None
             )
             key = (record.upid, record.round)
-            self._watch(_Child(report, pid, pidfd, None, self._config_path(*key)))
+            config_path = self._config_path(*key)
+            self._watch(_Child(report, pid, pidfd, False, record.pidfd_ino, config_path))
+            self.logs.adopt(record.upid)
             reports.append(report)
+        self.logs.recover()
         return reports
 
     def _ended_unwatched(self, pid: int, record: pidfiles.PidRecord) -> ProcessReport:
@@ -245,7 +283,7 @@ class Launcher:
         child = self._live.get(key)
         if child is None:
             return
-        exited = _peek_exit(child.pidfd) if child.popen is not None else False
+        exited = _peek_exit(child.pidfd) if child.ours else False
         if exited is None:
             return  # a readable pidfd means exit; this check only keeps a live group unkilled
         del self._live[key]
@@ -261,12 +299,13 @@ class Launcher:
             # Stragglers first: the unreaped leader still holds the group id, so it cannot
             # have been reused by an unrelated group.
             _killpg(child.pid, signal.SIGKILL)
-        if child.popen is not None:
-            exit_code, signum, error = _reap(child.popen)
+        if child.ours:
+            exit_code, signum, error = _reap(child.pid)
         # A leader someone else reaped (an adopted one) may have had its group id reused:
         # leave that group alone rather than risk killing a stranger.
         pidfiles.remove_record(self._pids_dir, child.pid)
         self._drop_config(child.config_path)
+        self.logs.settle(child.report.upid)
         report = replace(
             child.report,
             status=EXITED,
@@ -307,7 +346,7 @@ class Launcher:
     def _signal_group(self, child: _Child, signum: int) -> None:
         # Our own leader cannot be reaped before _on_ready runs, so its group id is ours. An
         # adopted leader could be; checking its pidfd first narrows that to nothing practical.
-        if child.popen is None and pidfiles.has_exited(child.pidfd):
+        if not child.ours and pidfiles.has_exited(child.pidfd):
             return
         _killpg(child.pid, signum)
 
@@ -321,6 +360,7 @@ class Launcher:
 
     def detach(self) -> None:
         """Stop watching without killing: the processes keep running, their records stay."""
+        self._spill_timer.cancel()
         self.record_pending()
         for child in self._live.values():
             self._loop.remove_reader(child.pidfd)
@@ -386,15 +426,13 @@ def _killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def _reap(popen: subprocess.Popen[bytes]) -> tuple[int | None, int | None, str | None]:
+def _reap(pid: int) -> tuple[int | None, int | None, str | None]:
     """Reap the exited leader: ``(exit_code, signal, error)``."""
     try:
-        pid, status = os.waitpid(popen.pid, os.WNOHANG)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pid = 0
-    if pid == 0:  # someone else reaped it; keep subprocess from trying again later
-        popen.returncode = -1
+        reaped = 0
+    if reaped == 0:  # someone else reaped it
         return None, None, f"exit status lost: {os.strerror(errno.ECHILD)}"
     code = os.waitstatus_to_exitcode(status)
-    popen.returncode = code  # so Popen.__del__ does not queue it for a second waitpid
     return (code, None, None) if code >= 0 else (None, -code, None)

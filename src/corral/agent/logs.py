@@ -1,24 +1,53 @@
-"""Per-process log files: where they live and how a chunk of one is read.
+"""Per-process logs: written to a spool on tmpfs, kept on disk once they hold something.
 
 Each process appends its stdout and stderr to ``STATE_DIR/logs/<name>.stdout`` and
 ``.stderr``, where ``<name>`` is its upid made safe for a file name. Every round of a process
 appends to the same pair, so a restarted service keeps one history. The agent never deletes
 logs: what it reads back is whatever is on disk, even for a forgotten process.
+
+When ``STATE_DIR/spool`` links to a tmpfs (the agent's runtime directory), the process writes
+to ``spool/<name>.<stream>`` instead: creating a file there costs microseconds, where a busy
+disk file system can take a millisecond, twice per launch, more than the spawn itself. The
+agent copies ("spills") what a spool file holds to its disk log while the process runs (more
+often while it writes, rarely while it is quiet) and all of it when the round ends, then
+drops the spool file. Copied pages are freed by punching a hole, so a chatty service holds
+little memory. A process that writes nothing never costs a disk file.
+
+A spool file and its disk log share offsets: a new spool file starts at the size of the disk
+log (sparse, costing nothing). So the disk log's size is always how far the spool has been
+copied, and a spill interrupted by a crash resumes exactly there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
+import logging
 import os
 import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from corral.wire.messages import LogChunk
+
+log = logging.getLogger("corral.agent")
 
 MAX_CHUNK: Final = 4 << 20
 """The most a single ReadLog answer carries, whatever the limit asked (frames stay small)."""
 
+STREAMS: Final = ("stdout", "stderr")
+
+#: how often a running process's spool is copied: soon after it writes, rarely when quiet
+SPILL_EVERY: Final = 1.0
+SPILL_QUIET_MAX: Final = 30.0
+
+_COPY_BLOCK: Final = 1 << 20
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 _MAX_NAME: Final = 200  # leaves room for suffixes under the usual 255-byte name limit
 _SAFE: Final = frozenset(string.ascii_letters + string.digits + "-_.")
 
@@ -52,7 +81,7 @@ def safe_name(upid: str) -> str:
 
 def log_path(state_dir: Path, upid: str, stream: str) -> Path:
     """``STATE_DIR/logs/<safe upid>.<stream>``; raises UnsafeName or ValueError."""
-    if stream not in ("stdout", "stderr"):
+    if stream not in STREAMS:
         raise ValueError(f"unknown log stream {stream!r}")
     return state_dir / "logs" / f"{safe_name(upid)}.{stream}"
 
@@ -62,31 +91,228 @@ def open_for_append(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
-def read_chunk(
-    state_dir: Path, request_id: int, upid: str, stream: str, offset: int, limit: int
-) -> LogChunk:
-    """Answer a ReadLog: at most ``min(limit, MAX_CHUNK)`` bytes from ``offset``.
+@dataclass(slots=True)
+class _Watch:
+    """A spooled log name and when its spool is next copied."""
 
-    A missing log reads as empty (the process may not have written yet) with size 0; a bad
-    request comes back with ``error`` set instead of raising.
-    """
-    if offset < 0 or limit < 0:
-        return LogChunk(request_id, b"", offset, 0, "offset and limit must not be negative")
-    try:
-        path = log_path(state_dir, upid, stream)
-    except ValueError as exc:
-        return LogChunk(request_id, b"", offset, 0, str(exc))
+    rounds: int  # live rounds writing to it (a new round may start before the last settles)
+    due: float
+    every: float
+
+
+class LogSpool:
+    """Where the agent's processes write, and how their output reaches the disk."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._logs = state_dir / "logs"
+        self._spool = state_dir / "spool"
+        #: without a tmpfs behind ``spool``, processes write straight to their disk logs
+        self.spooled = self._spool.is_symlink()
+        self._watched: dict[str, _Watch] = {}
+        self._warned: set[str] = set()
+        self._can_punch = _fallocate is not None
+
+    # --- the process side ---------------------------------------------------------------------
+
+    def open(self, upid: str) -> tuple[int, int]:
+        """Append-mode descriptors for a new round's stdout and stderr (caller closes them)."""
+        name = safe_name(upid)
+        fds: list[int] = []
+        try:
+            for stream in STREAMS:
+                fds.append(self._open_stream(name, stream))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if self.spooled:
+            watch = self._watched.get(name)
+            if watch is None:
+                self._watched[name] = _Watch(1, time.monotonic() + SPILL_EVERY, SPILL_EVERY)
+            else:
+                watch.rounds += 1
+        return fds[0], fds[1]
+
+    def _open_stream(self, name: str, stream: str) -> int:
+        if not self.spooled:
+            return open_for_append(self._logs / f"{name}.{stream}")
+        fd = open_for_append(self._spool / f"{name}.{stream}")
+        try:
+            if os.fstat(fd).st_size == 0:
+                copied = _size(self._logs / f"{name}.{stream}")
+                if copied:
+                    os.ftruncate(fd, copied)  # a hole: new output lands after the disk log
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def settle(self, upid: str) -> None:
+        """A round of ``upid`` ended: copy its output to disk, drop its spool when unused."""
+        name = safe_name(upid)
+        watch = self._watched.get(name)
+        if watch is None:
+            return
+        watch.rounds = max(0, watch.rounds - 1)
+        self._flush(name, watch)
+
+    # --- the agent's side ---------------------------------------------------------------------
+
+    def spill_due(self) -> None:
+        """Copy the spools that are due; called about every :data:`SPILL_EVERY` seconds."""
+        now = time.monotonic()
+        for name, watch in list(self._watched.items()):
+            if watch.due <= now:
+                self._flush(name, watch, now)
+
+    def adopt(self, upid: str) -> None:
+        """Watch the spool of a process a previous agent started (before :meth:`recover`)."""
+        if self.spooled:
+            name = safe_name(upid)
+            watch = self._watched.setdefault(name, _Watch(0, 0.0, SPILL_EVERY))
+            watch.rounds += 1
+
+    def recover(self) -> None:
+        """After an agent restart: settle the spool files no adopted process writes to."""
+        if not self.spooled:
+            return
+        for name in {entry.rsplit(".", 1)[0] for entry in os.listdir(self._spool)}:
+            watch = self._watched.setdefault(name, _Watch(0, 0.0, SPILL_EVERY))
+            self._flush(name, watch)
+
+    def _flush(self, name: str, watch: _Watch, now: float | None = None) -> None:
+        """Spill ``name``; drop its spool once no round writes to it and all is on disk."""
+        try:
+            copied = sum(self._spill(name, stream) for stream in STREAMS)
+        except OSError as exc:
+            # Disk full, most likely: the output waits in the spool, in memory, for a retry.
+            if name not in self._warned:
+                log.warning("cannot copy the log of %s to disk: %s", name, exc)
+                self._warned.add(name)
+            watch.due = (now or time.monotonic()) + SPILL_EVERY
+            return
+        self._warned.discard(name)
+        if watch.rounds == 0:
+            for stream in STREAMS:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._spool / f"{name}.{stream}")
+            del self._watched[name]
+            return
+        watch.every = SPILL_EVERY if copied else min(watch.every * 2, SPILL_QUIET_MAX)
+        watch.due = (now or time.monotonic()) + watch.every
+
+    def _spill(self, name: str, stream: str) -> int:
+        """Copy what the spool holds beyond the disk log; return the bytes copied."""
+        try:
+            src = os.open(self._spool / f"{name}.{stream}", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            end = os.fstat(src).st_size
+            dst_path = self._logs / f"{name}.{stream}"
+            start = _size(dst_path)
+            if end <= start:
+                return 0
+            dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                offset = start
+                while offset < end:
+                    block = os.pread(src, min(_COPY_BLOCK, end - offset), offset)
+                    if not block:
+                        break
+                    offset += _write_all(dst, block, offset)
+            finally:
+                os.close(dst)
+            if self._can_punch:
+                self._can_punch = _free_pages(src, offset - offset % _PAGE)
+            return offset - start
+        finally:
+            os.close(src)
+
+    def read_chunk(
+        self, request_id: int, upid: str, stream: str, offset: int, limit: int
+    ) -> LogChunk:
+        """Answer a ReadLog: at most ``min(limit, MAX_CHUNK)`` bytes from ``offset``.
+
+        A missing log reads as empty (the process may not have written yet) with size 0; a
+        bad request comes back with ``error`` set instead of raising. What is still in the
+        spool is read from there, so a reader never waits for a spill.
+        """
+        if offset < 0 or limit < 0:
+            return LogChunk(request_id, b"", offset, 0, "offset and limit must not be negative")
+        try:
+            path = log_path(self._logs.parent, upid, stream)
+        except ValueError as exc:
+            return LogChunk(request_id, b"", offset, 0, str(exc))
+        want = min(limit, MAX_CHUNK)
+        try:
+            data, size = _read_from(path, offset, want)
+            if self.spooled and len(data) < want:
+                spool = self._spool / path.name
+                more, spooled = _read_from(spool, offset + len(data), want - len(data))
+                data, size = data + more, max(size, spooled)
+        except OSError as exc:
+            return LogChunk(request_id, b"", offset, 0, f"cannot read log: {exc.strerror}")
+        return LogChunk(request_id, data, offset + len(data), size, None)
+
+
+def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
+    """``(bytes from offset, file size)``; a missing file is empty."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return LogChunk(request_id, b"", offset, 0, None)
-    except OSError as exc:
-        return LogChunk(request_id, b"", offset, 0, f"cannot read log: {exc.strerror}")
+        return b"", 0
     try:
         size = os.fstat(fd).st_size
-        data = os.pread(fd, min(limit, MAX_CHUNK), offset) if offset < size else b""
-    except OSError as exc:
-        return LogChunk(request_id, b"", offset, 0, f"cannot read log: {exc.strerror}")
+        return (os.pread(fd, limit, offset) if offset < size and limit else b""), size
     finally:
         os.close(fd)
-    return LogChunk(request_id, data, offset + len(data), size, None)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+    return len(data)
+
+
+_FALLOC_FL_KEEP_SIZE: Final = 0x01
+_FALLOC_FL_PUNCH_HOLE: Final = 0x02
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.fallocate64
+        func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        func.restype = ctypes.c_int
+        return cast(Callable[[int, int, int, int], int], func)
+    return None
+
+
+_fallocate = _load_fallocate()
+
+
+def _free_pages(fd: int, length: int) -> bool:
+    """Give back the memory of ``[0, length)`` of a tmpfs file, keeping its size.
+
+    False when the file system cannot: spooled output then stays in memory until its round
+    ends and the spool file is dropped.
+    """
+    if length <= 0 or _fallocate is None:
+        return _fallocate is not None
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+        log.warning("this file system cannot punch holes: spools are freed only at exit")
+        return False
+    return True

@@ -1,9 +1,12 @@
 """The agent's on-disk records of live children, and the lock on its state directory.
 
-``STATE_DIR/pids/<pid>`` holds, as one JSON object, the upid, round, process group and the
-kernel start time (field 22 of ``/proc/<pid>/stat``) of each live child. The start time is
-what makes the record safe to act on later: a pid the kernel has since given to another
-process has another start time, so it is never killed by mistake. Records outlive the agent
+``STATE_DIR/pids/<pid>`` holds, as one JSON object, the upid, round and process group of
+each live child, and what identifies that very process: its pidfs inode number (a pidfd's
+``st_ino``, never shared by two processes of one boot; Linux 6.9 and later) or, on older
+kernels, its start time (field 22 of ``/proc/<pid>/stat``). The identity is what makes the
+record safe to act on later: a pid the kernel has since given to another process is never
+killed by mistake. The inode costs one ``fstat`` of a pidfd the agent holds anyway; reading
+``/proc`` right after a spawn waits for the child's exec to finish. Records outlive the agent
 on purpose: a restarted agent adopts the processes they name, and ``kill_orphans`` (in
 ``launcher``) kills them when the agent is gone for good.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import select
@@ -36,8 +40,9 @@ class PidRecord:
     upid: str
     round: int
     pgid: int
-    start_time: int
+    start_time: int  # 0 when pidfd_ino identifies the process
     started_at: float
+    pidfd_ino: int = 0
 
 
 def proc_identity(pid: int) -> tuple[str, int, int] | None:
@@ -94,10 +99,32 @@ def read_records(pids_dir: Path) -> Iterator[tuple[int, PidRecord | None]]:
                 pgid=int(raw["pgid"]),
                 start_time=int(raw["start_time"]),
                 started_at=float(raw["started_at"]),
+                pidfd_ino=int(raw.get("pidfd_ino", 0)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             record = None
         yield int(name), record
+
+
+@functools.cache
+def has_pidfs() -> bool:
+    """Do pidfds of different processes have different inode numbers (pidfs)?"""
+    if os.getpid() == 1:
+        return False
+    fds = []
+    try:
+        fds = [os.pidfd_open(os.getpid()), os.pidfd_open(1)]
+        return os.fstat(fds[0]).st_ino != os.fstat(fds[1]).st_ino
+    except OSError:
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def pidfd_identity(pidfd: int) -> int:
+    """The pidfs inode number of the process behind ``pidfd``; 0 without pidfs."""
+    return os.fstat(pidfd).st_ino if has_pidfs() else 0
 
 
 def same_process(pid: int, record: PidRecord) -> bool:
@@ -105,12 +132,22 @@ def same_process(pid: int, record: PidRecord) -> bool:
 
     An unreaped zombie leader still pins its group id, so its group is still safe to signal.
     """
+    if record.pidfd_ino:
+        pidfd = open_pidfd_if_same(pid, record, running=False)
+        if pidfd is not None:
+            os.close(pidfd)
+        return pidfd is not None
     identity = proc_identity(pid)
     return identity is not None and identity[1:] == (record.pgid, record.start_time)
 
 
 def still_running(pid: int, record: PidRecord) -> bool:
     """True if ``pid`` is still the process the record describes, and has not exited."""
+    if record.pidfd_ino:
+        pidfd = open_pidfd_if_same(pid, record)
+        if pidfd is not None:
+            os.close(pidfd)
+        return pidfd is not None
     identity = proc_identity(pid)
     return (
         identity is not None
@@ -119,14 +156,20 @@ def still_running(pid: int, record: PidRecord) -> bool:
     )
 
 
-def open_pidfd_if_same(pid: int, record: PidRecord) -> int | None:
-    """A pidfd for the process the record describes, or None if it is no longer running."""
+def open_pidfd_if_same(pid: int, record: PidRecord, *, running: bool = True) -> int | None:
+    """A pidfd for the process the record describes, or None if it is gone (or, with
+    ``running``, has exited)."""
     try:
         pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
+    except OSError:
         return None
     # Check identity after opening: the pidfd then pins this very process, whatever comes next.
-    if not still_running(pid, record):
+    if record.pidfd_ino:
+        same = os.fstat(pidfd).st_ino == record.pidfd_ino
+        alive = same and not (running and has_exited(pidfd))
+    else:
+        alive = still_running(pid, record) if running else same_process(pid, record)
+    if not alive:
         os.close(pidfd)
         return None
     return pidfd
@@ -139,16 +182,17 @@ def has_exited(pidfd: int) -> bool:
 
 
 #: sub-directories whose files only mean something while this boot lasts
-RUNTIME_SUBDIRS = ("pids", "config")
+RUNTIME_SUBDIRS = ("pids", "config", "spool")
 
 
 def prepare_state_dir(state_dir: Path, runtime_dir: Path | None = None) -> None:
     """Create the state directory's layout.
 
     With ``runtime_dir`` (a tmpfs such as /dev/shm or $XDG_RUNTIME_DIR), the per-process
-    files that mean nothing after a reboot — pid records and configuration files — live
-    there, linked from the state directory: creating a file on tmpfs costs microseconds,
-    on a loaded disk file system up to a millisecond, and the agent makes two per launch.
+    files that mean nothing after a reboot — pid records, configuration files and the log
+    spool — live there, linked from the state directory: creating a file on tmpfs costs
+    microseconds, on a loaded disk file system up to a millisecond, and the agent makes
+    several per launch.
     """
     (state_dir / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
     for sub in RUNTIME_SUBDIRS:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Final
 
 from corral.agent.launcher import Key, Launcher
-from corral.agent.logs import read_chunk
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
 from corral.wire.messages import (
     PROTOCOL_VERSION,
@@ -249,8 +248,7 @@ class Agent:
                 self._forget(msg)
             elif isinstance(msg, ReadLog):
                 conn.send(
-                    read_chunk(
-                        self._config.state_dir,
+                    self.launcher.logs.read_chunk(
                         msg.request_id,
                         msg.upid,
                         msg.stream,
