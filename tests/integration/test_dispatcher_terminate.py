@@ -4,11 +4,18 @@ process group, then SIGKILL after the engine's terminate_grace (1 s here)."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from corral.store import Change, Put
+from corral.store.sqlite import SQLiteStore
+from corral.testing.dispatcher import open_test_dispatcher
+from corral.testing.serve import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -111,3 +118,38 @@ def test_terminating_twice_is_harmless(corral) -> None:
     second = corral.client.terminate_process(upid)
     assert second["state"] in ("600-TERMINATING", "700-TERMINATED")
     assert corral.client.wait_process(upid, ["TERMINATED"])["state"] == "700-TERMINATED"
+
+
+def test_a_process_terminated_while_its_placement_commits_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Terminate lands after the mapper placed the process but before that commit is durable
+    (so before the launch is sent): the process ends TERMINATED without ever starting."""
+    placed = threading.Event()
+    gate = threading.Event()
+    apply = SQLiteStore.apply
+
+    def gated_apply(store: SQLiteStore, changes: Sequence[Change]) -> None:
+        if any(isinstance(c, Put) and c.key == "victim" and c.doc["state"] == 400 for c in changes):
+            placed.set()
+            gate.wait(10)
+        apply(store, changes)
+
+    monkeypatch.setattr(SQLiteStore, "apply", gated_apply)
+    with open_test_dispatcher(home=tmp_path / "home") as corral:
+        client = corral.client
+        wait_until(lambda: client.list_nodes() and client.list_nodes()[0]["connected"], "a node")
+        client.create_definition("true", "exec", {"exec": "/bin/true"})
+        client.schedule_process("victim", "true")
+        assert placed.wait(10)
+        with ThreadPoolExecutor(1) as pool:
+            # Its commit queues behind the gated one, so it answers once the gate opens.
+            terminating = pool.submit(client.terminate_process, "victim")
+            time.sleep(0.2)
+            gate.set()
+            assert terminating.result(10)["state"] == "600-TERMINATING"
+        ended = client.wait_process("victim", ["TERMINATED"], timeout=10)
+        assert ended["state"] == "700-TERMINATED"
+        assert ended["starts"] == 0
+        assert ended["pid"] is None
+        assert ended["end_reason"] == "terminated before it ran"

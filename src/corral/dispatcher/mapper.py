@@ -2,9 +2,9 @@
 
 Woken by anything that may free or need a slot (a schedule, an exit, a node joining), it
 promotes delayed restarts that are due, takes a snapshot, asks ``core.matchmaker.match``
-for a plan, and applies it: placements are committed as ASSIGNED and only then launched;
-processes that must wait get their reason; those their queueing mode forbids to wait are
-REJECTED.
+for a plan, and applies it: placements are committed (ASSIGNED, then PENDING, in one
+transaction) and only then launched; processes that must wait get their reason; those their
+queueing mode forbids to wait are REJECTED.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ class Mapper:
             record = assigned(
                 processes[placement.upid], node.node_id, node.hostname, node.engine, now
             )
-            changed.append(record)
+            # Launched in the same commit as assigned: a restart treats ASSIGNED and PENDING
+            # alike (the launch is sent again), so the extra state costs no transaction.
+            changed += [record, moved(record, ProcessEvent.LAUNCH, now)]
             placed.append((record.upid, record.round))
         for upid, reason in result.waiting.items():
             record = processes[upid]
@@ -149,10 +151,23 @@ class Mapper:
         if committed.cancelled() or committed.exception() is not None:
             return
         ready = []
+        unlaunched = []
+        now = self._clock.time()
         for upid, round_ in placed:
             record = self._state.processes.get(upid)
-            # Terminated, restarted or lost meanwhile: that placement is void.
-            if record and record.round == round_ and record.state is ProcessState.ASSIGNED:
+            if record is None or record.round != round_:
+                continue  # restarted or lost meanwhile: that placement is void
+            if record.state is ProcessState.PENDING:
                 ready.append(record)
+            elif record.state is ProcessState.TERMINATING:
+                # Terminated while its placement was being committed: its Kill reached an
+                # agent that never had it, and its launch will never be sent.
+                unlaunched.append(
+                    moved(
+                        record, ProcessEvent.TERMINATED, now, end_reason="terminated before it ran"
+                    )
+                )
+        if unlaunched:
+            self._state.save_processes(unlaunched)
         if ready:
             self._nodes.launch(ready)

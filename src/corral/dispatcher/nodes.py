@@ -163,7 +163,7 @@ class Nodes:
         self.send(node_id, Kill(upid, round_, grace))
 
     def launch(self, records: Iterable[ProcessRecord]) -> None:
-        """Send the launches of committed placements; mark the ASSIGNED ones PENDING."""
+        """Send the launches of committed placements; mark any still ASSIGNED PENDING."""
         now = self._clock.time()
         pending: list[ProcessRecord] = []
         failed: list[ProcessRecord] = []
