@@ -7,7 +7,7 @@ checks what the matchmaker decided against what was possible at that moment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -352,6 +352,23 @@ def test_a_process_that_already_has_a_reason_is_skipped_once_this_match_fills_th
     result = match(snap)
     assert [pl.upid for pl in result.placements] == ["p1"]
     assert set(result.waiting) == {"p3"}
+
+
+@given(snapshots())
+def test_reading_only_the_fresh_processes_once_slots_run_out_decides_the_same(snap):
+    fresh = [p for p in snap.queue if not p.has_reason]
+    consumed: list[str] = []
+
+    def watched(queue: Iterable[Pending]) -> Iterator[Pending]:
+        for item in queue:
+            consumed.append(item.upid)
+            yield item
+
+    lazy = replace(snap, queue=watched(snap.queue), fresh=fresh)
+    assert match(lazy) == match(snap)
+    free = sum(max(n.slots - n.used, 0) for n in snap.nodes if n.accepting)
+    if free == 0:
+        assert len(consumed) <= 1  # the queue is not read on once no slot is left
 
 
 def test_a_process_that_already_has_a_reason_is_placed_when_a_slot_is_free():

@@ -43,50 +43,76 @@ class _Slots:
 
 
 def match(snapshot: Snapshot) -> Match:
-    engines = {e.engine_id: e for e in snapshot.engines}
-    by_engine: dict[EngineId, list[_Slots]] = {e.engine_id: [] for e in snapshot.engines}
-    for node in snapshot.nodes:
-        if node.accepting and node.engine in by_engine:
-            by_engine[node.engine].append(_Slots(node))
-    free = {engine: sum(max(s.free, 0) for s in slots) for engine, slots in by_engine.items()}
-
-    placements: list[Placement] = []
-    waiting: dict[Upid, Reason] = {}
-    rejected: dict[Upid, Reason] = {}
-    total_free = sum(max(f, 0) for f in free.values())
+    one = _Pass(snapshot)
+    if snapshot.fresh is None:
+        for pending in snapshot.queue:
+            # Nothing can be placed and this one already says why: leave it be.
+            if one.free_total > 0 or not pending.has_reason:
+                one.serve(pending)
+        return one.result()
+    # The queue in order while a slot is left; after that, only the fresh processes not yet
+    # served: the others already say why they wait, and nothing can change that now.
+    served: set[Upid] = set()
     for pending in snapshot.queue:
-        if total_free <= 0 and pending.has_reason:
-            # Nothing can be placed and this one already says why: a long queue behind
-            # full nodes costs nothing per pass.
-            continue
-        if pending.execution_engine_id is not None:
-            candidates = [pending.execution_engine_id]
-        else:
-            candidates = [e.engine_id for e in snapshot.engines]
+        if one.free_total <= 0:
+            break
+        served.add(pending.upid)
+        one.serve(pending)
+    else:
+        return one.result()
+    for pending in snapshot.fresh:
+        if pending.upid not in served:
+            one.serve(pending)
+    return one.result()
+
+
+class _Pass:
+    """The accounting of one match: free slots per node and engine, and the decisions."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.engines = {e.engine_id: e for e in snapshot.engines}
+        self.order = [e.engine_id for e in snapshot.engines]
+        self.by_engine: dict[EngineId, list[_Slots]] = {e: [] for e in self.order}
+        for node in snapshot.nodes:
+            if node.accepting and node.engine in self.by_engine:
+                self.by_engine[node.engine].append(_Slots(node))
+        self.free = {
+            engine: sum(max(s.free, 0) for s in slots) for engine, slots in self.by_engine.items()
+        }
+        self.free_total = sum(max(f, 0) for f in self.free.values())
+        self.placements: list[Placement] = []
+        self.waiting: dict[Upid, Reason] = {}
+        self.rejected: dict[Upid, Reason] = {}
+
+    def result(self) -> Match:
+        return Match(tuple(self.placements), self.waiting, self.rejected)
+
+    def serve(self, pending: Pending) -> None:
+        """Place ``pending`` or record why it waits (or is rejected)."""
+        pinned = pending.execution_engine_id
         best: Reason | None = None
-        for engine_id in candidates:
-            engine = engines.get(engine_id)
+        for engine_id in [pinned] if pinned is not None else self.order:
+            engine = self.engines.get(engine_id)
             if engine is None:
                 best = _better(best, Reason(ReasonKind.UNKNOWN_ENGINE, f"no engine {engine_id!r}"))
                 continue
-            chosen, reason = _place(pending, engine, by_engine[engine_id], free[engine_id])
+            nodes = self.by_engine[engine_id]
+            chosen, reason = _place(pending, engine, nodes, self.free[engine_id])
             if chosen is not None:
                 chosen.used += 1
                 chosen.free -= 1
-                free[engine_id] -= 1
-                total_free -= 1
+                self.free[engine_id] -= 1
+                self.free_total -= 1
                 if pending.node_exclusive is not None:
                     chosen.exclusive.add(pending.node_exclusive)
-                placements.append(Placement(pending.upid, pending.round, chosen.node.node_id))
-                best = None
-                break
+                self.placements.append(Placement(pending.upid, pending.round, chosen.node.node_id))
+                return
             best = _better(best, reason)
-        if best is not None:
-            if pending.queueing_mode.may_wait(pending.is_restart):
-                waiting[pending.upid] = best
-            else:
-                rejected[pending.upid] = _rejection(pending, best)
-    return Match(tuple(placements), waiting, rejected)
+        assert best is not None
+        if pending.queueing_mode.may_wait(pending.is_restart):
+            self.waiting[pending.upid] = best
+        else:
+            self.rejected[pending.upid] = _rejection(pending, best)
 
 
 def _place(

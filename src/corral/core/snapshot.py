@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from corral.core.ids import EngineId, NodeId, Round, Upid
@@ -49,8 +49,16 @@ class Pending:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Engines in configuration order (the first is the default), nodes, and the queue in
-    the order processes should be served."""
+    the order processes should be served.
+
+    ``queue`` and ``fresh`` may be live views of the dispatcher's tables, read during one
+    synchronous call and only as far as needed: once every slot is taken, only ``fresh``
+    (the queued processes without a reason yet, in queue order) is read on, so a long
+    queue behind full nodes costs nothing per pass. ``fresh=None`` means "those of
+    ``queue`` whose ``has_reason`` is false".
+    """
 
     engines: tuple[EngineView, ...]
     nodes: tuple[NodeView, ...]
-    queue: tuple[Pending, ...]
+    queue: Iterable[Pending]
+    fresh: Iterable[Pending] | None = None

@@ -115,7 +115,10 @@ class Mapper:
                     tags,
                 )
             )
-        return Snapshot(engines, tuple(views), tuple(self._state.queue.values()))
+        # Live views, not copies: match() reads them synchronously, often only a prefix.
+        return Snapshot(
+            engines, tuple(views), self._state.queue.values(), self._state.fresh.values()
+        )
 
     def _apply(self, result: Match) -> None:
         now = self._clock.time()

@@ -46,6 +46,8 @@ class State:
         self.nodes: dict[NodeId, NodeRecord] = {}
         #: matchable processes in the order they are served (dicts keep insertion order)
         self.queue: dict[Upid, Pending] = {}
+        #: those of the queue that have no waiting reason yet
+        self.fresh: dict[Upid, Pending] = {}
         #: processes holding a slot, per node
         self.by_node: dict[NodeId, set[Upid]] = {}
         #: delayed restarts: (not_before, upid, round)
@@ -160,11 +162,17 @@ class State:
             self.by_node.setdefault(record.assigned, set()).add(upid)
         if record.state in MATCHABLE_STATES:
             old = self.queue.get(upid)
-            self.queue[upid] = _pending(
+            pending = _pending(
                 record, restart=old is not None and old.round == record.round and old.is_restart
             )
+            self.queue[upid] = pending
+            if pending.has_reason:
+                self.fresh.pop(upid, None)
+            else:
+                self.fresh[upid] = pending
         else:
             self.queue.pop(upid, None)
+            self.fresh.pop(upid, None)
         if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
             heapq.heappush(self.delayed, (record.not_before, upid, record.round))
 
