@@ -80,13 +80,14 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     return Config(tuple(engines))
 
 
-_INTS = ("slots", "base_need", "maximum_vms")
+_INTS = ("slots", "base_need", "maximum_vms", "spare_slots")
 _FLOATS = (
     "heartbeat_period",
     "heartbeat_warning",
     "heartbeat_missing",
     "boot_timeout",
     "terminate_grace",
+    "idle_timeout",
 )
 
 

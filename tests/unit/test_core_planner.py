@@ -1,64 +1,191 @@
-"""The planner keeps base_need nodes per engine and never goes above maximum_vms."""
+"""The planner: need = max(base_need, occupied, ceil((runnable + spare) / slots)), capped by
+maximum_vms; surplus nodes retire newest first, only after idle_timeout."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.core.ids import EngineId
+from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine
-from corral.core.planner import nodes_to_boot
-from corral.testing import engine
+from corral.core.node_states import IdleBehavior, NodeState
+from corral.core.planner import Plan, PoolNode, plan
+from corral.testing import engine, pending
+
+
+def node(
+    node_id: str,
+    engine_id: str = "a",
+    *,
+    used: int = 0,
+    state: NodeState = NodeState.IDLE,
+    behavior: IdleBehavior = IdleBehavior.RUN,
+    created_at: float = 0.0,
+    idle_for: float = 0.0,
+) -> PoolNode:
+    return PoolNode(
+        NodeId(node_id), EngineId(engine_id), state, used, behavior, created_at, idle_for
+    )
+
+
+def queued(count: int, engine_id: str | None = None, **constraints: object) -> list:
+    return [pending(f"q{i}", engine=engine_id, constraints=constraints) for i in range(count)]
 
 
 def test_an_empty_pool_boots_base_need_nodes_per_engine():
     engines = (engine("a", base_need=2, maximum_vms=4), engine("b", base_need=1))
-    assert nodes_to_boot(engines, {}) == {"a": 2, "b": 1}
+    assert plan(engines, [], []).boot == {"a": 2, "b": 1}
 
 
-def test_only_the_missing_nodes_are_booted():
-    engines = (engine("a", base_need=3, maximum_vms=4),)
-    assert nodes_to_boot(engines, {EngineId("a"): 1}) == {"a": 2}
+def test_the_queue_grows_the_pool_by_whole_nodes_up_to_maximum_vms():
+    engines = (engine("a", slots=4, base_need=1, maximum_vms=3),)
+    one = [node("n1", used=4)]
+    assert plan(engines, one, queued(5)).boot == {"a": 2}  # ceil((4 + 5) / 4) = 3
+    assert plan(engines, one, queued(50)).boot == {"a": 2}  # capped at maximum_vms
+    assert plan(engines, one, queued(3)).boot == {"a": 1}
 
 
-def test_an_engine_at_base_need_boots_nothing_and_is_left_out():
-    engines = (engine("a", base_need=2), engine("b", base_need=0))
-    assert nodes_to_boot(engines, {EngineId("a"): 2}) == {}
+def test_spare_slots_keep_free_room_beyond_the_queue():
+    engines = (engine("a", slots=4, base_need=0, maximum_vms=5, spare_slots=2),)
+    assert plan(engines, [node("n1", used=3)], []).boot == {"a": 1}  # ceil((3 + 2) / 4)
+    assert plan(engines, [], []).boot == {"a": 1}
 
 
-def test_base_need_above_maximum_vms_stops_at_maximum_vms():
-    engines = (engine("a", base_need=5, maximum_vms=2),)
-    assert nodes_to_boot(engines, {}) == {"a": 2}
+def test_booting_nodes_count_so_a_tick_never_boots_twice_for_one_need():
+    engines = (engine("a", slots=1, base_need=0, maximum_vms=4),)
+    booting = [node("n1", state=NodeState.BOOTING), node("n2", state=NodeState.BOOTING)]
+    assert plan(engines, booting, queued(2)).boot == {}
 
 
-def test_nodes_of_an_engine_no_longer_configured_are_ignored():
-    assert nodes_to_boot((engine("a", base_need=1),), {EngineId("gone"): 3}) == {"a": 1}
+def test_surplus_nodes_retire_only_after_idle_timeout_and_newest_first():
+    engines = (engine("a", slots=1, base_need=2, maximum_vms=4, idle_timeout=60.0),)
+    nodes = [
+        node("old", created_at=1.0, idle_for=100.0),
+        node("mid", created_at=2.0, idle_for=100.0),
+        node("new", created_at=3.0, idle_for=100.0),
+        node("fresh", created_at=4.0, idle_for=10.0),
+    ]
+    result = plan(engines, nodes, [])
+    assert result.need == {"a": 2}
+    # "fresh" has not been idle long enough, so "old" is the one kept beside it
+    assert result.retire == ("new", "mid")
+    assert result.boot == {}
+
+
+def test_occupied_nodes_are_never_retired():
+    engines = (engine("a", slots=4, base_need=0, idle_timeout=1.0),)
+    result = plan(engines, [node("busy", used=1, state=NodeState.BUSY)], [])
+    assert result.retire == ()
+    assert result.need == {"a": 1}
+
+
+def test_a_held_node_is_kept_and_gives_no_capacity():
+    engines = (engine("a", slots=2, base_need=1, maximum_vms=2, idle_timeout=1.0),)
+    held = node("held", behavior=IdleBehavior.HOLD, idle_for=99.0)
+    result = plan(engines, [held], [])
+    assert result.retire == ()
+    assert result.boot == {"a": 1}  # base_need counts nodes that take work
+
+
+def test_a_draining_node_retires_once_empty_whatever_the_need():
+    engines = (engine("a", slots=2, base_need=2, maximum_vms=3),)
+    draining = [
+        node("empty", behavior=IdleBehavior.DRAIN),
+        node("working", used=1, state=NodeState.BUSY, behavior=IdleBehavior.DRAIN),
+    ]
+    result = plan(engines, draining, [])
+    assert result.retire == ("empty",)
+    # draining nodes still count against maximum_vms
+    assert result.boot == {"a": 1}
+
+
+def test_pinned_processes_grow_their_engine_and_others_the_first_that_fits():
+    engines = (
+        engine("a", slots=1, base_need=0, maximum_vms=2, labels={"zone": "x"}),
+        engine("b", slots=1, base_need=0, maximum_vms=2, labels={"zone": "y"}),
+    )
+    assert plan(engines, [], queued(1, "b")).boot == {"b": 1}
+    assert plan(engines, [], queued(1)).boot == {"a": 1}
+    assert plan(engines, [], queued(1, zone="y")).boot == {"b": 1}
+    # a full engine overflows to the next one that fits
+    assert plan(engines, [], queued(3)).boot == {"a": 2, "b": 1}
+    # a constraint no engine's labels allow grows nothing
+    assert plan(engines, [], queued(1, zone="z")).boot == {}
 
 
 @st.composite
-def pools(draw: st.DrawFn) -> tuple[tuple[Engine, ...], dict[EngineId, int]]:
-    ids = draw(st.lists(st.sampled_from("abcdef"), min_size=0, max_size=4, unique=True))
+def pools(draw: st.DrawFn) -> tuple[tuple[Engine, ...], list[PoolNode], list]:
+    ids = draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=3, unique=True))
     engines = tuple(
-        engine(i, base_need=draw(st.integers(0, 8)), maximum_vms=draw(st.integers(0, 8)))
+        engine(
+            i,
+            slots=draw(st.integers(1, 4)),
+            base_need=(base := draw(st.integers(0, 3))),
+            maximum_vms=draw(st.integers(base, 6)),
+            spare_slots=draw(st.integers(0, 3)),
+            idle_timeout=10.0,
+        )
         for i in ids
     )
-    live = {EngineId(i): draw(st.integers(0, 10)) for i in ids if draw(st.booleans())}
-    return engines, live
+    nodes = [
+        node(
+            f"n{k}",
+            draw(st.sampled_from([*ids, "retired"])),
+            used=draw(st.integers(0, 4)),
+            state=draw(st.sampled_from(list(NodeState))),
+            behavior=draw(st.sampled_from(list(IdleBehavior))),
+            created_at=float(k),
+            idle_for=draw(st.sampled_from([0.0, 5.0, 20.0])),
+        )
+        for k in range(draw(st.integers(0, 8)))
+    ]
+    queue = queued(draw(st.integers(0, 12)), draw(st.none() | st.sampled_from(ids)))
+    return engines, nodes, queue
 
 
-@settings(max_examples=200, deadline=None)
+def _live(nodes: list[PoolNode], engine_id: str) -> list[PoolNode]:
+    live = {NodeState.BOOTING, NodeState.UNKNOWN, NodeState.IDLE, NodeState.BUSY}
+    return [n for n in nodes if n.engine == engine_id and n.state in live]
+
+
+@settings(max_examples=300, deadline=None)
 @given(pools())
-def test_boots_reach_base_need_and_never_go_above_maximum_vms(pool):
-    engines, live = pool
-    boots = nodes_to_boot(engines, live)
-    assert set(boots) <= {e.engine_id for e in engines}
+def test_a_plan_never_exceeds_maximum_vms_and_retires_only_empty_idle_nodes(pool):
+    engines, nodes, queue = pool
+    result: Plan = plan(engines, nodes, queue)
+    by_id = {n.node_id: n for n in nodes}
+    assert len(set(result.retire)) == len(result.retire)
     for e in engines:
-        have = live.get(e.engine_id, 0)
-        booted = boots.get(e.engine_id, 0)
-        assert e.engine_id not in boots or booted > 0
-        # never above maximum_vms because of this plan
-        assert have + booted <= max(e.maximum_vms, have)
-        # base_need kept, as far as maximum_vms allows
-        assert have + booted >= min(e.base_need, e.maximum_vms)
-        # and no more than needed
-        assert booted == max(0, min(e.base_need, e.maximum_vms) - have)
+        live = _live(nodes, e.engine_id)
+        booted = result.boot.get(e.engine_id, 0)
+        assert e.engine_id not in result.boot or booted > 0
+        assert len(live) + booted <= max(e.maximum_vms, len(live))
+        assert result.need[e.engine_id] <= e.maximum_vms
+    for node_id in result.retire:
+        retired = by_id[node_id]
+        assert retired.used == 0
+        assert retired.state in (NodeState.IDLE, NodeState.BUSY, NodeState.UNKNOWN)
+        if retired.idle_behavior is IdleBehavior.RUN:
+            assert retired.state is NodeState.IDLE
+            assert retired.idle_for >= 10.0
+        else:
+            assert retired.idle_behavior is IdleBehavior.DRAIN
+
+
+@settings(max_examples=300, deadline=None)
+@given(pools())
+def test_a_plan_is_stable_once_carried_out(pool):
+    """Booting what it asks and retiring what it names leaves nothing more to retire, and more
+    to boot only where a retired node was in the way of maximum_vms: the pool does not
+    flap."""
+    engines, nodes, queue = pool
+    first = plan(engines, nodes, queue)
+    after = [n for n in nodes if n.node_id not in first.retire]
+    for engine_id, count in first.boot.items():
+        after += [
+            node(f"{engine_id}-new{i}", engine_id, state=NodeState.BOOTING) for i in range(count)
+        ]
+    second = plan(engines, after, queue)
+    assert second.retire == ()
+    retired_from = {n.engine for n in nodes if n.node_id in first.retire}
+    assert set(second.boot) <= retired_from

@@ -49,6 +49,10 @@ class Engine:
     boot_timeout: float = 30.0
     #: seconds between SIGTERM and SIGKILL when a process is stopped
     terminate_grace: float = 10.0
+    #: free slots the pool keeps beyond what the queue needs, so a burst starts at once
+    spare_slots: int = 0
+    #: seconds a node must stay unoccupied before the pool may retire it
+    idle_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

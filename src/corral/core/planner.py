@@ -1,23 +1,147 @@
-"""How many nodes each engine should boot: a pure function of what the pool holds.
+"""How many nodes each engine should have: a pure function of the pool and the queue.
 
-This first planner keeps ``base_need`` nodes per engine (never above ``maximum_vms``);
-growing with demand is a later step that changes only this module.
+For each engine::
+
+    need = max(base_need, occupied nodes, ceil((runnable + spare_slots) / slots))
+
+capped by ``maximum_vms``, where *runnable* counts the processes that hold a slot on the
+engine's nodes plus the queued ones that would run there. The plan boots the nodes missing
+to reach ``need`` and retires surplus nodes, but only nodes that have been unoccupied for
+``idle_timeout`` — newest first, so long-lived nodes stay and a burst that ends does not make
+the pool flap. Only nodes whose idle behaviour is ``run`` count as capacity; a held node is
+kept as it is, and a draining node is retired as soon as it is empty. ``maximum_vms`` caps
+every live instance of the engine, whatever its behaviour.
+
+Queued processes pinned to an engine count there; the others count toward the first engine
+(in configuration order) whose labels do not rule them out and that can still grow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
-from corral.core.ids import EngineId
-from corral.core.model import Engine
+from corral.core.constraints import unmet_constraint
+from corral.core.ids import EngineId, NodeId
+from corral.core.model import ConstraintValue, Engine
+from corral.core.node_states import IdleBehavior, NodeState
+
+#: node states that count as an instance of the engine (booked against maximum_vms)
+LIVE_STATES = frozenset({NodeState.BOOTING, NodeState.UNKNOWN, NodeState.IDLE, NodeState.BUSY})
 
 
-def nodes_to_boot(engines: tuple[Engine, ...], live: Mapping[EngineId, int]) -> dict[EngineId, int]:
-    """Nodes to create per engine, given how many are booting or up (``live``)."""
-    boots: dict[EngineId, int] = {}
+@dataclass(frozen=True, slots=True)
+class PoolNode:
+    """A node as the planner sees it."""
+
+    node_id: NodeId
+    engine: EngineId
+    state: NodeState
+    #: processes holding a slot on it
+    used: int = 0
+    idle_behavior: IdleBehavior = IdleBehavior.RUN
+    created_at: float = 0.0
+    #: how long it has been unoccupied (0 while it holds a process)
+    idle_for: float = 0.0
+
+
+class Demand(Protocol):
+    """A queued process, with only what decides which engine it would run on (a
+    ``core.snapshot.Pending`` is one)."""
+
+    @property
+    def execution_engine_id(self) -> EngineId | None: ...
+
+    @property
+    def constraints(self) -> Mapping[str, ConstraintValue]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Nodes to boot per engine, nodes to retire, and each engine's target."""
+
+    boot: dict[EngineId, int]
+    retire: tuple[NodeId, ...]
+    need: dict[EngineId, int]
+
+
+def plan(engines: tuple[Engine, ...], nodes: Iterable[PoolNode], queued: Iterable[Demand]) -> Plan:
+    by_engine: dict[EngineId, list[PoolNode]] = {e.engine_id: [] for e in engines}
+    for node in nodes:
+        if node.engine in by_engine and node.state in LIVE_STATES:
+            by_engine[node.engine].append(node)
+    waiting = _attribute(engines, by_engine, queued)
+    boot: dict[EngineId, int] = {}
+    retire: list[NodeId] = []
+    need: dict[EngineId, int] = {}
     for engine in engines:
-        want = min(engine.base_need, engine.maximum_vms)
-        missing = want - live.get(engine.engine_id, 0)
+        live = by_engine[engine.engine_id]
+        running = [n for n in live if n.idle_behavior is IdleBehavior.RUN]
+        held = sum(n.used for n in running)
+        occupied = sum(1 for n in running if n.used > 0)
+        wanted = -(-(held + waiting[engine.engine_id] + engine.spare_slots) // engine.slots)
+        target = min(max(engine.base_need, occupied, wanted), engine.maximum_vms)
+        need[engine.engine_id] = target
+        missing = min(target - len(running), engine.maximum_vms - len(live))
         if missing > 0:
-            boots[engine.engine_id] = missing
-    return boots
+            boot[engine.engine_id] = missing
+        retire += _surplus(engine, running, len(running) - target)
+        retire += [
+            n.node_id
+            for n in live
+            if n.idle_behavior is IdleBehavior.DRAIN
+            and n.used == 0
+            and n.state is not NodeState.BOOTING
+        ]
+    return Plan(boot, tuple(retire), need)
+
+
+def _surplus(engine: Engine, running: list[PoolNode], surplus: int) -> list[NodeId]:
+    """Up to ``surplus`` nodes unoccupied for ``idle_timeout``, newest first."""
+    if surplus <= 0:
+        return []
+    idle = [
+        n
+        for n in running
+        if n.used == 0 and n.state is NodeState.IDLE and n.idle_for >= engine.idle_timeout
+    ]
+    idle.sort(key=lambda n: (n.created_at, n.node_id), reverse=True)
+    return [n.node_id for n in idle[:surplus]]
+
+
+def _attribute(
+    engines: tuple[Engine, ...],
+    by_engine: Mapping[EngineId, list[PoolNode]],
+    queued: Iterable[Demand],
+) -> dict[EngineId, int]:
+    """Queued processes per engine: pinned ones where pinned, the others where they fit."""
+    known = {e.engine_id: e for e in engines}
+    room = {
+        e.engine_id: sum(e.slots - n.used for n in by_engine[e.engine_id] if n.used < e.slots)
+        + e.slots * max(0, e.maximum_vms - len(by_engine[e.engine_id]))
+        for e in engines
+    }
+    counts = {e.engine_id: 0 for e in engines}
+    for demand in queued:
+        if demand.execution_engine_id is not None:
+            if demand.execution_engine_id in known:
+                counts[demand.execution_engine_id] += 1
+            continue
+        fitting = [e for e in engines if _may_fit(e, demand.constraints)]
+        if not fitting:
+            continue
+        chosen = next((e for e in fitting if room[e.engine_id] > 0), fitting[0])
+        counts[chosen.engine_id] += 1
+        room[chosen.engine_id] -= 1
+    return counts
+
+
+def _may_fit(engine: Engine, constraints: Mapping[str, ConstraintValue]) -> bool:
+    """False only when the engine's own labels rule the process out (node properties such
+    as the hostname are unknown until a node exists)."""
+    if not constraints:
+        return True
+    decided = {k: v for k, v in constraints.items() if k in engine.labels or k == "engine"}
+    properties = {**engine.labels, "engine": engine.engine_id}
+    return unmet_constraint(decided, properties) is None

@@ -36,6 +36,7 @@ class Mapper:
         self._clock = clock
         self._nodes = nodes
         self._wake = asyncio.Event()
+        self._shape: tuple[object, ...] = ()
 
     def wake(self) -> None:
         self._wake.set()
@@ -115,10 +116,13 @@ class Mapper:
                     tags,
                 )
             )
+        # When nodes come, go or start booting, every waiting reason may be stale: this pass
+        # reads the whole queue. Otherwise only the processes without a reason yet.
+        shape = (engines, tuple(v.node_id for v in views))
+        fresh = self._state.queue if shape != self._shape else self._state.fresh
+        self._shape = shape
         # Live views, not copies: match() reads them synchronously, often only a prefix.
-        return Snapshot(
-            engines, tuple(views), self._state.queue.values(), self._state.fresh.values()
-        )
+        return Snapshot(engines, tuple(views), self._state.queue.values(), fresh.values())
 
     def _apply(self, result: Match) -> None:
         now = self._clock.time()

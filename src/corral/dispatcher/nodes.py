@@ -3,7 +3,7 @@
 Agents join through the hub; their reports go to the syncer. A periodic tick classifies
 heartbeats by the dispatcher's own monotonic clock, compares nodes with the driver's
 instance list, declares lost the nodes that are missing, never joined or whose instance
-vanished, and boots what the planner asks for. Commands to agents (launch, kill, read a
+vanished, and boots and retires what the planner asks for. Commands to agents (launch, kill, read a
 log) are sent from here.
 """
 
@@ -23,7 +23,7 @@ from corral.config import Config
 from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.model import Engine, NodeRecord, ProcessRecord
 from corral.core.node_states import Health, NodeState, classify_health
-from corral.core.planner import nodes_to_boot
+from corral.core.planner import PoolNode, plan
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher.rounds import moved
 from corral.dispatcher.state import State
@@ -42,6 +42,7 @@ from corral.wire.messages import (
     Message,
     ProcessReport,
     ReadLog,
+    Shutdown,
     Welcome,
 )
 
@@ -82,6 +83,8 @@ class Nodes:
         self._request_ids = itertools.count(1)
         self._ticks = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unoccupied_since: dict[NodeId, float] = {}
+        self._retiring: set[NodeId] = set()
         self.syncer = Syncer(state, clock, self.send, self.kill, self.launch_one, wake_mapper)
 
     # -- agents (the hub's handler) -------------------------------------------
@@ -302,7 +305,7 @@ class Nodes:
                 self.lose(node.node_id, reason)
         if self._ticks % LIST_EVERY == 1:
             await self._sync_instances()
-        self._boot_missing()
+        self._plan_pool()
 
     def _failure(self, node: NodeRecord) -> str | None:
         engine = self._engines.get(node.engine)
@@ -337,14 +340,64 @@ class Nodes:
                 if engine in self._engines:
                     self._spawn(self._pool.destroy(engine, instance.instance_id))
 
-    def _boot_missing(self) -> None:
-        live: dict[EngineId, int] = {}
+    def _plan_pool(self) -> None:
+        now = self._clock.monotonic()
+        views = []
         for node in self._state.nodes.values():
-            if node.state is not NodeState.SHUTTING_DOWN:
-                live[node.engine] = live.get(node.engine, 0) + 1
-        for engine_id, count in nodes_to_boot(self._config.engines, live).items():
+            used = self.used_slots(node.node_id)
+            if used or node.state not in (NodeState.IDLE, NodeState.BUSY):
+                self._unoccupied_since.pop(node.node_id, None)
+                idle_for = 0.0
+            else:
+                idle_for = now - self._unoccupied_since.setdefault(node.node_id, now)
+            views.append(
+                PoolNode(
+                    node.node_id,
+                    node.engine,
+                    node.state,
+                    used,
+                    node.idle_behavior,
+                    node.created_at,
+                    idle_for,
+                )
+            )
+        result = plan(self._config.engines, views, self._state.queue.values())
+        for engine_id, count in result.boot.items():
             for _ in range(count):
                 self._boot(self._engines[engine_id])
+        for node_id in result.retire:
+            self.retire(node_id)
+        if result.boot or result.retire:
+            self._wake_mapper()  # waiting reasons name what boots and what is left
+        for node in list(self._state.nodes.values()):
+            if node.state is NodeState.SHUTTING_DOWN and node.node_id not in self._retiring:
+                self.retire(node.node_id)  # left half-retired by a dispatcher that stopped
+
+    def retire(self, node_id: NodeId) -> None:
+        """Shut the node down gracefully: no new work, its agent stopped, its instance gone."""
+        node = self._state.nodes.get(node_id)
+        if node is None or node_id in self._retiring:
+            return
+        log.info("retiring node %s", node_id)
+        self._retiring.add(node_id)
+        committed = self._state.save_node(replace(node, state=NodeState.SHUTTING_DOWN))
+        engine = self._engines.get(node.engine)
+        grace = engine.terminate_grace if engine else 10.0
+
+        async def shut_down() -> None:
+            try:
+                await committed
+                live = self._live.get(node_id)
+                if live is not None and live.session is not None:
+                    live.session.send(Shutdown(grace))
+                await self._pool.destroy(node.engine, node.instance_id or node_id)
+                self._live.pop(node_id, None)
+                self._unoccupied_since.pop(node_id, None)
+                self._state.delete_node(node_id)
+            finally:
+                self._retiring.discard(node_id)
+
+        self._spawn(shut_down())
 
     def _boot(self, engine: Engine) -> None:
         node_id = NodeId(f"{engine.engine_id}-{secrets.token_hex(4)}")

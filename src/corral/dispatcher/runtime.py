@@ -79,7 +79,9 @@ class Runtime:
         state = State(committer, self._fatal)
         state.load(loaded)
         for node in list(state.nodes.values()):
-            state.nodes[node.node_id] = replace(node, state=NodeState.UNKNOWN)
+            # Until its agent is heard from again; a node being retired goes on being retired.
+            if node.state is not NodeState.SHUTTING_DOWN:
+                state.nodes[node.node_id] = replace(node, state=NodeState.UNKNOWN)
         pool_id = loaded.tables[Table.META].get("pool", {}).get("id")
         if pool_id is None:
             pool_id = secrets.token_hex(6)
