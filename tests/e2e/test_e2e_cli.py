@@ -294,6 +294,17 @@ def test_node_and_engine_list(cli: Any) -> None:
     assert "default" in str(engines)
 
 
+def test_node_hold_and_run(cli: Any) -> None:
+    (node,) = _ok(cli("node list --json")).json()
+    held = _ok(cli(f"node hold {node['node_id']} --json")).json()
+    assert held[0]["idle_behavior"] == "hold"
+    assert "hold" in _ok(cli("node list")).out
+    back = _ok(cli(f"node run {node['node_id']} --json")).json()
+    assert back[0]["idle_behavior"] == "run"
+    line = _one_error_line(cli("node drain no-such-node"))
+    assert "no-such-node" in line
+
+
 @pytest.mark.parametrize(
     ("command", "named"),
     [

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
+from corral.errors import Conflict, NotFound
 from corral.testing.serve import pid_alive
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,3 +54,83 @@ def test_a_queue_grows_the_pool_which_shrinks_back_newest_first(
             if node_id != first["node_id"]:
                 corral.wait_until(lambda pid=pid: not pid_alive(pid), f"agent {pid} gone")
                 assert not (corral.home / "nodes" / node_id).exists()
+
+
+TWO_NODES = """
+[[engines]]
+id = "default"
+slots = 1
+base_need = 2
+maximum_vms = 2
+idle_timeout = 1.0
+heartbeat_period = 0.2
+heartbeat_warning = 1.0
+heartbeat_missing = 2.0
+terminate_grace = 1.0
+"""
+
+
+def test_hold_drain_run_and_kill_a_node(start_corral, tmp_path: Path) -> None:
+    with start_corral(TWO_NODES) as corral:
+        a, b = (
+            n["node_id"]
+            for n in corral.wait_until(
+                lambda: len(corral.ready_nodes()) == 2 and corral.ready_nodes(), "two nodes"
+            )
+        )
+        client = corral.client
+        assert client.hold_node(a)["idle_behavior"] == "hold"
+        gate = tmp_path / "gate"
+        first = corral.run(corral.WAIT_FOR_GATE, env={"GATE": gate})
+        assert corral.wait_state(first, "500-RUNNING")["assigned"] == b
+        second = corral.run(corral.WAIT_FOR_GATE, env={"GATE": gate})
+        assert "no free slot" in corral.wait_state(second, "300-WAITING")["waiting_reason"]
+        assert client.run_node(a)["idle_behavior"] == "run"
+        assert corral.wait_state(second, "500-RUNNING")["assigned"] == a
+
+        # drain: nothing new lands on b, and b retires once its process ends
+        assert client.drain_node(b)["idle_behavior"] == "drain"
+        gate.touch()
+        assert corral.wait_end(first)["state"] == "800-EXITED"
+        corral.wait_until(lambda: b not in {n["node_id"] for n in corral.nodes()}, "b retired")
+        # base_need brings a fresh node in its place
+        c = corral.wait_until(
+            lambda: [n["node_id"] for n in corral.ready_nodes() if n["node_id"] != a],
+            "a replacement node",
+        )[0]
+
+        # kill: a busy node goes now, and its ALWAYS service moves to the other one
+        service = corral.run("while :; do sleep 0.05; done", restart_mode="ALWAYS")
+        on = corral.wait_state(service, "500-RUNNING")["assigned"]
+        other = c if on == a else a
+        killed = client.kill_node(on)
+        assert killed["state"] == "shutting_down"
+        moved = corral.wait_until(
+            lambda: (
+                (r := corral.describe(service))["state"] == "500-RUNNING"
+                and r["assigned"] == other
+                and r
+            ),
+            "the service on the other node",
+        )
+        assert moved["round"] == 2
+        assert "killed by an operator" in (moved["end_reason"] or "")
+
+
+def test_node_actions_refuse_unknown_nodes_actions_and_retiring_nodes(start_corral) -> None:
+    with start_corral(TWO_NODES) as corral:
+        with pytest.raises(NotFound) as missing:
+            corral.client.hold_node("no-such-node")
+        assert missing.value.field == "node_id"
+        node_id = corral.wait_until(lambda: corral.ready_nodes(), "a node")[0]["node_id"]
+        auth = {"Authorization": f"Bearer {corral.token}"}
+        with httpx.Client(base_url=corral.url, headers=auth) as http:
+            response = http.post(f"/nodes/{node_id}/explode")
+        assert response.status_code == 422
+        assert "action" in response.text
+        corral.client.kill_node(node_id)
+        # shutting down (409) or already gone (404): either way refused, naming the node
+        with pytest.raises((Conflict, NotFound)) as retiring:
+            corral.client.drain_node(node_id)
+        assert retiring.value.field == "node_id"
+        assert node_id in retiring.value.message

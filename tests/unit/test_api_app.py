@@ -116,6 +116,8 @@ ROUTES = {
     "/processes/{upid}/logs": {"get"},
     "/dump": {"get"},
     "/nodes": {"get"},
+    "/nodes/{node_id}": {"get"},
+    "/nodes/{node_id}/{action}": {"post"},
     "/engines": {"get"},
     "/events": {"get"},
     "/processes/schedule": {"post"},
@@ -370,3 +372,16 @@ async def test_events_of_an_unknown_process_are_404_before_the_stream_starts() -
         response = await http.get("/events", params={"upid": "nope"})
     assert response.status_code == 404
     assert error_of(response)["field"] == "upid"
+
+
+async def test_node_actions_reach_the_service_and_unknown_actions_are_refused() -> None:
+    async with client(FakeService()) as http:
+        held = await http.post("/nodes/node-1/hold")
+        assert held.json()["idle_behavior"] == "hold"
+        assert (await http.get("/nodes/node-1")).json()["idle_behavior"] == "hold"
+        missing = await http.post("/nodes/nope/drain")
+        bad = await http.post("/nodes/node-1/explode")
+    assert missing.status_code == 404
+    assert error_of(missing)["field"] == "node_id"
+    assert bad.status_code == 422
+    assert "action" in error_of(bad)["message"]

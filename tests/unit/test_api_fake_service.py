@@ -33,6 +33,7 @@ class FakeService:
     """In-memory definitions and processes; a process jumps straight to ``scheduled_state``."""
 
     def __init__(self) -> None:
+        self.idle_behavior = "run"
         self.definitions: dict[str, dict[str, Any]] = {}
         self.processes: dict[str, dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], str] = {}
@@ -194,10 +195,21 @@ class FakeService:
                 "labels": {"zone": "a"},
                 "slots": 4,
                 "used": 1,
-                "idle_behavior": "run",
+                "idle_behavior": self.idle_behavior,
                 "last_heard": 0.5,
             }
         ]
+
+    def describe_node(self, node_id: str) -> dict[str, Any]:
+        for node in self.list_nodes():
+            if node["node_id"] == node_id:
+                return node
+        raise NotFound(f"no node {node_id!r}", field="node_id")
+
+    async def node_action(self, node_id: str, action: str) -> dict[str, Any]:
+        self.describe_node(node_id)
+        self.idle_behavior = action
+        return self.describe_node(node_id)
 
     def list_engines(self) -> list[dict[str, Any]]:
         return [{"engine_id": "default", "driver": "local", "slots": 4}]

@@ -22,6 +22,22 @@ def list_nodes(settings: Settings, fmt: Format) -> None:
         emit(client.list_nodes(), fmt, nodes_table)
 
 
+def _node_action(action: str, doc: str) -> None:
+    @node.command(action, help=doc)
+    @click.argument("node_id")
+    @format_options
+    @pass_settings
+    def command(settings: Settings, fmt: Format, node_id: str) -> None:
+        with settings.client() as client:
+            emit([getattr(client, f"{action}_node")(node_id)], fmt, nodes_table)
+
+
+_node_action("hold", "Keep NODE_ID but place nothing new on it.")
+_node_action("drain", "Place nothing new on NODE_ID; retire it once its processes are done.")
+_node_action("run", "Let NODE_ID take work again (undoes hold and drain).")
+_node_action("kill", "Retire NODE_ID now; its processes follow their restart modes.")
+
+
 @click.group()
 def engine() -> None:
     """Execution engines: the kinds of node."""

@@ -192,6 +192,14 @@ def list_nodes() -> Call:
     return Call("GET", "/nodes")
 
 
+def describe_node(node_id: str) -> Call:
+    return Call("GET", f"/nodes/{_seg(node_id)}")
+
+
+def node_action(node_id: str, action: str) -> Call:
+    return Call("POST", f"/nodes/{_seg(node_id)}/{_seg(action)}")
+
+
 def list_engines() -> Call:
     return Call("GET", "/engines")
 

@@ -212,6 +212,25 @@ class AsyncClient:
     async def list_nodes(self) -> list[dict[str, Any]]:
         return await self._list(r.list_nodes())
 
+    async def describe_node(self, node_id: str) -> dict[str, Any]:
+        return await self._dict(r.describe_node(node_id))
+
+    async def hold_node(self, node_id: str) -> dict[str, Any]:
+        """Keep the node but place nothing new on it."""
+        return await self._dict(r.node_action(node_id, "hold"))
+
+    async def drain_node(self, node_id: str) -> dict[str, Any]:
+        """Place nothing new on the node; retire it once its processes are done."""
+        return await self._dict(r.node_action(node_id, "drain"))
+
+    async def run_node(self, node_id: str) -> dict[str, Any]:
+        """Let the node take work again (undoes hold and drain)."""
+        return await self._dict(r.node_action(node_id, "run"))
+
+    async def kill_node(self, node_id: str) -> dict[str, Any]:
+        """Retire the node now; its processes follow their restart modes."""
+        return await self._dict(r.node_action(node_id, "kill"))
+
     async def list_engines(self) -> list[dict[str, Any]]:
         return await self._list(r.list_engines())
 

@@ -214,6 +214,25 @@ class Client:
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._list(r.list_nodes())
 
+    def describe_node(self, node_id: str) -> dict[str, Any]:
+        return self._dict(r.describe_node(node_id))
+
+    def hold_node(self, node_id: str) -> dict[str, Any]:
+        """Keep the node but place nothing new on it."""
+        return self._dict(r.node_action(node_id, "hold"))
+
+    def drain_node(self, node_id: str) -> dict[str, Any]:
+        """Place nothing new on the node; retire it once its processes are done."""
+        return self._dict(r.node_action(node_id, "drain"))
+
+    def run_node(self, node_id: str) -> dict[str, Any]:
+        """Let the node take work again (undoes hold and drain)."""
+        return self._dict(r.node_action(node_id, "run"))
+
+    def kill_node(self, node_id: str) -> dict[str, Any]:
+        """Retire the node now; its processes follow their restart modes."""
+        return self._dict(r.node_action(node_id, "kill"))
+
     def list_engines(self) -> list[dict[str, Any]]:
         return self._list(r.list_engines())
 

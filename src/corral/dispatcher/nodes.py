@@ -22,13 +22,13 @@ from corral.clock import Clock
 from corral.config import Config
 from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.model import Engine, NodeRecord, ProcessRecord
-from corral.core.node_states import Health, NodeState, classify_health
+from corral.core.node_states import Health, IdleBehavior, NodeState, classify_health
 from corral.core.planner import PoolNode, plan
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher.rounds import moved
 from corral.dispatcher.state import State
 from corral.dispatcher.syncer import Syncer
-from corral.errors import Unavailable
+from corral.errors import Conflict, NotFound, Unavailable
 from corral.hub import AgentSession
 from corral.pool import NodePool
 from corral.wire.messages import (
@@ -372,6 +372,33 @@ class Nodes:
         for node in list(self._state.nodes.values()):
             if node.state is NodeState.SHUTTING_DOWN and node.node_id not in self._retiring:
                 self.retire(node.node_id)  # left half-retired by a dispatcher that stopped
+
+    def set_idle_behavior(self, node_id: NodeId, behavior: IdleBehavior) -> NodeRecord:
+        """Hold, drain or run a node (an operator's order); the planner does the rest."""
+        node = self._known(node_id)
+        if node.idle_behavior is not behavior:
+            node = replace(node, idle_behavior=behavior)
+            self._state.save_node(node)
+            log.info("node %s set to %s", node_id, behavior.value)
+            self._wake_mapper()
+        return node
+
+    def kill_node(self, node_id: NodeId) -> NodeRecord:
+        """Shut a node down now, busy or not: its processes follow their restart modes."""
+        node = self._known(node_id)
+        held = [self._state.processes[u] for u in self._state.by_node.get(node_id, ())]
+        if held:
+            self.syncer.lose(held, f"node {node_id} was killed by an operator")
+        self.retire(node_id)
+        return self._state.nodes.get(node_id, node)
+
+    def _known(self, node_id: NodeId) -> NodeRecord:
+        node = self._state.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}", field="node_id")
+        if node.state is NodeState.SHUTTING_DOWN:
+            raise Conflict(f"node {node_id!r} is shutting down", field="node_id")
+        return node
 
     def retire(self, node_id: NodeId) -> None:
         """Shut the node down gracefully: no new work, its agent stopped, its instance gone."""

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from corral.clock import Clock
 from corral.config import Config
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
-from corral.core.model import Definition, ProcessRecord, ProcessRequest
+from corral.core.model import Definition, NodeRecord, ProcessRecord, ProcessRequest
+from corral.core.node_states import IdleBehavior
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher import validation as check
 from corral.dispatcher.events import EventBus, public_process
@@ -38,6 +39,10 @@ class NodeSide(Protocol):
     ) -> dict[str, Any]: ...
 
     def describe_nodes(self) -> list[dict[str, Any]]: ...
+
+    def set_idle_behavior(self, node_id: NodeId, behavior: IdleBehavior) -> NodeRecord: ...
+
+    def kill_node(self, node_id: NodeId) -> NodeRecord: ...
 
     def statistics(self) -> dict[str, Any]: ...
 
@@ -420,6 +425,32 @@ class Dispatcher:
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._nodes.describe_nodes()
+
+    def describe_node(self, node_id: str) -> dict[str, Any]:
+        for node in self._nodes.describe_nodes():
+            if node["node_id"] == node_id:
+                return node
+        raise NotFound(f"no node {node_id!r}", field="node_id")
+
+    async def node_action(self, node_id: str, action: str) -> dict[str, Any]:
+        """``hold``, ``drain`` or ``run`` set the node's idle behaviour; ``kill`` retires it
+        now, its processes following their restart modes."""
+        if action == "kill":
+            record = self._nodes.kill_node(NodeId(node_id))
+        else:
+            try:
+                behavior = IdleBehavior(action)
+            except ValueError:
+                raise InvalidRequest(
+                    f"unknown node action {action!r}; expected hold, drain, run or kill",
+                    field="action",
+                ) from None
+            record = self._nodes.set_idle_behavior(NodeId(node_id), behavior)
+        await self._state.flush()
+        try:
+            return self.describe_node(node_id)
+        except NotFound:
+            return record.as_doc()
 
     def list_engines(self) -> list[dict[str, Any]]:
         return [

@@ -113,6 +113,10 @@ class State:
         self.by_node.pop(node_id, None)
         return self._commit([Delete(Table.NODES, node_id)])
 
+    async def flush(self) -> None:
+        """Return once every change saved so far is committed."""
+        await asyncio.shield(self._committer.commit_nowait([]))
+
     async def durable(self, upid: Upid) -> None:
         """Return once the latest change to ``upid`` is committed."""
         future = self._last_commit.get(upid)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 
@@ -24,6 +24,21 @@ async def dump(service: Service) -> dict[str, Any]:
 @router.get("/nodes", summary="list_nodes")
 async def list_nodes(service: Service) -> list[dict[str, Any]]:
     return service.list_nodes()
+
+
+@router.get("/nodes/{node_id}", summary="describe_node")
+async def describe_node(service: Service, node_id: str) -> dict[str, Any]:
+    return service.describe_node(node_id)
+
+
+@router.post("/nodes/{node_id}/{action}", summary="node_action (hold, drain, run, kill)")
+async def node_action(
+    service: Service, node_id: str, action: Literal["hold", "drain", "run", "kill"]
+) -> dict[str, Any]:
+    """``hold``: keep it, place nothing new; ``drain``: place nothing new, retire it once
+    empty; ``run``: back to normal; ``kill``: retire it now, its processes following their
+    restart modes."""
+    return await service.node_action(node_id, action)
 
 
 @router.get("/engines", summary="list_engines")
