@@ -24,9 +24,10 @@ from typing import Any
 
 from corral.core.ids import EngineId
 from corral.core.model import Engine
+from corral.drivers.fake import FakeFaults
 from corral.errors import InvalidRequest
 
-DRIVERS = ("local",)
+DRIVERS = ("local", "fake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,8 @@ def _engine(item: Any, where: str, source: str) -> Engine:
             field=f"{where}.driver",
         )
     values["driver"] = driver
+    options = item.get("driver_options", {})
+    values["driver_options"] = _driver_options(driver, options, where, source)
     values.update(_numbers(item, where, source))
     values["labels"] = _labels(item.get("labels", {}), where, source)
     engine = Engine(**values)
@@ -131,6 +134,36 @@ def _engine(item: Any, where: str, source: str) -> Engine:
             field=f"{where}.heartbeat_warning",
         )
     return engine
+
+
+def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str, Any]:
+    """The fake driver takes its faults (``FakeFaults``); the local driver takes none."""
+    key = f"{where}.driver_options"
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{source}: {key} must be a table", field=key)
+    known = {f.name: f for f in fields(FakeFaults)} if driver == "fake" else {}
+    options: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            expected = ", ".join(sorted(known)) or "nothing for this driver"
+            raise InvalidRequest(
+                f"{source}: {key}.{name} is not a {driver} driver option; expected {expected}",
+                field=f"{key}.{name}",
+            )
+        number = not isinstance(value, bool) and isinstance(value, int | float)
+        rate = name.endswith("_rate")
+        if name == "seed":
+            wrong = type(value) is not int
+            expected = "an integer"
+        else:
+            wrong = not number or not value >= 0 or (rate and value > 1)
+            expected = "a probability between 0 and 1" if rate else "a number ≥ 0"
+        if wrong:
+            raise InvalidRequest(
+                f"{source}: {key}.{name} must be {expected}", field=f"{key}.{name}"
+            )
+        options[name] = value
+    return options
 
 
 def _numbers(item: dict[str, Any], where: str, source: str) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class Engine:
     spare_slots: int = 0
     #: seconds a node must stay unoccupied before the pool may retire it
     idle_timeout: float = 60.0
+    #: settings of the engine's driver (the fake driver's faults, say)
+    driver_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from corral.dispatcher.nodes import Nodes
 from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.state import State
 from corral.drivers.base import Driver
+from corral.drivers.fake import FakeDriver, FakeFaults
 from corral.drivers.local import LocalDriver
 from corral.errors import Conflict
 from corral.hub import Hub
@@ -48,6 +50,8 @@ class RuntimeSettings:
     #: where agents dial; None reuses the address of the last run, else a free port
     agent_listen: tuple[str, int] | None = None
     store_url: str | None = None
+    #: drivers made beforehand, by engine (a test's fake cloud that outlives one run)
+    drivers: Mapping[EngineId, Driver] | None = None
 
 
 class Runtime:
@@ -65,6 +69,7 @@ class Runtime:
         self.dispatcher: Dispatcher | None = None
         self.agent_address: tuple[str, int] | None = None
         self._lock: int | None = None
+        self._fakes: list[FakeDriver] = []
 
     async def start(self) -> Dispatcher:
         settings = self.settings
@@ -91,11 +96,7 @@ class Runtime:
         host, port = sock.getsockname()[:2]
         self.agent_address = (host, port)
         (home / "agent_address").write_text(f"{host}:{port}\n")
-        token_file = home / "agent_token"
-        drivers: dict[EngineId, Driver] = {}
-        local = LocalDriver(home, f"{host}:{port}", token_file)
-        for engine in settings.config.engines:
-            drivers[engine.engine_id] = local
+        drivers = self._drivers(f"{host}:{port}")
         pool = NodePool(pool_id, drivers)
 
         mapper_ref: list[Mapper] = []
@@ -108,6 +109,9 @@ class Runtime:
         state.add_listener(events.on_commit)
         self._hub = hub = Hub(settings.agent_token, nodes)
         await hub.start_on(sock)
+        self._fakes = [d for d in drivers.values() if isinstance(d, FakeDriver)]
+        for fake in self._fakes:
+            fake.bind(hub.attach)
         self.dispatcher = Dispatcher(state, settings.config, self.clock, nodes, events, mapper.wake)
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -123,6 +127,24 @@ class Runtime:
             port,
         )
         return self.dispatcher
+
+    def _drivers(self, agent_address: str) -> dict[EngineId, Driver]:
+        """One driver per engine: given in the settings, else made from the engine's."""
+        settings = self.settings
+        given = settings.drivers or {}
+        local: LocalDriver | None = None
+        drivers: dict[EngineId, Driver] = {}
+        for engine in settings.config.engines:
+            if engine.engine_id in given:
+                drivers[engine.engine_id] = given[engine.engine_id]
+            elif engine.driver == "fake":
+                faults = FakeFaults(**engine.driver_options)
+                drivers[engine.engine_id] = FakeDriver(settings.agent_token, faults)
+            else:
+                if local is None:
+                    local = LocalDriver(settings.home, agent_address, settings.home / "agent_token")
+                drivers[engine.engine_id] = local
+        return drivers
 
     def _agent_socket(self) -> socket.socket:
         settings = self.settings
@@ -159,6 +181,8 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fake in self._fakes:
+            fake.unbind()
         if self._hub is not None:
             await self._hub.aclose()
         if self._nodes is not None:

@@ -1,4 +1,12 @@
-"""The driver contract the node pool consumes."""
+"""The driver contract the node pool consumes, and the cloud errors a driver raises.
+
+A driver's errors say what the caller should do (Arvados' error interfaces)::
+
+    CloudError               something else went wrong: retry later
+     ├── RateLimited         too many calls: nothing before ``retry_at``
+     ├── QuotaExceeded       the account may not have more instances: stop creating
+     └── CapacityUnavailable the provider has none to give (of this type, or at all)
+"""
 
 from __future__ import annotations
 
@@ -46,3 +54,27 @@ class Driver(Protocol):
     async def destroy(self, instance_id: str) -> None:
         """Make the instance and everything it runs go away; unknown ids are not an error."""
         ...
+
+
+class CloudError(Exception):
+    """A driver call failed for a reason not classified below; it may be retried."""
+
+
+class RateLimited(CloudError):
+    """The provider throttles calls: make none before ``retry_at`` (wall-clock time)."""
+
+    def __init__(self, message: str, retry_at: float) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class QuotaExceeded(CloudError):
+    """The account may not have more instances: create none until one goes away."""
+
+
+class CapacityUnavailable(CloudError):
+    """The provider has no capacity: for this instance type only, or for any."""
+
+    def __init__(self, message: str, *, instance_type_only: bool = True) -> None:
+        super().__init__(message)
+        self.instance_type_only = instance_type_only

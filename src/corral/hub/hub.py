@@ -18,10 +18,25 @@ log = logging.getLogger("corral.hub")
 HELLO_TIMEOUT = 10.0
 
 
+class Link(Protocol):
+    """Where the dispatcher's messages to one agent go: a wire ``Connection``, or an
+    in-process agent's inbox (``Hub.attach``)."""
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send(self, msg: Message) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class AgentSession:
     """One authenticated agent connection."""
 
-    def __init__(self, hello: Hello, conn: Connection) -> None:
+    def __init__(self, hello: Hello, conn: Link) -> None:
         self.hello = hello
         self.node_id = NodeId(hello.node_id)
         self._conn = conn
@@ -90,6 +105,27 @@ class Hub:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def attach(self, hello: Hello, link: Link) -> Attached | str:
+        """Join an in-process agent (the fake driver's) exactly as a connection would: the
+        token is checked and the handler asked; returns where its messages go, or why it was
+        refused."""
+        if not hmac.compare_digest(hello.token.encode(), self._token):
+            return "wrong agent token"
+        session = AgentSession(hello, link)
+        reason = self._handler.agent_joined(session)
+        if reason is not None:
+            return reason
+        previous = self._sessions.get(session.node_id)
+        if previous is not None:
+            previous.close()
+        self._sessions[session.node_id] = session
+        return Attached(self, session)
+
+    def _detach(self, session: AgentSession) -> None:
+        if self._sessions.get(session.node_id) is session:
+            del self._sessions[session.node_id]
+            self._handler.agent_left(session)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -142,6 +178,19 @@ class Hub:
             while True:
                 self._handler.agent_batch(session, await conn.read_batch())
         finally:
-            if self._sessions.get(session.node_id) is session:
-                del self._sessions[session.node_id]
-                self._handler.agent_left(session)
+            self._detach(session)
+
+
+class Attached:
+    """An in-process agent's side of its session: what it says, and its leaving."""
+
+    def __init__(self, hub: Hub, session: AgentSession) -> None:
+        self._hub = hub
+        self.session = session
+
+    def deliver(self, messages: list[Message]) -> None:
+        if not self.session.closed:
+            self._hub._handler.agent_batch(self.session, messages)
+
+    def detach(self) -> None:
+        self._hub._detach(self.session)

@@ -1,0 +1,165 @@
+"""The fake driver under a real dispatcher (store, mapper, syncer, pool): simulated nodes
+boot, join, run what they are given, die, and outlive a dispatcher restart."""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from corral.config import parse_config
+from corral.core.ids import EngineId
+from corral.dispatcher.runtime import Runtime, RuntimeSettings
+from corral.dispatcher.service import Dispatcher
+from corral.drivers.fake import FakeDriver, FakeFaults
+
+pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+TOKEN = "agent-token"
+
+ELASTIC = """
+[[engines]]
+id = "sim"
+driver = "fake"
+slots = 2
+base_need = 1
+maximum_vms = 5
+idle_timeout = 0.5
+heartbeat_period = 0.1
+heartbeat_warning = 0.5
+heartbeat_missing = 1.0
+driver_options = { boot_delay = 0.05 }
+"""
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@asynccontextmanager
+async def dispatcher_on(
+    home: Path, config: str, fake: FakeDriver | None = None
+) -> AsyncIterator[tuple[Dispatcher, Runtime]]:
+    settings = RuntimeSettings(
+        home,
+        parse_config(tomllib.loads(config)),
+        TOKEN,
+        drivers={EngineId("sim"): fake} if fake is not None else None,
+    )
+    runtime = Runtime(settings)
+    try:
+        yield await runtime.start(), runtime
+    finally:
+        await runtime.aclose()
+
+
+async def until(probe: Callable[[], T | Awaitable[T]], what: str, within: float = 20.0) -> T:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def define(dispatcher: Dispatcher, name: str, exec_: str, *argv: str) -> None:
+    await dispatcher.create_definition(name, "exec", {"exec": exec_, "argv": list(argv)})
+
+
+def test_a_burst_grows_the_simulated_pool_runs_everything_and_shrinks_back(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with dispatcher_on(tmp_path, ELASTIC) as (dispatcher, _):
+            await define(dispatcher, "short", "/bin/sleep", "0.2")
+            await define(dispatcher, "fails", "/bin/false")
+            await dispatcher.schedule_processes(
+                [{"upid": f"s{i}", "definition_id": "short"} for i in range(30)]
+                + [{"upid": "f", "definition_id": "fails", "restart_mode": "NEVER"}]
+            )
+            grown = await until(
+                lambda: len(dispatcher.list_nodes()) == 5 and dispatcher.list_nodes(),
+                "the pool at maximum_vms",
+            )
+            assert {n["engine"] for n in grown} == {"sim"}
+            for i in range(30):
+                ended = await dispatcher.wait_process(f"s{i}", None, 20)
+                assert ended["state"] == "800-EXITED"
+                assert ended["starts"] == 1
+            failed = await dispatcher.wait_process("f", None, 20)
+            assert failed["state"] == "850-FAILED"
+            assert failed["exit_code"] == 1
+            await until(lambda: len(dispatcher.list_nodes()) == 1, "the pool back at base_need")
+
+    run(scenario())
+
+
+def test_a_lost_simulated_node_moves_its_service_and_a_terminated_one_ends(
+    tmp_path: Path,
+) -> None:
+    fake = None
+
+    async def scenario() -> None:
+        nonlocal fake
+        fake = FakeDriver(TOKEN, FakeFaults(boot_delay=0.05))
+        async with dispatcher_on(tmp_path, ELASTIC, fake) as (dispatcher, _):
+            await define(dispatcher, "forever", "/bin/sleep", "infinity")
+            await dispatcher.schedule_process("svc", "forever", restart_mode="ALWAYS")
+            first = await dispatcher.wait_process("svc", ["RUNNING"], 20)
+            (instance,) = [i for i, a in fake.instances().items() if a.running]
+            fake.lose(instance)
+            moved = await until(
+                lambda: (
+                    (r := dispatcher.describe_process("svc"))["round"] > first["round"]
+                    and r["state"] == "500-RUNNING"
+                    and r
+                ),
+                "the service running again",
+            )
+            assert moved["assigned"] != first["assigned"]
+            assert "lost" in moved["end_reason"]
+            await dispatcher.terminate_process("svc")
+            ended = await dispatcher.wait_process("svc", ["TERMINATED"], 20)
+            assert ended["state"] == "700-TERMINATED"
+
+    run(scenario())
+
+
+def test_simulated_agents_outlive_a_dispatcher_restart_with_their_processes(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        fake = FakeDriver(TOKEN, FakeFaults(boot_delay=0.05))
+        async with dispatcher_on(tmp_path, ELASTIC, fake) as (dispatcher, _):
+            await define(dispatcher, "forever", "/bin/sleep", "infinity")
+            await define(dispatcher, "short", "/bin/sleep", "0.3")
+            await dispatcher.schedule_process("svc", "forever", restart_mode="ALWAYS")
+            await dispatcher.schedule_process("job", "short", restart_mode="NEVER")
+            before = await dispatcher.wait_process("svc", ["RUNNING"], 20)
+            await dispatcher.wait_process("job", ["RUNNING"], 20)
+        # the job ends while no dispatcher listens
+        await asyncio.sleep(0.5)
+        async with dispatcher_on(tmp_path, ELASTIC, fake) as (dispatcher, _):
+            job = await dispatcher.wait_process("job", None, 20)
+            assert job["state"] == "800-EXITED"
+            assert job["starts"] == 1
+            await until(lambda: dispatcher.list_nodes()[0]["connected"], "the agent back")
+            after = dispatcher.describe_process("svc")
+            assert (after["state"], after["round"], after["pid"]) == (
+                "500-RUNNING",
+                before["round"],
+                before["pid"],
+            )
+            assert after["starts"] == 1
+
+    run(scenario())
