@@ -163,3 +163,31 @@ def test_simulated_agents_outlive_a_dispatcher_restart_with_their_processes(
             assert after["starts"] == 1
 
     run(scenario())
+
+
+def test_a_cloud_quota_stops_the_pool_growing_and_says_so_in_waiting_reasons(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        fake = FakeDriver(TOKEN, FakeFaults(boot_delay=0.05, quota=2))
+        async with dispatcher_on(tmp_path, ELASTIC, fake) as (dispatcher, _):
+            await define(dispatcher, "forever", "/bin/sleep", "infinity")
+            await dispatcher.schedule_processes(
+                [{"upid": f"p{i}", "definition_id": "forever"} for i in range(6)]
+            )
+            waiting = await until(
+                lambda: (
+                    "cloud quota reached"
+                    in (dispatcher.describe_process("p5")["waiting_reason"] or "")
+                ),
+                "the quota named in the waiting reason",
+            )
+            assert waiting
+            running = [p for p in dispatcher.describe_processes() if p["state"] == "500-RUNNING"]
+            assert len(running) == 4  # two nodes of two slots
+            attempts = fake.statistics.create_calls
+            await asyncio.sleep(1.0)  # five ticks: the pool does not hammer the cloud
+            assert fake.statistics.create_calls == attempts
+            assert len(fake.instances()) == 2
+
+    run(scenario())

@@ -568,3 +568,16 @@ def test_a_rejection_says_which_queueing_mode_refused_to_wait():
     )
     assert kind is ReasonKind.SLOTS
     assert message.endswith("; queueing_mode START_ONLY does not let a restart wait")
+
+
+def test_cloud_trouble_is_part_of_the_waiting_reason():
+    full = snapshot(
+        nodes=[node_view("n1", slots=1, used=1)],
+        queue=[pending("p1")],
+        engines=[engine_view("default", trouble="cloud quota reached")],
+    )
+    assert _reason(full)[1].endswith("; cloud quota reached")
+    empty = snapshot(
+        queue=[pending("p1")], engines=[engine_view("default", trouble="cloud rate limited")]
+    )
+    assert _reason(empty)[1] == "no node of engine 'default' is up; cloud rate limited"

@@ -160,6 +160,8 @@ def _no_nodes(engine: EngineView) -> Reason:
     text = f"no node of engine {engine.engine_id!r} is up"
     if engine.booting:
         text += f"; {engine.booting} booting"
+    if engine.trouble:
+        text += f"; {engine.trouble}"
     return Reason(ReasonKind.NO_NODES, text)
 
 
@@ -172,6 +174,8 @@ def _no_slot(engine: EngineView, nodes: int) -> Reason:
         text += f"; {engine.booting} node(s) booting"
     elif engine.maximum_vms and nodes >= engine.maximum_vms:
         text += f"; at maximum_vms ({engine.maximum_vms})"
+    if engine.trouble:
+        text += f"; {engine.trouble}"
     return Reason(ReasonKind.SLOTS, text)
 
 

@@ -29,6 +29,8 @@ class EngineView:
     #: nodes created but whose agent has not joined yet
     booting: int = 0
     maximum_vms: int = 0
+    #: why its cloud creates no node now ("cloud quota reached"), if it does not
+    trouble: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

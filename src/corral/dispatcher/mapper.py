@@ -93,7 +93,12 @@ class Mapper:
 
     def snapshot(self) -> Snapshot:
         engines = tuple(
-            EngineView(e.engine_id, self._nodes.booting(e.engine_id), e.maximum_vms)
+            EngineView(
+                e.engine_id,
+                self._nodes.booting(e.engine_id),
+                e.maximum_vms,
+                self._nodes.trouble(e.engine_id),
+            )
             for e in self._config.engines
         )
         views = []

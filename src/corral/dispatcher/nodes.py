@@ -268,6 +268,9 @@ class Nodes:
             if n.engine == engine_id and n.state in (NodeState.BOOTING, NodeState.UNKNOWN)
         )
 
+    def trouble(self, engine_id: EngineId) -> str | None:
+        return self._pool.trouble(engine_id)
+
     def describe_nodes(self) -> list[dict[str, Any]]:
         described = []
         now = self._clock.monotonic()

@@ -96,6 +96,8 @@ Connect = Callable[[Hello, "FakeAgent"], "AgentPort | str"]
 
 @dataclass(slots=True)
 class FakeStatistics:
+    #: create calls that reached the cloud, and those that made an instance
+    create_calls: int = 0
     creates: int = 0
     destroys: int = 0
     errors: int = 0
@@ -142,6 +144,7 @@ class FakeDriver:
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         await self._call("create")
+        self.statistics.create_calls += 1
         faults = self.faults
         alive = sum(1 for a in self._agents.values() if not a.gone)
         if faults.quota and alive >= faults.quota:

@@ -1,4 +1,8 @@
-"""NodePool: one driver per engine, instances tagged with the pool, engine and node."""
+"""NodePool: one driver per engine, instances tagged with the pool, engine and node.
+
+Each driver is wrapped once in ``drivers.wrappers.Guarded``, so rate limits, quota and
+capacity errors pause creating instead of being retried on every tick.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,16 @@ from collections.abc import Mapping
 
 from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine
-from corral.drivers.base import TAG_ENGINE, TAG_NODE, TAG_POOL, Driver, Instance, NodeSpec
+from corral.drivers.base import (
+    TAG_ENGINE,
+    TAG_NODE,
+    TAG_POOL,
+    CloudError,
+    Driver,
+    Instance,
+    NodeSpec,
+)
+from corral.drivers.wrappers import Guarded
 
 log = logging.getLogger("corral.pool")
 
@@ -15,13 +28,25 @@ log = logging.getLogger("corral.pool")
 class NodePool:
     def __init__(self, pool_id: str, drivers: Mapping[EngineId, Driver]) -> None:
         self.pool_id = pool_id
-        self._drivers = dict(drivers)
+        guarded: dict[int, Guarded] = {}
+        self._drivers: dict[EngineId, Guarded] = {}
+        for engine_id, driver in drivers.items():
+            # Engines sharing a driver share its guard: one cloud, one set of limits.
+            self._drivers[engine_id] = guarded.setdefault(id(driver), Guarded(driver))
+
+    def trouble(self, engine_id: EngineId) -> str | None:
+        """Why the engine's cloud creates nothing now ("cloud quota reached"...), or None."""
+        driver = self._drivers.get(engine_id)
+        return driver.trouble() if driver is not None else None
 
     async def boot(self, node_id: NodeId, engine: Engine) -> Instance | None:
         """Create the instance for ``node_id``; None (logged) if the driver failed."""
         tags = {TAG_POOL: self.pool_id, TAG_NODE: node_id, TAG_ENGINE: engine.engine_id}
         try:
             return await self._drivers[engine.engine_id].create(NodeSpec(node_id, engine), tags)
+        except CloudError as exc:
+            log.warning("cannot boot node %s of engine %s: %s", node_id, engine.engine_id, exc)
+            return None
         except Exception:
             log.exception("booting node %s of engine %s failed", node_id, engine.engine_id)
             return None
@@ -32,6 +57,9 @@ class NodePool:
         for driver in self._unique_drivers():
             try:
                 listed = await driver.list()
+            except CloudError as exc:
+                log.warning("cannot list instances now: %s", exc)
+                return None
             except Exception:
                 log.exception("listing instances failed")
                 return None
@@ -44,11 +72,13 @@ class NodePool:
     async def destroy(self, engine_id: EngineId, instance_id: str) -> None:
         try:
             await self._drivers[engine_id].destroy(instance_id)
+        except CloudError as exc:
+            log.warning("cannot destroy instance %s now: %s", instance_id, exc)
         except Exception:
             log.exception("destroying instance %s failed", instance_id)
 
-    def _unique_drivers(self) -> list[Driver]:
-        unique: list[Driver] = []
+    def _unique_drivers(self) -> list[Guarded]:
+        unique: list[Guarded] = []
         for driver in self._drivers.values():
             if not any(d is driver for d in unique):
                 unique.append(driver)

@@ -31,9 +31,13 @@ def engine(engine_id: str = DEFAULT_ENGINE, **settings: Any) -> Engine:
 
 
 def engine_view(
-    engine_id: str = DEFAULT_ENGINE, *, booting: int = 0, maximum_vms: int = 0
+    engine_id: str = DEFAULT_ENGINE,
+    *,
+    booting: int = 0,
+    maximum_vms: int = 0,
+    trouble: str | None = None,
 ) -> EngineView:
-    return EngineView(EngineId(engine_id), booting=booting, maximum_vms=maximum_vms)
+    return EngineView(EngineId(engine_id), booting, maximum_vms, trouble)
 
 
 def node_view(
