@@ -10,7 +10,8 @@ runs until killed), at once otherwise, with status 1 for ``false`` and 0 for the
 Faults are knobs (:class:`FakeFaults`), in the manner of Arvados' stub driver: error rates on
 create and destroy, a call rate above which calls are rate limited, a quota, a capacity,
 boots that never join, nodes that die, processes that crash. ``hold()`` stops cloud calls
-until ``release()``; ``lose()`` kills one instance. Simulated agents outlive a dispatcher
+until ``release()``; ``fail_next()`` makes the next calls fail; ``lose()`` kills one
+instance. Simulated agents outlive a dispatcher
 that stops (``unbind``) and join the next one (``bind``) with their inventory, as real agents
 do.
 """
@@ -122,6 +123,7 @@ class FakeDriver:
         self._released = asyncio.Event()
         self._pids = itertools.count(1000)
         self._deaths: asyncio.Task[None] | None = None
+        self._failures: dict[str, int] = {}
 
     # --- the dispatcher's side ----------------------------------------------------------------
 
@@ -187,6 +189,12 @@ class FakeDriver:
             self._permits += calls
         self._released.set()
 
+    def fail_next(self, operation: str, count: int = 1) -> None:
+        """Make the next ``count`` calls of ``create`` or ``destroy`` fail (CloudError)."""
+        if operation not in ("create", "destroy"):
+            raise ValueError(f"only create and destroy can be made to fail, not {operation!r}")
+        self._failures[operation] = self._failures.get(operation, 0) + count
+
     def lose(self, instance_id: str) -> None:
         """The instance dies: its agent and processes vanish with no word."""
         agent = self._agents.get(instance_id)
@@ -216,6 +224,10 @@ class FakeDriver:
             self._calls.append(now)
 
     def _maybe_fail(self, rate: float, what: str) -> None:
+        if self._failures.get(what):
+            self._failures[what] -= 1
+            self.statistics.errors += 1
+            raise CloudError(f"{what} failed (injected fault)")
         if rate and self._rng.random() < rate:
             self.statistics.errors += 1
             raise CloudError(f"{what} failed (injected fault)")
@@ -272,6 +284,10 @@ class FakeAgent:
     @property
     def running(self) -> int:
         return len(self._live)
+
+    def live_rounds(self) -> list[tuple[str, int]]:
+        """The ``(upid, round)`` of what runs here now."""
+        return list(self._live)
 
     # --- the link the hub holds ---------------------------------------------------------------
 
