@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from corral.core.constraints import Reason, ReasonKind, describe_constraints, unmet_constraint
+from corral.core._capacity import Engine, Group
+from corral.core.constraints import Reason, ReasonKind, describe_constraints
 from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.snapshot import EngineView, NodeView, Pending, Snapshot
 
@@ -28,18 +29,6 @@ class Match:
     placements: tuple[Placement, ...]
     waiting: dict[Upid, Reason] = field(default_factory=dict)
     rejected: dict[Upid, Reason] = field(default_factory=dict)
-
-
-class _Slots:
-    """Mutable per-node accounting while one match is computed."""
-
-    __slots__ = ("exclusive", "free", "node", "used")
-
-    def __init__(self, node: NodeView) -> None:
-        self.node = node
-        self.used = node.used
-        self.free = node.slots - node.used
-        self.exclusive = set(node.exclusive_tags)
 
 
 def match(snapshot: Snapshot) -> Match:
@@ -67,22 +56,24 @@ def match(snapshot: Snapshot) -> Match:
 
 
 class _Pass:
-    """The accounting of one match: free slots per node and engine, and the decisions."""
+    """The accounting of one match: free slots per engine, and the decisions."""
 
     def __init__(self, snapshot: Snapshot) -> None:
-        self.engines = {e.engine_id: e for e in snapshot.engines}
         self.order = [e.engine_id for e in snapshot.engines]
-        self.by_engine: dict[EngineId, list[_Slots]] = {e: [] for e in self.order}
+        nodes: dict[EngineId, list[NodeView]] = {e: [] for e in self.order}
         for node in snapshot.nodes:
-            if node.accepting and node.engine in self.by_engine:
-                self.by_engine[node.engine].append(_Slots(node))
-        self.free = {
-            engine: sum(max(s.free, 0) for s in slots) for engine, slots in self.by_engine.items()
-        }
-        self.free_total = sum(max(f, 0) for f in self.free.values())
+            if node.accepting and node.engine in nodes:
+                nodes[node.engine].append(node)
+        self.engines: dict[EngineId, Engine] = {}
+        first = 0
+        for view in snapshot.engines:
+            self.engines[view.engine_id] = Engine(view, nodes[view.engine_id], first)
+            first += len(nodes[view.engine_id])
+        self.free_total = sum(e.free for e in self.engines.values())
         self.placements: list[Placement] = []
         self.waiting: dict[Upid, Reason] = {}
         self.rejected: dict[Upid, Reason] = {}
+        self._no_slot: dict[tuple[EngineId, int], Reason] = {}
 
     def result(self) -> Match:
         return Match(tuple(self.placements), self.waiting, self.rejected)
@@ -96,64 +87,45 @@ class _Pass:
             if engine is None:
                 best = _better(best, Reason(ReasonKind.UNKNOWN_ENGINE, f"no engine {engine_id!r}"))
                 continue
-            nodes = self.by_engine[engine_id]
-            chosen, reason = _place(pending, engine, nodes, self.free[engine_id])
+            if not engine.nodes:
+                best = _better(best, _no_nodes(engine.view))
+                continue
+            group = engine.group(pending)
+            chosen = group.busiest(pending.node_exclusive)
             if chosen is not None:
-                chosen.used += 1
-                chosen.free -= 1
-                self.free[engine_id] -= 1
+                engine.place(chosen, pending.node_exclusive)
                 self.free_total -= 1
-                if pending.node_exclusive is not None:
-                    chosen.exclusive.add(pending.node_exclusive)
                 self.placements.append(Placement(pending.upid, pending.round, chosen.node.node_id))
                 return
-            best = _better(best, reason)
+            best = _better(best, self._why(engine, group, pending))
         assert best is not None
         if pending.queueing_mode.may_wait(pending.is_restart):
             self.waiting[pending.upid] = best
         else:
             self.rejected[pending.upid] = _rejection(pending, best)
 
-
-def _place(
-    pending: Pending, engine: EngineView, nodes: list[_Slots], engine_free: int
-) -> tuple[_Slots | None, Reason]:
-    """The busiest fitting node of one engine, or the reason none fits."""
-    if not nodes:
-        return None, _no_nodes(engine)
-    if engine_free <= 0 and not pending.constraints and pending.node_exclusive is None:
-        return None, _no_slot(engine, len(nodes))
-    chosen: _Slots | None = None
-    matching = exclusive_blocked = 0
-    for slots in nodes:
-        # compare with None: the unmet key may be "", which the validation lets through
-        if pending.constraints and (
-            unmet_constraint(pending.constraints, slots.node.properties) is not None
-        ):
-            continue
-        matching += 1
-        if pending.node_exclusive is not None and pending.node_exclusive in slots.exclusive:
-            exclusive_blocked += 1
-            continue
-        if slots.free <= 0:
-            continue
-        if chosen is None or slots.used > chosen.used:
-            chosen = slots
-    if chosen is not None:
-        return chosen, Reason(ReasonKind.SLOTS, "")
-    if matching == 0:
-        return None, Reason(
-            ReasonKind.CONSTRAINTS,
-            f"no node of engine {engine.engine_id!r} matches constraints "
-            f"{describe_constraints(pending.constraints)}",
-        )
-    if exclusive_blocked == matching:
-        return None, Reason(
-            ReasonKind.EXCLUSIVE,
-            f"every matching node of engine {engine.engine_id!r} already runs a process "
-            f"with node_exclusive {pending.node_exclusive!r}",
-        )
-    return None, _no_slot(engine, matching)
+    def _why(self, engine: Engine, group: Group, pending: Pending) -> Reason:
+        view = engine.view
+        matching = len(group.members)
+        if matching == 0:
+            return Reason(
+                ReasonKind.CONSTRAINTS,
+                f"no node of engine {view.engine_id!r} matches constraints "
+                f"{describe_constraints(pending.constraints)}",
+            )
+        tag = pending.node_exclusive
+        if tag is not None and group.blocked(tag) == matching:
+            return Reason(
+                ReasonKind.EXCLUSIVE,
+                f"every matching node of engine {view.engine_id!r} already runs a process "
+                f"with node_exclusive {pending.node_exclusive!r}",
+            )
+        # One sentence per engine and count, shared by every process it applies to.
+        key = (view.engine_id, matching)
+        reason = self._no_slot.get(key)
+        if reason is None:
+            reason = self._no_slot[key] = _no_slot(view, matching)
+        return reason
 
 
 def _no_nodes(engine: EngineView) -> Reason:
