@@ -25,9 +25,10 @@ from typing import Any
 from corral.core.ids import EngineId
 from corral.core.model import Engine
 from corral.drivers.fake import FakeFaults
+from corral.drivers.ssh import ssh_options_errors
 from corral.errors import InvalidRequest
 
-DRIVERS = ("local", "fake")
+DRIVERS = ("local", "fake", "ssh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +138,15 @@ def _engine(item: Any, where: str, source: str) -> Engine:
 
 
 def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str, Any]:
-    """The fake driver takes its faults (``FakeFaults``); the local driver takes none."""
+    """The fake driver takes its faults (``FakeFaults``), the ssh driver its hosts and
+    keys (``SSHOptions``); the local driver takes none."""
     key = f"{where}.driver_options"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{source}: {key} must be a table", field=key)
+    if driver == "ssh":
+        for name, problem in ssh_options_errors(raw):
+            raise InvalidRequest(f"{source}: {key}.{name} {problem}", field=f"{key}.{name}")
+        return dict(raw)
     known = {f.name: f for f in fields(FakeFaults)} if driver == "fake" else {}
     options: dict[str, Any] = {}
     for name, value in raw.items():

@@ -31,6 +31,7 @@ from corral.dispatcher.state import State
 from corral.drivers.base import Driver
 from corral.drivers.fake import FakeDriver, FakeFaults
 from corral.drivers.local import LocalDriver
+from corral.drivers.ssh import SSHDriver, SSHOptions
 from corral.errors import Conflict
 from corral.hub import Hub
 from corral.pool import NodePool
@@ -140,6 +141,9 @@ class Runtime:
             elif engine.driver == "fake":
                 faults = FakeFaults(**engine.driver_options)
                 drivers[engine.engine_id] = FakeDriver(settings.agent_token, faults)
+            elif engine.driver == "ssh":
+                options = SSHOptions.from_options(engine.driver_options)
+                drivers[engine.engine_id] = SSHDriver(options, agent_address, settings.agent_token)
             else:
                 if local is None:
                     local = LocalDriver(settings.home, agent_address, settings.home / "agent_token")
