@@ -25,10 +25,11 @@ from typing import Any
 from corral.core.ids import EngineId
 from corral.core.model import Engine
 from corral.drivers.fake import FakeFaults
+from corral.drivers.libcloud import libcloud_options_errors
 from corral.drivers.ssh import ssh_options_errors
 from corral.errors import InvalidRequest
 
-DRIVERS = ("local", "fake", "ssh")
+DRIVERS = ("local", "fake", "ssh", "libcloud")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +144,9 @@ def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str,
     key = f"{where}.driver_options"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{source}: {key} must be a table", field=key)
-    if driver == "ssh":
-        for name, problem in ssh_options_errors(raw):
+    if driver in ("ssh", "libcloud"):
+        errors = ssh_options_errors(raw) if driver == "ssh" else libcloud_options_errors(raw)
+        for name, problem in errors:
             raise InvalidRequest(f"{source}: {key}.{name} {problem}", field=f"{key}.{name}")
         return dict(raw)
     known = {f.name: f for f in fields(FakeFaults)} if driver == "fake" else {}

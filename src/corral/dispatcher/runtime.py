@@ -30,6 +30,7 @@ from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.state import State
 from corral.drivers.base import Driver
 from corral.drivers.fake import FakeDriver, FakeFaults
+from corral.drivers.libcloud import LibcloudDriver, LibcloudOptions
 from corral.drivers.local import LocalDriver
 from corral.drivers.ssh import SSHDriver, SSHOptions
 from corral.errors import Conflict
@@ -144,6 +145,11 @@ class Runtime:
             elif engine.driver == "ssh":
                 options = SSHOptions.from_options(engine.driver_options)
                 drivers[engine.engine_id] = SSHDriver(options, agent_address, settings.agent_token)
+            elif engine.driver == "libcloud":
+                cloud = LibcloudOptions.from_options(engine.driver_options)
+                drivers[engine.engine_id] = LibcloudDriver(
+                    cloud, agent_address, settings.agent_token
+                )
             else:
                 if local is None:
                     local = LocalDriver(settings.home, agent_address, settings.home / "agent_token")
