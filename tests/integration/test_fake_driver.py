@@ -191,3 +191,30 @@ def test_a_cloud_quota_stops_the_pool_growing_and_says_so_in_waiting_reasons(
             assert len(fake.instances()) == 2
 
     run(scenario())
+
+
+def test_metrics_count_processes_nodes_boots_and_waits(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        async with dispatcher_on(tmp_path, ELASTIC) as (dispatcher, _):
+            await define(dispatcher, "forever", "/bin/sleep", "infinity")
+            await dispatcher.schedule_processes(
+                [{"upid": f"p{i}", "definition_id": "forever"} for i in range(4)]
+            )
+            for i in range(4):
+                await dispatcher.wait_process(f"p{i}", ["RUNNING"], 20)
+            return dispatcher.metrics().decode()
+
+    text = run(scenario())
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['corral_processes{state="500-RUNNING"}'] == 4
+    assert samples["corral_queue_length"] == 0
+    assert samples["corral_queue_to_running_seconds_count"] == 4
+    assert samples['corral_boots_total{engine="sim",outcome="joined"}'] >= 2
+    assert samples['corral_boot_seconds_count{engine="sim"}'] >= 2
+    assert samples['corral_driver_calls_total{engine="sim",operation="create",outcome="ok"}'] >= 2
+    assert samples['corral_slots{engine="sim",used="true"}'] == 4
+    assert any(key.startswith('corral_nodes{engine="sim"') for key in samples)

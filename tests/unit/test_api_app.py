@@ -116,6 +116,7 @@ ROUTES = {
     "/processes/{upid}/logs": {"get"},
     "/dump": {"get"},
     "/nodes": {"get"},
+    "/metrics": {"get"},
     "/nodes/{node_id}": {"get"},
     "/nodes/{node_id}/{action}": {"post"},
     "/engines": {"get"},
@@ -385,3 +386,13 @@ async def test_node_actions_reach_the_service_and_unknown_actions_are_refused() 
     assert error_of(missing)["field"] == "node_id"
     assert bad.status_code == 422
     assert "action" in error_of(bad)["message"]
+
+
+async def test_metrics_are_text_and_need_the_token() -> None:
+    async with client(FakeService()) as http:
+        scraped = await http.get("/metrics")
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "corral_queue_length 0.0" in scraped.text
+    async with client(FakeService(), headers=None) as anonymous:
+        assert (await anonymous.get("/metrics")).status_code == 401

@@ -200,6 +200,9 @@ class FakeService:
             }
         ]
 
+    def metrics(self) -> bytes:
+        return b"# HELP corral_queue_length Processes waiting.\ncorral_queue_length 0.0\n"
+
     def describe_node(self, node_id: str) -> dict[str, Any]:
         for node in self.list_nodes():
             if node["node_id"] == node_id:

@@ -70,6 +70,7 @@ class Nodes:
         clock: Clock,
         pool: NodePool,
         wake_mapper: Callable[[], None],
+        on_boot: Callable[[str, str, float | None], None] | None = None,
     ) -> None:
         self._state = state
         self._config = config
@@ -84,6 +85,9 @@ class Nodes:
         self._ticks = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unoccupied_since: dict[NodeId, float] = {}
+        #: told (engine, outcome, seconds) when a boot ends: joined, failed or timed_out
+        self._on_boot = on_boot or (lambda engine, outcome, seconds: None)
+        self._booted_at: dict[NodeId, float] = {}
         self._retiring: set[NodeId] = set()
         self.syncer = Syncer(state, clock, self.send, self.kill, self.launch_one, wake_mapper)
 
@@ -99,6 +103,9 @@ class Nodes:
             return f"node {hello.node_id!r} belongs to engine {node.engine!r}"
         if node is not None and node.state in (NodeState.SHUTTING_DOWN, NodeState.GONE):
             return f"node {hello.node_id!r} is being retired"
+        booted_at = self._booted_at.pop(session.node_id, None)
+        if booted_at is not None:
+            self._on_boot(engine.engine_id, "joined", self._clock.monotonic() - booted_at)
         joined = NodeRecord(
             node_id=session.node_id,
             engine=engine.engine_id,
@@ -318,6 +325,8 @@ class Nodes:
         since = self._clock.monotonic() - (live.heard if live else self._started)
         if node.state is NodeState.BOOTING:
             if since >= engine.boot_timeout:
+                if self._booted_at.pop(node.node_id, None) is not None:
+                    self._on_boot(engine.engine_id, "timed_out", None)
                 return f"its agent did not join within boot_timeout ({engine.boot_timeout:g} s)"
             return None
         if self.health(node) is Health.MISSING:
@@ -440,6 +449,7 @@ class Nodes:
             created_at=self._clock.time(),
         )
         self._live[node_id] = _Live(self._clock.monotonic())
+        self._booted_at[node_id] = self._clock.monotonic()
         committed = self._state.save_node(record)
 
         async def boot() -> None:
@@ -449,6 +459,8 @@ class Nodes:
             instance = await self._pool.boot(node_id, engine)
             current = self._state.nodes.get(node_id)
             if instance is None:
+                if self._booted_at.pop(node_id, None) is not None:
+                    self._on_boot(engine.engine_id, "failed", None)
                 if current is not None:
                     self._state.delete_node(node_id)
                     self._live.pop(node_id, None)

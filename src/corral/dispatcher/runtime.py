@@ -25,6 +25,7 @@ from corral.core.ids import EngineId
 from corral.core.node_states import NodeState
 from corral.dispatcher.events import EventBus
 from corral.dispatcher.mapper import Mapper
+from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.nodes import Nodes
 from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.state import State
@@ -99,12 +100,21 @@ class Runtime:
         self.agent_address = (host, port)
         (home / "agent_address").write_text(f"{host}:{port}\n")
         drivers = self._drivers(f"{host}:{port}")
-        pool = NodePool(pool_id, drivers)
+        nodes_ref: list[Nodes] = []
+        metrics = Metrics(state, lambda: nodes_ref[0].describe_nodes(), self.clock.time)
+        state.add_listener(metrics.on_commit)
+        pool = NodePool(pool_id, drivers, metrics.driver_call)
 
         mapper_ref: list[Mapper] = []
         self._nodes = nodes = Nodes(
-            state, settings.config, self.clock, pool, lambda: mapper_ref[0].wake()
+            state,
+            settings.config,
+            self.clock,
+            pool,
+            lambda: mapper_ref[0].wake(),
+            metrics.boot_ended,
         )
+        nodes_ref.append(nodes)
         mapper = Mapper(state, settings.config, self.clock, nodes)
         mapper_ref.append(mapper)
         self._events = events = EventBus()
@@ -114,7 +124,9 @@ class Runtime:
         self._fakes = [d for d in drivers.values() if isinstance(d, FakeDriver)]
         for fake in self._fakes:
             fake.bind(hub.attach)
-        self.dispatcher = Dispatcher(state, settings.config, self.clock, nodes, events, mapper.wake)
+        self.dispatcher = Dispatcher(
+            state, settings.config, self.clock, nodes, events, mapper.wake, metrics
+        )
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(mapper.run(), name="mapper"),

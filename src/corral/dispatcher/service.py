@@ -22,6 +22,7 @@ from corral.core.node_states import IdleBehavior
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher import validation as check
 from corral.dispatcher.events import EventBus, public_process
+from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.rounds import moved
 from corral.dispatcher.state import State
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, Unavailable, WaitTimeout
@@ -56,7 +57,9 @@ class Dispatcher:
         nodes: NodeSide,
         events: EventBus,
         wake_mapper: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._state = state
         self._config = config
         self._clock = clock
@@ -425,6 +428,12 @@ class Dispatcher:
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._nodes.describe_nodes()
+
+    def metrics(self) -> bytes:
+        """The Prometheus text exposition of this dispatcher's metrics."""
+        if self._metrics is None:
+            raise Unavailable("this dispatcher keeps no metrics")
+        return self._metrics.exposition()
 
     def describe_node(self, node_id: str) -> dict[str, Any]:
         for node in self._nodes.describe_nodes():

@@ -7,7 +7,7 @@ capacity errors pause creating instead of being retried on every tick.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine
@@ -26,8 +26,15 @@ log = logging.getLogger("corral.pool")
 
 
 class NodePool:
-    def __init__(self, pool_id: str, drivers: Mapping[EngineId, Driver]) -> None:
+    def __init__(
+        self,
+        pool_id: str,
+        drivers: Mapping[EngineId, Driver],
+        on_call: Callable[[str, str, bool], None] | None = None,
+    ) -> None:
         self.pool_id = pool_id
+        #: told (engine, operation, succeeded) after each driver call, for metrics
+        self._on_call = on_call or (lambda engine, operation, ok: None)
         guarded: dict[int, Guarded] = {}
         self._drivers: dict[EngineId, Guarded] = {}
         for engine_id, driver in drivers.items():
@@ -43,13 +50,17 @@ class NodePool:
         """Create the instance for ``node_id``; None (logged) if the driver failed."""
         tags = {TAG_POOL: self.pool_id, TAG_NODE: node_id, TAG_ENGINE: engine.engine_id}
         try:
-            return await self._drivers[engine.engine_id].create(NodeSpec(node_id, engine), tags)
+            instance = await self._drivers[engine.engine_id].create(NodeSpec(node_id, engine), tags)
         except CloudError as exc:
             log.warning("cannot boot node %s of engine %s: %s", node_id, engine.engine_id, exc)
+            self._on_call(engine.engine_id, "create", False)
             return None
         except Exception:
             log.exception("booting node %s of engine %s failed", node_id, engine.engine_id)
+            self._on_call(engine.engine_id, "create", False)
             return None
+        self._on_call(engine.engine_id, "create", True)
+        return instance
 
     async def instances(self) -> dict[NodeId, Instance] | None:
         """This pool's instances by node id; None if some driver could not list."""
@@ -76,6 +87,10 @@ class NodePool:
             log.warning("cannot destroy instance %s now: %s", instance_id, exc)
         except Exception:
             log.exception("destroying instance %s failed", instance_id)
+        else:
+            self._on_call(engine_id, "destroy", True)
+            return
+        self._on_call(engine_id, "destroy", False)
 
     def _unique_drivers(self) -> list[Guarded]:
         unique: list[Guarded] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse, Response
 
 from corral.api.routes import Service
 
@@ -19,6 +20,15 @@ async def health() -> dict[str, str]:
 @router.get("/dump", summary="dump")
 async def dump(service: Service) -> dict[str, Any]:
     return service.dump()
+
+
+@router.get(
+    "/metrics",
+    summary="metrics (Prometheus text format)",
+    response_class=PlainTextResponse,
+)
+async def metrics(service: Service) -> Response:
+    return Response(service.metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/nodes", summary="list_nodes")
