@@ -1,10 +1,10 @@
 """Wires store, state, hub, pool and loops into a running dispatcher; starts and stops it.
 
 The order in ``start`` is the recovery story: load the store (the truth), mark every
-known node *unknown*, open the agent port again at the address agents know, and let the
-loops run. Agents that still run re-join and report what they run; nodes that never come
-back are declared lost after ``heartbeat_missing`` and their processes follow their
-restart modes.
+known node *unknown* (but booting and shutting-down nodes go on booting and being
+retired), open the agent port again at the address agents know, and let the loops run.
+Agents that still run re-join and report what they run; nodes that never come back are
+declared lost after ``heartbeat_missing`` and their processes follow their restart modes.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ class Runtime:
         state = State(committer, self._fatal)
         state.load(loaded)
         for node in list(state.nodes.values()):
-            # Until its agent is heard from again; a node being retired goes on being retired.
-            if node.state is not NodeState.SHUTTING_DOWN:
+            # Unknown until its agent is heard from again. A node still booting keeps its
+            # boot_timeout (from now), and one being retired goes on being retired.
+            if node.state not in (NodeState.BOOTING, NodeState.SHUTTING_DOWN):
                 state.nodes[node.node_id] = replace(node, state=NodeState.UNKNOWN)
         pool_id = loaded.tables[Table.META].get("pool", {}).get("id")
         if pool_id is None:
