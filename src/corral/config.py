@@ -26,10 +26,11 @@ from corral.core.ids import EngineId
 from corral.core.model import Engine
 from corral.drivers.fake import FakeFaults
 from corral.drivers.libcloud import libcloud_options_errors
+from corral.drivers.slurm import slurm_options_errors
 from corral.drivers.ssh import ssh_options_errors
 from corral.errors import InvalidRequest
 
-DRIVERS = ("local", "fake", "ssh", "libcloud")
+DRIVERS = ("local", "fake", "ssh", "slurm", "libcloud")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +145,13 @@ def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str,
     key = f"{where}.driver_options"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{source}: {key} must be a table", field=key)
-    if driver in ("ssh", "libcloud"):
-        errors = ssh_options_errors(raw) if driver == "ssh" else libcloud_options_errors(raw)
+    checks = {
+        "ssh": ssh_options_errors,
+        "slurm": slurm_options_errors,
+        "libcloud": libcloud_options_errors,
+    }
+    if driver in checks:
+        errors = checks[driver](raw)
         for name, problem in errors:
             raise InvalidRequest(f"{source}: {key}.{name} {problem}", field=f"{key}.{name}")
         return dict(raw)

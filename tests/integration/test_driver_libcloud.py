@@ -21,13 +21,13 @@ from corral.drivers.base import (
     NodeSpec,
     QuotaExceeded,
     RateLimited,
+    tags_from_instance_name,
 )
 from corral.drivers.libcloud import (
     LibcloudDriver,
     LibcloudOptions,
     agent_user_data,
     classify,
-    tags_from_name,
 )
 from corral.testing import engine
 from corral.testing.dispatcher import open_test_dispatcher
@@ -66,13 +66,13 @@ def test_an_unknown_size_is_a_clear_cloud_error() -> None:
 
 
 def test_instance_names_carry_the_pool_tags_for_providers_without_metadata() -> None:
-    assert tags_from_name("corral-abc123-gpu-1a2b") == {
+    assert tags_from_instance_name("corral-abc123-gpu-1a2b") == {
         TAG_POOL: "abc123",
         TAG_NODE: "gpu-1a2b",
         TAG_ENGINE: "gpu",
     }
-    assert tags_from_name("dummy-1") is None
-    assert tags_from_name("corral-NOTHEX-x") is None
+    assert tags_from_instance_name("dummy-1") is None
+    assert tags_from_instance_name("corral-NOTHEX-x") is None
 
 
 @pytest.mark.parametrize(

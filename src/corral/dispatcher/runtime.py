@@ -33,6 +33,7 @@ from corral.drivers.base import Driver
 from corral.drivers.fake import FakeDriver, FakeFaults
 from corral.drivers.libcloud import LibcloudDriver, LibcloudOptions
 from corral.drivers.local import LocalDriver
+from corral.drivers.slurm import SlurmDriver, SlurmOptions
 from corral.drivers.ssh import SSHDriver, SSHOptions
 from corral.errors import Conflict
 from corral.hub import Hub
@@ -158,6 +159,9 @@ class Runtime:
             elif engine.driver == "ssh":
                 options = SSHOptions.from_options(engine.driver_options)
                 drivers[engine.engine_id] = SSHDriver(options, agent_address, settings.agent_token)
+            elif engine.driver == "slurm":
+                batch = SlurmOptions.from_options(engine.driver_options)
+                drivers[engine.engine_id] = SlurmDriver(batch, agent_address, settings.agent_token)
             elif engine.driver == "libcloud":
                 cloud = LibcloudOptions.from_options(engine.driver_options)
                 drivers[engine.engine_id] = LibcloudDriver(

@@ -10,6 +10,7 @@ A driver's errors say what the caller should do (Arvados' error interfaces)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,6 +22,24 @@ from corral.core.model import Engine
 TAG_POOL = "corral-pool"
 TAG_NODE = "corral-node"
 TAG_ENGINE = "corral-engine"
+
+
+_INSTANCE_NAME = re.compile(r"^corral-(?P<pool>[0-9a-f]+)-(?P<node>.+)$")
+
+
+def instance_name(pool: str, node_id: str) -> str:
+    """``corral-<pool>-<node id>``: for providers that keep no tags, the name carries them."""
+    return f"corral-{pool}-{node_id}"
+
+
+def tags_from_instance_name(name: str) -> dict[str, str] | None:
+    """The tags an :func:`instance_name` stands for; None for any other name."""
+    found = _INSTANCE_NAME.match(name)
+    if found is None:
+        return None
+    node = found["node"]
+    # node ids are "<engine>-<suffix>"
+    return {TAG_POOL: found["pool"], TAG_NODE: node, TAG_ENGINE: node.rpartition("-")[0]}
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ Settings, in the engine's ``driver_options``::
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 import time
 from collections.abc import Mapping
@@ -31,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from corral.drivers.base import (
-    TAG_ENGINE,
-    TAG_NODE,
     TAG_POOL,
     CapacityUnavailable,
     CloudError,
@@ -40,11 +37,10 @@ from corral.drivers.base import (
     NodeSpec,
     QuotaExceeded,
     RateLimited,
+    instance_name,
+    tags_from_instance_name,
 )
 from corral.errors import InvalidRequest
-
-NAME_PREFIX = "corral-"
-_NAME = re.compile(r"^corral-(?P<pool>[0-9a-f]+)-(?P<node>.+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +98,7 @@ class LibcloudDriver:
         self._tags: dict[str, dict[str, str]] = {}
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
-        pool = tags.get(TAG_POOL, "")
-        name = f"{NAME_PREFIX}{pool}-{spec.node_id}"
+        name = instance_name(tags.get(TAG_POOL, ""), spec.node_id)
         userdata = agent_user_data(
             spec, self.dispatcher_address, self._token, self.options.python, self.options.agent_dir
         )
@@ -118,7 +113,7 @@ class LibcloudDriver:
         for node in nodes:
             if str(getattr(node, "state", "")).lower() in ("terminated", "stopped"):
                 continue
-            tags = self._tags.get(str(node.id)) or tags_from_name(str(node.name))
+            tags = self._tags.get(str(node.id)) or tags_from_instance_name(str(node.name))
             if tags is not None:
                 found.append(Instance(str(node.id), tags))
         return found
@@ -168,15 +163,6 @@ class LibcloudDriver:
             raise
         except Exception as exc:
             raise classify(exc) from exc
-
-
-def tags_from_name(name: str) -> dict[str, str] | None:
-    """The tags a ``corral-<pool>-<node>`` name stands for; None for any other name."""
-    found = _NAME.match(name)
-    if found is None:
-        return None
-    node = found["node"]
-    return {TAG_POOL: found["pool"], TAG_NODE: node, TAG_ENGINE: node.rpartition("-")[0]}
 
 
 def agent_user_data(
