@@ -84,7 +84,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     return Config(tuple(engines))
 
 
-_INTS = ("slots", "base_need", "maximum_vms", "spare_slots")
+_INTS = ("slots", "base_need", "maximum_vms", "spare_slots", "max_dispatch_attempts")
 _FLOATS = (
     "heartbeat_period",
     "heartbeat_warning",

@@ -21,6 +21,7 @@ from corral.core.process_states import ProcessState, QueueingMode, RestartMode
 DEFINITION_TYPES = ("supd", "exec")
 
 _FIRST_ROUND = Round(0)
+MAX_DISPATCH_ATTEMPTS = 5
 #: one shared empty mapping for the many records without configuration or constraints
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -53,6 +54,8 @@ class Engine:
     spare_slots: int = 0
     #: seconds a node must stay unoccupied before the pool may retire it
     idle_timeout: float = 60.0
+    #: placements of one process whose node is lost before it starts, before it FAILs
+    max_dispatch_attempts: int = MAX_DISPATCH_ATTEMPTS
     #: settings of the engine's driver (the fake driver's faults, say)
     driver_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -173,6 +176,8 @@ class ProcessRecord:
     signal: int | None = None
     #: restarts since the last healthy run; drives the backoff and max_attempts
     attempts: int = 0
+    #: placements since it last started, lost before it could (max_dispatch_attempts)
+    dispatches: int = 0
     waiting_reason: str | None = None
     #: why the process ended, or why its last round ended
     end_reason: str | None = None
@@ -198,6 +203,7 @@ class ProcessRecord:
             exit_code=self.exit_code,
             signal=self.signal,
             attempts=self.attempts,
+            dispatches=self.dispatches,
             waiting_reason=self.waiting_reason,
             end_reason=self.end_reason,
             not_before=self.not_before,
@@ -225,6 +231,7 @@ class ProcessRecord:
             exit_code=doc.get("exit_code"),
             signal=doc.get("signal"),
             attempts=doc.get("attempts", 0),
+            dispatches=doc.get("dispatches", 0),
             waiting_reason=_shared(doc.get("waiting_reason")),
             end_reason=_shared(doc.get("end_reason")),
             not_before=doc.get("not_before"),

@@ -89,7 +89,9 @@ class Nodes:
         self._on_boot = on_boot or (lambda engine, outcome, seconds: None)
         self._booted_at: dict[NodeId, float] = {}
         self._retiring: set[NodeId] = set()
-        self.syncer = Syncer(state, clock, self.send, self.kill, self.launch_one, wake_mapper)
+        self.syncer = Syncer(
+            state, clock, self.send, self.kill, self.launch_one, wake_mapper, None, self._engines
+        )
 
     # -- agents (the hub's handler) -------------------------------------------
 

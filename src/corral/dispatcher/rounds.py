@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import cast
 
 from corral.core.ids import NodeId, Round
-from corral.core.model import ProcessRecord
+from corral.core.model import MAX_DISPATCH_ATTEMPTS, ProcessRecord
 from corral.core.process_states import ProcessEvent, ProcessState, advance
 from corral.core.restart import Outcome, RestartPolicy, decide
 
@@ -38,7 +38,13 @@ def assigned(
     record: ProcessRecord, node_id: NodeId, hostname: str | None, engine: str, now: float
 ) -> ProcessRecord:
     return moved(
-        record, ProcessEvent.ASSIGN, now, assigned=node_id, hostname=hostname, engine=engine
+        record,
+        ProcessEvent.ASSIGN,
+        now,
+        assigned=node_id,
+        hostname=hostname,
+        engine=engine,
+        dispatches=record.dispatches + 1,
     )
 
 
@@ -51,6 +57,7 @@ def started(
         now,
         pid=pid,
         starts=record.starts + 1,
+        dispatches=0,
         started_at=started_at or now,
         exit_code=None,
         signal=None,
@@ -68,11 +75,14 @@ def ended(
     signal: int | None = None,
     reason: str,
     ended_at: float | None = None,
+    max_dispatch_attempts: int = MAX_DISPATCH_ATTEMPTS,
 ) -> ProcessRecord:
     """The record after its round ended on its own (or its node was lost).
 
-    A process being terminated ends TERMINATED whatever the cause; otherwise the restart
-    policy picks between a terminal state and a new round.
+    A process being terminated ends TERMINATED whatever the cause. One whose node was lost
+    before it started never ran, so its restart mode does not apply: it is placed again,
+    until ``max_dispatch_attempts`` placements in a row have been lost. Otherwise the
+    restart policy picks between a terminal state and a new round.
     """
     facts: dict[str, object] = {
         "exit_code": exit_code,
@@ -82,6 +92,24 @@ def ended(
     }
     if record.state is ProcessState.TERMINATING:
         return moved(record, ProcessEvent.TERMINATED, now, **facts)
+    if outcome is Outcome.NODE_LOST and record.state in (
+        ProcessState.ASSIGNED,
+        ProcessState.PENDING,
+    ):
+        if record.dispatches >= max_dispatch_attempts:
+            facts["end_reason"] = (
+                f"{reason}; gave up after {record.dispatches} dispatch attempt(s)"
+                f" (max_dispatch_attempts)"
+            )
+            return moved(record, ProcessEvent.FAIL, now, **facts)
+        return moved(
+            record,
+            ProcessEvent.RESTART_NOW,
+            now,
+            waiting_reason=f"{reason}; dispatching again ({record.dispatches} of "
+            f"{max_dispatch_attempts} attempts lost)",
+            **facts,
+        )
     ran_for = 0.0
     if record.started_at is not None and record.state is ProcessState.RUNNING:
         ran_for = max(0.0, (ended_at or now) - record.started_at)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from corral.clock import Clock
-from corral.core.ids import NodeId, Round, Upid
-from corral.core.model import ProcessRecord
+from corral.core.ids import EngineId, NodeId, Round, Upid
+from corral.core.model import MAX_DISPATCH_ATTEMPTS, Engine, ProcessRecord
 from corral.core.process_states import ProcessState
 from corral.core.restart import Outcome
 from corral.dispatcher.rounds import describe_exit, ended, started
@@ -37,7 +37,9 @@ class Syncer:
         relaunch: Callable[[ProcessRecord], None],
         wake_mapper: Callable[[], None],
         rng: random.Random | None = None,
+        engines: Mapping[EngineId, Engine] | None = None,
     ) -> None:
+        self._engines = dict(engines or {})
         self._state = state
         self._clock = clock
         self._send = send
@@ -45,6 +47,10 @@ class Syncer:
         self._relaunch = relaunch
         self._wake_mapper = wake_mapper
         self._rng = rng or random.Random()
+
+    def _max_dispatch_attempts(self, engine_id: EngineId | None) -> int:
+        engine = self._engines.get(engine_id) if engine_id is not None else None
+        return engine.max_dispatch_attempts if engine is not None else MAX_DISPATCH_ATTEMPTS
 
     def reports(self, node_id: NodeId, reports: Iterable[ProcessReport]) -> None:
         # A batch may hold several reports of one process (started, then exited): each
@@ -91,7 +97,15 @@ class Syncer:
         """End the rounds of processes whose node (or agent) is gone."""
         now = self._clock.time()
         changed = [
-            ended(r, Outcome.NODE_LOST, now, self._rng.random(), reason=reason) for r in records
+            ended(
+                r,
+                Outcome.NODE_LOST,
+                now,
+                self._rng.random(),
+                reason=reason,
+                max_dispatch_attempts=self._max_dispatch_attempts(r.engine),
+            )
+            for r in records
         ]
         if changed:
             self._state.save_processes(changed)
