@@ -218,3 +218,26 @@ def test_metrics_count_processes_nodes_boots_and_waits(tmp_path: Path) -> None:
     assert samples['corral_driver_calls_total{engine="sim",operation="create",outcome="ok"}'] >= 2
     assert samples['corral_slots{engine="sim",used="true"}'] == 4
     assert any(key.startswith('corral_nodes{engine="sim"') for key in samples)
+
+
+def test_a_node_whose_process_cannot_be_killed_is_drained(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = FakeDriver(TOKEN, FakeFaults(boot_delay=0.05, unkillable_rate=1.0))
+        quick = ELASTIC + "terminate_grace = 0.5\n"
+        async with dispatcher_on(tmp_path, quick, fake) as (dispatcher, _):
+            await define(dispatcher, "forever", "/bin/sleep", "infinity")
+            await dispatcher.schedule_process("stuck", "forever", restart_mode="NEVER")
+            running = await dispatcher.wait_process("stuck", ["RUNNING"], 20)
+            await dispatcher.terminate_process("stuck")
+            node = await until(
+                lambda: [
+                    n
+                    for n in dispatcher.list_nodes()
+                    if n["node_id"] == running["assigned"] and n["idle_behavior"] == "drain"
+                ],
+                "the node drained",
+            )
+            assert node[0]["used"] == 1  # kept while the process holds on
+            assert dispatcher.describe_process("stuck")["state"] == "600-TERMINATING"
+
+    run(scenario())

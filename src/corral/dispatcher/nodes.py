@@ -317,7 +317,30 @@ class Nodes:
                 self.lose(node.node_id, reason)
         if self._ticks % LIST_EVERY == 1:
             await self._sync_instances()
+            self._drain_stuck()
         self._plan_pool()
+
+    def _drain_stuck(self) -> None:
+        """Drain a node where a process outlives its SIGKILL (stuck in the kernel, say): no
+        new work lands beside it, and the node is retired once it is empty."""
+        now = self._clock.time()
+        for node_id, held in self._state.by_node.items():
+            node = self._state.nodes.get(node_id)
+            engine = self._engines.get(node.engine) if node is not None else None
+            if node is None or engine is None or node.idle_behavior is not IdleBehavior.RUN:
+                continue
+            limit = engine.terminate_grace + engine.heartbeat_missing
+            for upid in held:
+                record = self._state.processes[upid]
+                if record.state is ProcessState.TERMINATING and now - record.updated_at > limit:
+                    log.warning(
+                        "draining node %s: %s is still running %.0f s after it was told to stop",
+                        node_id,
+                        upid,
+                        now - record.updated_at,
+                    )
+                    self.set_idle_behavior(node_id, IdleBehavior.DRAIN)
+                    break
 
     def _failure(self, node: NodeRecord) -> str | None:
         engine = self._engines.get(node.engine)

@@ -22,6 +22,8 @@ from corral.core.model import Engine
 TAG_POOL = "corral-pool"
 TAG_NODE = "corral-node"
 TAG_ENGINE = "corral-engine"
+#: what the node was created to do (run); hold and drain are kept in the store
+TAG_IDLE_BEHAVIOR = "corral-idle-behavior"
 
 
 _INSTANCE_NAME = re.compile(r"^corral-(?P<pool>[0-9a-f]+)-(?P<node>.+)$")

@@ -9,11 +9,10 @@ runs until killed), at once otherwise, with status 1 for ``false`` and 0 for the
 
 Faults are knobs (:class:`FakeFaults`), in the manner of Arvados' stub driver: error rates on
 create and destroy, a call rate above which calls are rate limited, a quota, a capacity,
-boots that never join, nodes that die, processes that crash. ``hold()`` stops cloud calls
-until ``release()``; ``fail_next()`` makes the next calls fail; ``lose()`` kills one
-instance. Simulated agents outlive a dispatcher
-that stops (``unbind``) and join the next one (``bind``) with their inventory, as real agents
-do.
+boots that never join, nodes that die, processes that crash or cannot be killed.
+``hold()`` stops cloud calls until ``release()``; ``fail_next()`` makes the next calls
+fail; ``lose()`` kills one instance. Simulated agents outlive a dispatcher that stops
+(``unbind``) and join the next one (``bind``) with their inventory, as real agents do.
 """
 
 from __future__ import annotations
@@ -81,6 +80,8 @@ class FakeFaults:
     node_death_rate: float = 0.0
     #: chance that a process is killed (SIGKILL) before it ends on its own
     crash_rate: float = 0.0
+    #: chance that a process ignores every signal (stuck in the kernel)
+    unkillable_rate: float = 0.0
     seed: int | None = None
 
 
@@ -278,6 +279,8 @@ class FakeAgent:
         self._outbox: list[Message] = []
         #: told to shut down: it stays quiet until destroyed
         self._shut = False
+        #: rounds that ignore Kill
+        self._unkillable: set[tuple[str, int]] = set()
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
 
@@ -393,6 +396,8 @@ class FakeAgent:
             log.warning("fake agent %s ignores %s", self.spec.node_id, type(msg).__name__)
 
     def _kill(self, key: tuple[str, int]) -> None:
+        if key in self._unkillable:
+            return
         if key in self._live:
             self._end(key, None, SIGTERM)
         elif key in self._inventory:
@@ -423,6 +428,8 @@ class FakeAgent:
         program = os.path.basename(msg.exec)
         runs_for = _duration(program, msg.argv)
         code = 1 if program == "false" else 0
+        if self._driver.chance(self._driver.faults.unkillable_rate):
+            self._unkillable.add(key)
         if self._driver.chance(self._driver.faults.crash_rate):
             runs_for = self._driver.uniform(runs_for if math.isfinite(runs_for) else 1.0)
             self._live[key] = self._loop.call_later(runs_for, self._end, key, None, SIGKILL)

@@ -13,6 +13,7 @@ from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine
 from corral.drivers.base import (
     TAG_ENGINE,
+    TAG_IDLE_BEHAVIOR,
     TAG_NODE,
     TAG_POOL,
     CloudError,
@@ -48,7 +49,12 @@ class NodePool:
 
     async def boot(self, node_id: NodeId, engine: Engine) -> Instance | None:
         """Create the instance for ``node_id``; None (logged) if the driver failed."""
-        tags = {TAG_POOL: self.pool_id, TAG_NODE: node_id, TAG_ENGINE: engine.engine_id}
+        tags = {
+            TAG_POOL: self.pool_id,
+            TAG_NODE: node_id,
+            TAG_ENGINE: engine.engine_id,
+            TAG_IDLE_BEHAVIOR: "run",
+        }
         try:
             instance = await self._drivers[engine.engine_id].create(NodeSpec(node_id, engine), tags)
         except CloudError as exc:
