@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.core.ids import EngineId
-from corral.core.model import Engine
+from corral.core.model import Engine, InstanceType
 from corral.drivers.fake import FakeFaults
 from corral.drivers.libcloud import libcloud_options_errors
 from corral.drivers.slurm import slurm_options_errors
@@ -61,10 +61,13 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    unknown = set(raw) - {"engines"}
+    unknown = set(raw) - {"engines", "instance_types"}
     if unknown:
         key = sorted(unknown)[0]
-        raise InvalidRequest(f"{source}: unknown key {key!r}; expected 'engines'", field=key)
+        raise InvalidRequest(
+            f"{source}: unknown key {key!r}; expected 'engines' or 'instance_types'", field=key
+        )
+    types = _instance_types(raw.get("instance_types", []), source)
     items = raw.get("engines")
     if items is None:
         return default_config()
@@ -72,7 +75,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
         raise InvalidRequest(
             f"{source}: 'engines' must be a non-empty array of tables", field="engines"
         )
-    engines = [_engine(item, f"engines[{i}]", source) for i, item in enumerate(items)]
+    engines = [_engine(item, f"engines[{i}]", source, types) for i, item in enumerate(items)]
     seen: set[str] = set()
     for i, engine in enumerate(engines):
         if engine.engine_id in seen:
@@ -95,7 +98,79 @@ _FLOATS = (
 )
 
 
-def _engine(item: Any, where: str, source: str) -> Engine:
+_TYPE_KEYS = {"name", "provider_type", "vcpus", "ram", "gpus", "price", "preemptible"}
+
+
+def _instance_types(items: Any, source: str) -> dict[str, InstanceType]:
+    """``[[instance_types]]``: name, provider_type, vcpus, ram (MiB), gpus, price,
+    preemptible."""
+    if not isinstance(items, list):
+        raise InvalidRequest(
+            f"{source}: 'instance_types' must be an array of tables", field="instance_types"
+        )
+    types: dict[str, InstanceType] = {}
+    for i, item in enumerate(items):
+        where = f"instance_types[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{source}: {where} must be a table", field=where)
+        for key in item:
+            if key not in _TYPE_KEYS:
+                raise InvalidRequest(
+                    f"{source}: {where}.{key} is not an instance type setting; expected "
+                    f"{', '.join(sorted(_TYPE_KEYS))}",
+                    field=f"{where}.{key}",
+                )
+        name = item.get("name")
+        if not isinstance(name, str) or not name or name in types:
+            raise InvalidRequest(
+                f"{source}: {where}.name must be a unique non-empty string", field=f"{where}.name"
+            )
+        vcpus = _positive(item.get("vcpus"), f"{where}.vcpus", source)
+        ram = _positive(item.get("ram"), f"{where}.ram", source)
+        gpus = item.get("gpus", 0)
+        if type(gpus) is not int or gpus < 0:
+            raise InvalidRequest(
+                f"{source}: {where}.gpus must be a whole number ≥ 0", field=f"{where}.gpus"
+            )
+        price = item.get("price", 0.0)
+        if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
+            raise InvalidRequest(
+                f"{source}: {where}.price must be a number ≥ 0", field=f"{where}.price"
+            )
+        types[name] = InstanceType(
+            name=name,
+            provider_type=str(item.get("provider_type", name)),
+            vcpus=vcpus,
+            ram=int(ram),
+            gpus=gpus,
+            price=float(price),
+            preemptible=bool(item.get("preemptible", False)),
+        )
+    return types
+
+
+def _positive(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidRequest(f"{source}: {key} must be a number > 0", field=key)
+    return float(value)
+
+
+def _engine_types(
+    names: Any, types: dict[str, InstanceType], where: str, source: str
+) -> tuple[InstanceType, ...]:
+    key = f"{where}.instance_types"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidRequest(f"{source}: {key} must be a list of type names", field=key)
+    for name in names:
+        if name not in types:
+            raise InvalidRequest(
+                f"{source}: {key} names {name!r}, which no [[instance_types]] declares",
+                field=key,
+            )
+    return tuple(sorted((types[n] for n in names), key=lambda t: (t.price, t.name)))
+
+
+def _engine(item: Any, where: str, source: str, types: dict[str, InstanceType]) -> Engine:
     if not isinstance(item, dict):
         raise InvalidRequest(f"{source}: {where} must be a table", field=where)
     known = {f.name for f in fields(Engine)} - {"engine_id"} | {"id"}
@@ -124,6 +199,7 @@ def _engine(item: Any, where: str, source: str) -> Engine:
     values["driver_options"] = _driver_options(driver, options, where, source)
     values.update(_numbers(item, where, source))
     values["labels"] = _labels(item.get("labels", {}), where, source)
+    values["instance_types"] = _engine_types(item.get("instance_types", []), types, where, source)
     engine = Engine(**values)
     if engine.base_need > engine.maximum_vms:
         raise InvalidRequest(

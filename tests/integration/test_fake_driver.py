@@ -241,3 +241,68 @@ def test_a_node_whose_process_cannot_be_killed_is_drained(tmp_path: Path) -> Non
             assert dispatcher.describe_process("stuck")["state"] == "600-TERMINATING"
 
     run(scenario())
+
+
+TYPED = """
+[[instance_types]]
+name = "small"
+provider_type = "t3.small"
+vcpus = 2
+ram = 2048
+price = 0.02
+
+[[instance_types]]
+name = "large"
+provider_type = "t3.xlarge"
+vcpus = 8
+ram = 16384
+price = 0.16
+
+[[engines]]
+id = "sim"
+driver = "fake"
+slots = 8
+base_need = 0
+maximum_vms = 4
+idle_timeout = 0.5
+heartbeat_period = 0.1
+heartbeat_warning = 0.5
+heartbeat_missing = 1.0
+instance_types = ["large", "small"]
+driver_options = { boot_delay = 0.05 }
+"""
+
+
+def test_processes_that_state_resources_get_the_cheapest_type_that_fits(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with dispatcher_on(tmp_path, TYPED) as (dispatcher, _):
+            await dispatcher.create_definition(
+                "big",
+                "exec",
+                {"exec": "/bin/sleep", "argv": ["infinity"], "resources": {"cpus": 3}},
+            )
+            await define(dispatcher, "forever", "/bin/sleep", "infinity")
+            await dispatcher.schedule_process("b1", "big")
+            await dispatcher.schedule_process("b2", "big")
+            small = {"corral": {"resources": {"cpus": 1, "memory": 1024}}}
+            await dispatcher.schedule_process("s1", "forever", configuration=small)
+            placed = {}
+            for upid in ("b1", "b2", "s1"):
+                placed[upid] = (await dispatcher.wait_process(upid, ["RUNNING"], 20))["assigned"]
+            nodes = {n["node_id"]: n for n in dispatcher.list_nodes()}
+            # 3 + 3 cpus share one large node (8 cpus); the 1-cpu process fits beside them
+            assert placed["b1"] == placed["b2"] == placed["s1"]
+            assert nodes[placed["b1"]]["instance_type"] == "large"
+            assert nodes[placed["b1"]]["price"] == 0.16
+            too_big = {"corral": {"resources": {"cpus": 64}}}
+            await dispatcher.schedule_process("x", "forever", configuration=too_big)
+            reason = await until(
+                lambda: dispatcher.describe_process("x")["waiting_reason"], "a waiting reason"
+            )
+            assert "64 cpus" in reason
+            assert len(dispatcher.list_nodes()) == 1  # no type fits it: nothing boots for it
+            assert "corral_pool_price 0.16" in dispatcher.metrics().decode()
+
+    run(scenario())

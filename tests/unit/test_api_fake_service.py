@@ -189,6 +189,8 @@ class FakeService:
             {
                 "node_id": "node-1",
                 "engine": "default",
+                "instance_type": "small",
+                "price": 0.02,
                 "state": "busy",
                 "health": "ok",
                 "hostname": "alpha",

@@ -247,9 +247,12 @@ def test_node_list_shows_slots_and_heartbeat_age(run: Run) -> None:
     result = run("node", "list")
     header, row = result.stdout.splitlines()[:2]
     assert header.split() == [
-        "NODE_ID", "ENGINE", "STATE", "HEALTH", "HOSTNAME", "SLOTS", "IDLE", "HEARD",
+        "NODE_ID", "ENGINE", "TYPE", "PRICE", "STATE", "HEALTH", "HOSTNAME", "SLOTS", "IDLE",
+        "HEARD",
     ]  # fmt: skip
-    assert row.split() == ["node-1", "default", "busy", "ok", "alpha", "1/4", "run", "0.5s", "ago"]
+    assert row.split() == [
+        "node-1", "default", "small", "0.02", "busy", "ok", "alpha", "1/4", "run", "0.5s", "ago",
+    ]  # fmt: skip
     assert json.loads(run("node", "list", "--json").stdout)[0]["slots"] == 4
 
 

@@ -107,6 +107,7 @@ def test_reason_kinds_run_from_the_least_to_the_most_specific():
         ReasonKind.NO_NODES,
         ReasonKind.CONSTRAINTS,
         ReasonKind.EXCLUSIVE,
+        ReasonKind.RESOURCES,
         ReasonKind.SLOTS,
         ReasonKind.UNKNOWN_ENGINE,
     ]

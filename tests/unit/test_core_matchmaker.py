@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from corral.core.constraints import ReasonKind
 from corral.core.ids import EngineId, Upid
 from corral.core.matchmaker import Match, match
-from corral.core.model import ConstraintValue
+from corral.core.model import ConstraintValue, Resources
 from corral.core.process_states import QueueingMode
 from corral.core.snapshot import NodeView, Pending, Snapshot
 from corral.testing import engine_view, node_view, pending, snapshot
@@ -581,3 +581,35 @@ def test_cloud_trouble_is_part_of_the_waiting_reason():
         queue=[pending("p1")], engines=[engine_view("default", trouble="cloud rate limited")]
     )
     assert _reason(empty)[1] == "no node of engine 'default' is up; cloud rate limited"
+
+
+def test_a_process_that_needs_resources_goes_where_they_are_free():
+    needs = Resources(cpus=4, memory=1024)
+    snap = snapshot(
+        nodes=[
+            node_view("busy-small", used=2, room=Resources(2, 8192)),
+            node_view("roomy", used=0, room=Resources(8, 8192)),
+        ],
+        queue=[pending("p1", resources=needs)],
+    )
+    assert [pl.node_id for pl in match(snap).placements] == ["roomy"]
+
+
+def test_resources_taken_in_one_match_are_not_given_twice():
+    needs = Resources(cpus=2)
+    snap = snapshot(
+        nodes=[node_view("n1", room=Resources(3, 4096))],
+        queue=[pending("p1", resources=needs), pending("p2", resources=needs)],
+    )
+    result = match(snap)
+    assert [pl.upid for pl in result.placements] == ["p1"]
+    kind, message = _reason(snap, "p2")
+    assert kind is ReasonKind.RESOURCES
+    assert message == "no node of engine 'default' has 2 cpus, 0 MiB memory free"
+
+
+def test_a_slots_only_node_takes_any_resources():
+    snap = snapshot(
+        nodes=[node_view("n1")], queue=[pending("p1", resources=Resources(64, 10**6, 8))]
+    )
+    assert [pl.node_id for pl in match(snap).placements] == ["n1"]

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.core.ids import EngineId, NodeId
-from corral.core.model import Engine
+from corral.core.model import Engine, InstanceType, Resources
 from corral.core.node_states import IdleBehavior, NodeState
 from corral.core.planner import Plan, PoolNode, plan
 from corral.testing import engine, pending
@@ -189,3 +189,53 @@ def test_a_plan_is_stable_once_carried_out(pool):
     assert second.retire == ()
     retired_from = {n.engine for n in nodes if n.node_id in first.retire}
     assert set(second.boot) <= retired_from
+
+
+SMALL = InstanceType("small", "t3.small", vcpus=2, ram=2048, price=0.02)
+LARGE = InstanceType("large", "t3.xlarge", vcpus=8, ram=16384, price=0.16)
+GPU = InstanceType("gpu", "g5.xlarge", vcpus=4, ram=16384, gpus=1, price=1.0)
+
+
+def typed(**settings: object) -> Engine:
+    values: dict[str, object] = {
+        "slots": 8,
+        "base_need": 0,
+        "maximum_vms": 10,
+        "instance_types": (SMALL, LARGE, GPU),
+        **settings,
+    }
+    return engine("a", **values)
+
+
+def needing(count: int, **resources: float) -> list:
+    return [pending(f"r{i}", resources=Resources(**resources)) for i in range(count)]  # type: ignore[arg-type]
+
+
+def test_the_cheapest_type_that_fits_is_booted() -> None:
+    assert plan((typed(),), [], needing(1, cpus=1, memory=1024)).boot_types == {"a": ("small",)}
+    assert plan((typed(),), [], needing(1, cpus=4)).boot_types == {"a": ("large",)}
+    assert plan((typed(),), [], needing(1, cpus=1, gpus=1)).boot_types == {"a": ("gpu",)}
+
+
+def test_several_processes_share_a_node_when_its_resources_allow() -> None:
+    result = plan((typed(),), [], needing(4, cpus=2, memory=1024))
+    # each process needs a whole small node (2 cpus): four small ones cost 0.08, one
+    # large one 0.16, so the cheapest type that fits each is booted
+    assert result.boot_types == {"a": ("small", "small", "small", "small")}
+    packed = plan((typed(),), [], needing(3, cpus=1, memory=512))
+    assert packed.boot_types == {"a": ("small", "small")}  # two per small node
+
+
+def test_room_on_live_and_booting_nodes_is_used_before_booting_more() -> None:
+    booting = PoolNode(NodeId("b1"), EngineId("a"), NodeState.BOOTING, room=Resources(8, 16384))
+    assert plan((typed(),), [booting], needing(3, cpus=2)).boot == {}
+
+
+def test_a_process_no_type_fits_boots_nothing_and_maximum_vms_caps_the_rest() -> None:
+    assert plan((typed(),), [], needing(1, cpus=64)).boot == {}
+    capped = plan((typed(maximum_vms=2),), [], needing(5, cpus=2, memory=2048))
+    assert capped.boot_types == {"a": ("small", "small")}
+
+
+def test_base_need_nodes_are_of_the_cheapest_type() -> None:
+    assert plan((typed(base_need=2),), [], []).boot_types == {"a": ("small", "small")}

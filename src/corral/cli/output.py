@@ -27,6 +27,8 @@ DEFINITION_COLUMNS = ("definition_id", "definition_type", "exec", "argv", "name"
 NODE_COLUMNS = (
     "node_id",
     "engine",
+    "instance_type",
+    "price",
     "state",
     "health",
     "hostname",
@@ -40,6 +42,7 @@ HEADERS = {
     "definition_type": "TYPE",
     "idle_behavior": "IDLE",
     "last_heard": "HEARD",
+    "instance_type": "TYPE",
 }
 #: ids are never folded over two lines; a reader copies them whole
 IDS = frozenset({"upid", "definition_id", "node_id", "engine_id"})

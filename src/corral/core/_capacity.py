@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from corral.core.constraints import constraint_text, unmet_constraint
-from corral.core.model import ConstraintValue
+from corral.core.model import NO_RESOURCES, ConstraintValue, Resources
 from corral.core.snapshot import EngineView, NodeView, Pending
 
 Kind = tuple[tuple[str, object], ...]
@@ -24,7 +24,7 @@ PLAIN: Kind = ()
 class Slots:
     """One node's accounting while one match is computed."""
 
-    __slots__ = ("exclusive", "free", "groups", "node", "order", "used")
+    __slots__ = ("exclusive", "free", "groups", "node", "order", "room", "used")
 
     def __init__(self, node: NodeView, order: int) -> None:
         self.node = node
@@ -32,7 +32,13 @@ class Slots:
         self.used = node.used
         self.free = node.slots - node.used
         self.exclusive = set(node.exclusive_tags)
+        self.room = node.room
         self.groups: list[Group] = []
+
+    def fits(self, tag: str | None, needs: Resources) -> bool:
+        if tag is not None and tag in self.exclusive:
+            return False
+        return not needs or self.room is None or needs.fits_in(self.room)
 
 
 class Group:
@@ -53,15 +59,16 @@ class Group:
             if slots.free > 0:
                 self.levels.setdefault(slots.used, {})[slots.order] = slots
 
-    def busiest(self, tag: str | None) -> Slots | None:
-        """The busiest member with a free slot and without ``tag``."""
+    def busiest(self, tag: str | None, needs: Resources = NO_RESOURCES) -> Slots | None:
+        """The busiest member with a free slot, without ``tag``, with room for ``needs``."""
         if not self.levels:
             return None
-        if tag is None:
+        if tag is None and not needs:
             return next(iter(self.levels[max(self.levels)].values()))
+        # Few nodes carry a given tag or lack the room: skipping them beats a group each.
         for used in sorted(self.levels, reverse=True):
             for slots in self.levels[used].values():
-                if tag not in slots.exclusive:
+                if slots.fits(tag, needs):
                     return slots
         return None
 
@@ -104,12 +111,14 @@ class Engine:
             )
         return group
 
-    def place(self, slots: Slots, tag: str | None) -> None:
-        """Book one slot of ``slots`` for a process carrying ``tag``."""
+    def place(self, slots: Slots, tag: str | None, needs: Resources = NO_RESOURCES) -> None:
+        """Book one slot of ``slots`` (and ``needs`` of its room) for a process with ``tag``."""
         used = slots.used
         slots.used += 1
         slots.free -= 1
         self.free -= 1
+        if needs and slots.room is not None:
+            slots.room = slots.room - needs
         for group in slots.groups:
             group.moved(slots, used)
         if tag is not None:

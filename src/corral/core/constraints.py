@@ -19,8 +19,9 @@ class ReasonKind(Enum):
     NO_NODES = 1
     CONSTRAINTS = 2
     EXCLUSIVE = 3
-    SLOTS = 4
-    UNKNOWN_ENGINE = 5
+    RESOURCES = 4
+    SLOTS = 5
+    UNKNOWN_ENGINE = 6
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,9 +91,9 @@ class _Pass:
                 best = _better(best, _no_nodes(engine.view))
                 continue
             group = engine.group(pending)
-            chosen = group.busiest(pending.node_exclusive)
+            chosen = group.busiest(pending.node_exclusive, pending.resources)
             if chosen is not None:
-                engine.place(chosen, pending.node_exclusive)
+                engine.place(chosen, pending.node_exclusive, pending.resources)
                 self.free_total -= 1
                 self.placements.append(Placement(pending.upid, pending.round, chosen.node.node_id))
                 return
@@ -119,6 +119,12 @@ class _Pass:
                 ReasonKind.EXCLUSIVE,
                 f"every matching node of engine {view.engine_id!r} already runs a process "
                 f"with node_exclusive {pending.node_exclusive!r}",
+            )
+        if pending.resources and group.levels:
+            # a slot is free, but not with room enough beside it
+            return Reason(
+                ReasonKind.RESOURCES,
+                f"no node of engine {view.engine_id!r} has {pending.resources.describe()} free",
             )
         # One sentence per engine and count, shared by every process it applies to.
         key = (view.engine_id, matching)

@@ -34,6 +34,65 @@ def _shared(text: str | None) -> str | None:
 ConstraintValue = str | int | float | bool | list[str | int | float | bool]
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Resources:
+    """What a process needs, or what a node has: CPUs, memory in MiB, GPUs."""
+
+    cpus: float = 0.0
+    memory: int = 0
+    gpus: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.cpus or self.memory or self.gpus)
+
+    def fits_in(self, free: Resources) -> bool:
+        return self.cpus <= free.cpus and self.memory <= free.memory and self.gpus <= free.gpus
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.memory + other.memory, self.gpus + other.gpus)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.memory - other.memory, self.gpus - other.gpus)
+
+    def describe(self) -> str:
+        parts = [f"{self.cpus:g} cpus", f"{self.memory} MiB memory"]
+        if self.gpus:
+            parts.append(f"{self.gpus} gpus")
+        return ", ".join(parts)
+
+    def as_doc(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "memory": self.memory, "gpus": self.gpus}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> Resources:
+        if not doc:
+            return NO_RESOURCES
+        return cls(float(doc.get("cpus", 0)), int(doc.get("memory", 0)), int(doc.get("gpus", 0)))
+
+
+NO_RESOURCES = Resources()
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceType:
+    """A kind of machine a driver can boot (Arvados' instance types)."""
+
+    name: str
+    #: the provider's own name for it (an EC2 instance type, a libcloud size id)
+    provider_type: str
+    vcpus: float
+    #: MiB
+    ram: int
+    gpus: int = 0
+    #: per hour, in whatever currency the operator thinks in
+    price: float = 0.0
+    preemptible: bool = False
+
+    @property
+    def capacity(self) -> Resources:
+        return Resources(self.vcpus, self.ram, self.gpus)
+
+
 @dataclass(frozen=True, slots=True)
 class Engine:
     """An execution engine: a kind of node, and how many of them the pool keeps."""
@@ -56,6 +115,12 @@ class Engine:
     idle_timeout: float = 60.0
     #: placements of one process whose node is lost before it starts, before it FAILs
     max_dispatch_attempts: int = MAX_DISPATCH_ATTEMPTS
+    #: the kinds of machine its nodes may be, cheapest first; none: nodes are slots only
+    instance_types: tuple[InstanceType, ...] = ()
+
+    def instance_type(self, name: str | None) -> InstanceType | None:
+        return next((t for t in self.instance_types if t.name == name), None)
+
     #: settings of the engine's driver (the fake driver's faults, say)
     driver_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -66,14 +131,19 @@ class Executable:
     argv: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     working_directory: str | None = None
+    #: what each of its processes needs of a node (placed on instance types that have it)
+    resources: Resources = NO_RESOURCES
 
     def as_doc(self) -> dict[str, Any]:
-        return {
+        doc = {
             "exec": self.exec,
             "argv": list(self.argv),
             "env": dict(self.env),
             "working_directory": self.working_directory,
         }
+        if self.resources:
+            doc["resources"] = self.resources.as_doc()
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Executable:
@@ -82,6 +152,7 @@ class Executable:
             argv=tuple(doc.get("argv") or ()),
             env=dict(doc.get("env") or {}),
             working_directory=doc.get("working_directory"),
+            resources=Resources.from_doc(doc.get("resources")),
         )
 
 
@@ -126,9 +197,12 @@ class ProcessRequest:
     restart_mode: RestartMode = RestartMode.ABNORMAL
     execution_engine_id: EngineId | None = None
     node_exclusive: str | None = None
+    #: from its definition, or configuration.corral.resources; fixed when scheduled
+    resources: Resources = NO_RESOURCES
 
     def as_doc(self) -> dict[str, Any]:
         return {
+            "resources": self.resources.as_doc() if self.resources else None,
             "definition_id": self.definition_id,
             "name": self.name,
             "configuration": dict(self.configuration),
@@ -153,6 +227,7 @@ class ProcessRequest:
             restart_mode=RestartMode(doc.get("restart_mode") or "ABNORMAL"),
             execution_engine_id=EngineId(engine) if engine else None,
             node_exclusive=doc.get("node_exclusive"),
+            resources=Resources.from_doc(doc.get("resources")),
         )
 
 
@@ -256,6 +331,8 @@ class NodeRecord:
     #: the driver's own handle for the instance
     instance_id: str | None = None
     created_at: float = 0.0
+    #: the engine's instance type it was booted as (None: slots only)
+    instance_type: str | None = None
 
     def properties(self) -> dict[str, str]:
         """What constraints are matched against: engine labels plus the node's own."""
@@ -277,6 +354,7 @@ class NodeRecord:
             "idle_behavior": self.idle_behavior.value,
             "instance_id": self.instance_id,
             "created_at": self.created_at,
+            "instance_type": self.instance_type,
         }
 
     @classmethod
@@ -291,4 +369,5 @@ class NodeRecord:
             idle_behavior=IdleBehavior(doc.get("idle_behavior", "run")),
             instance_id=doc.get("instance_id"),
             created_at=doc.get("created_at", 0.0),
+            instance_type=doc.get("instance_type"),
         )

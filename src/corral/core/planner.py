@@ -19,12 +19,12 @@ Queued processes pinned to an engine count there; the others count toward the fi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from corral.core.constraints import unmet_constraint
 from corral.core.ids import EngineId, NodeId
-from corral.core.model import ConstraintValue, Engine
+from corral.core.model import ConstraintValue, Engine, InstanceType, Resources
 from corral.core.node_states import IdleBehavior, NodeState
 
 #: node states that count as an instance of the engine (booked against maximum_vms)
@@ -44,6 +44,8 @@ class PoolNode:
     created_at: float = 0.0
     #: how long it has been unoccupied (0 while it holds a process)
     idle_for: float = 0.0
+    #: what is left of its instance type's resources (None: a slots-only node)
+    room: Resources | None = None
 
 
 class Demand(Protocol):
@@ -56,6 +58,9 @@ class Demand(Protocol):
     @property
     def constraints(self) -> Mapping[str, ConstraintValue]: ...
 
+    @property
+    def resources(self) -> Resources: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -64,6 +69,8 @@ class Plan:
     boot: dict[EngineId, int]
     retire: tuple[NodeId, ...]
     need: dict[EngineId, int]
+    #: for engines with instance types, the type of each node to boot
+    boot_types: dict[EngineId, tuple[str, ...]] = field(default_factory=dict)
 
 
 def plan(engines: tuple[Engine, ...], nodes: Iterable[PoolNode], queued: Iterable[Demand]) -> Plan:
@@ -73,17 +80,31 @@ def plan(engines: tuple[Engine, ...], nodes: Iterable[PoolNode], queued: Iterabl
             by_engine[node.engine].append(node)
     waiting = _attribute(engines, by_engine, queued)
     boot: dict[EngineId, int] = {}
+    boot_types: dict[EngineId, tuple[str, ...]] = {}
     retire: list[NodeId] = []
     need: dict[EngineId, int] = {}
     for engine in engines:
         live = by_engine[engine.engine_id]
         running = [n for n in live if n.idle_behavior is IdleBehavior.RUN]
-        held = sum(n.used for n in running)
         occupied = sum(1 for n in running if n.used > 0)
-        wanted = -(-(held + waiting[engine.engine_id] + engine.spare_slots) // engine.slots)
-        target = min(max(engine.base_need, occupied, wanted), engine.maximum_vms)
+        demands = waiting[engine.engine_id]
+        if engine.instance_types:
+            kinds = _typed_boots(engine, running, demands, engine.maximum_vms - len(live))
+            target = len(running) + len(kinds) if demands else max(engine.base_need, occupied)
+            target = min(max(target, engine.base_need), engine.maximum_vms)
+            cheapest = engine.instance_types[0]
+            kinds += [cheapest] * min(
+                engine.base_need - len(running) - len(kinds), engine.maximum_vms - len(live)
+            )
+            missing = len(kinds)
+            if kinds:
+                boot_types[engine.engine_id] = tuple(k.name for k in kinds)
+        else:
+            held = sum(n.used for n in running)
+            wanted = -(-(held + len(demands) + engine.spare_slots) // engine.slots)
+            target = min(max(engine.base_need, occupied, wanted), engine.maximum_vms)
+            missing = min(target - len(running), engine.maximum_vms - len(live))
         need[engine.engine_id] = target
-        missing = min(target - len(running), engine.maximum_vms - len(live))
         if missing > 0:
             boot[engine.engine_id] = missing
         retire += _surplus(engine, running, len(running) - target)
@@ -94,7 +115,50 @@ def plan(engines: tuple[Engine, ...], nodes: Iterable[PoolNode], queued: Iterabl
             and n.used == 0
             and n.state is not NodeState.BOOTING
         ]
-    return Plan(boot, tuple(retire), need)
+    return Plan(boot, tuple(retire), need, boot_types)
+
+
+class _Bin:
+    """A node's free slots and room while the planner packs the queue onto it."""
+
+    __slots__ = ("room", "slots")
+
+    def __init__(self, room: Resources, slots: int) -> None:
+        self.room = room
+        self.slots = slots
+
+    def take(self, needs: Resources) -> bool:
+        if self.slots <= 0 or not needs.fits_in(self.room):
+            return False
+        self.room = self.room - needs
+        self.slots -= 1
+        return True
+
+
+def _typed_boots(
+    engine: Engine, running: list[PoolNode], demands: list[Demand], room_for: int
+) -> list[InstanceType]:
+    """Instance types to boot for the queued processes no node has room for.
+
+    Each process goes on the first node with a free slot and room enough: a live one (booting
+    ones included), then one planned here; else on a new node of the cheapest type that fits
+    it, while ``maximum_vms`` allows. A process no type fits asks for nothing.
+    """
+    bins = [
+        _Bin(n.room, engine.slots - n.used)
+        for n in running
+        if n.room is not None and n.used < engine.slots
+    ]
+    new: list[InstanceType] = []
+    for demand in demands:
+        needs = demand.resources
+        if any(bin_.take(needs) for bin_ in bins) or len(new) >= room_for:
+            continue
+        kind = next((t for t in engine.instance_types if needs.fits_in(t.capacity)), None)
+        if kind is not None:
+            new.append(kind)
+            bins.append(_Bin(kind.capacity - needs, engine.slots - 1))
+    return new
 
 
 def _surplus(engine: Engine, running: list[PoolNode], surplus: int) -> list[NodeId]:
@@ -114,7 +178,7 @@ def _attribute(
     engines: tuple[Engine, ...],
     by_engine: Mapping[EngineId, list[PoolNode]],
     queued: Iterable[Demand],
-) -> dict[EngineId, int]:
+) -> dict[EngineId, list[Demand]]:
     """Queued processes per engine: pinned ones where pinned, the others where they fit."""
     known = {e.engine_id: e for e in engines}
     room = {
@@ -122,17 +186,17 @@ def _attribute(
         + e.slots * max(0, e.maximum_vms - len(by_engine[e.engine_id]))
         for e in engines
     }
-    counts = {e.engine_id: 0 for e in engines}
+    counts: dict[EngineId, list[Demand]] = {e.engine_id: [] for e in engines}
     for demand in queued:
         if demand.execution_engine_id is not None:
             if demand.execution_engine_id in known:
-                counts[demand.execution_engine_id] += 1
+                counts[demand.execution_engine_id].append(demand)
             continue
         fitting = [e for e in engines if _may_fit(e, demand.constraints)]
         if not fitting:
             continue
         chosen = next((e for e in fitting if room[e.engine_id] > 0), fitting[0])
-        counts[chosen.engine_id] += 1
+        counts[chosen.engine_id].append(demand)
         room[chosen.engine_id] -= 1
     return counts
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from corral.core.ids import EngineId, NodeId, Round, Upid
-from corral.core.model import ConstraintValue
+from corral.core.model import NO_RESOURCES, ConstraintValue, Resources
 from corral.core.process_states import QueueingMode
 
 
@@ -21,6 +21,8 @@ class NodeView:
     exclusive_tags: frozenset[str] = frozenset()
     #: connected, healthy and allowed to take new work
     accepting: bool = True
+    #: what is left of its instance type's resources (None: a slots-only node)
+    room: Resources | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class Pending:
     is_restart: bool = False
     #: already WAITING with a reason: may be skipped when nothing is free anywhere
     has_reason: bool = False
+    resources: Resources = NO_RESOURCES
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ class Mapper:
     def __init__(self, state: State, config: Config, clock: Clock, nodes: Nodes) -> None:
         self._state = state
         self._config = config
+        self._engines = {e.engine_id: e for e in config.engines}
         self._clock = clock
         self._nodes = nodes
         self._wake = asyncio.Event()
@@ -105,12 +106,9 @@ class Mapper:
         for node in self._state.nodes.values():
             if not self._nodes.accepting(node):
                 continue
-            held = self._state.by_node.get(node.node_id, ())
-            tags = frozenset(
-                tag
-                for tag in (self._state.processes[u].request.node_exclusive for u in held)
-                if tag is not None
-            )
+            processes = self._state.processes
+            held = [processes[u].request for u in self._state.by_node.get(node.node_id, ())]
+            tags = frozenset(r.node_exclusive for r in held if r.node_exclusive is not None)
             views.append(
                 NodeView(
                     node.node_id,
@@ -119,6 +117,7 @@ class Mapper:
                     node.slots,
                     self._nodes.used_slots(node.node_id),
                     tags,
+                    room=self._state.room(node, self._engines.get(node.engine)),
                 )
             )
         # When nodes come, go or start booting, every waiting reason may be stale: this pass

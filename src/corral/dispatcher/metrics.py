@@ -135,8 +135,10 @@ class _Levels(Collector):
         )
         counts: Counter[tuple[str, str, str]] = Counter()
         used: Counter[tuple[str, str]] = Counter()
+        price = 0.0
         for node in self._nodes():
             counts[(node["engine"], node["state"], node["health"])] += 1
+            price += node.get("price") or 0.0
             used[(node["engine"], "true")] += node["used"]
             used[(node["engine"], "false")] += max(0, node["slots"] - node["used"])
         for (engine, node_state, health), count in counts.items():
@@ -145,3 +147,6 @@ class _Levels(Collector):
             slots.add_metric([engine, in_use], count)
         yield nodes
         yield slots
+        yield GaugeMetricFamily(
+            "corral_pool_price", "What the pool's nodes cost per hour, together.", value=price
+        )

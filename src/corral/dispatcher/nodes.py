@@ -21,7 +21,7 @@ from typing import Any
 from corral.clock import Clock
 from corral.config import Config
 from corral.core.ids import EngineId, NodeId, Round, Upid
-from corral.core.model import Engine, NodeRecord, ProcessRecord
+from corral.core.model import Engine, InstanceType, NodeRecord, ProcessRecord
 from corral.core.node_states import Health, IdleBehavior, NodeState, classify_health
 from corral.core.planner import PoolNode, plan
 from corral.core.process_states import ProcessEvent, ProcessState
@@ -117,6 +117,9 @@ class Nodes:
             labels={**engine.labels, **hello.labels},
             instance_id=node.instance_id if node else None,
             created_at=node.created_at if node else self._clock.time(),
+            # what the operator and the pool decided outlives a reconnection
+            idle_behavior=node.idle_behavior if node else IdleBehavior.RUN,
+            instance_type=node.instance_type if node else None,
         )
         if joined != node:
             self._state.save_node(joined)
@@ -290,7 +293,10 @@ class Nodes:
                 state = NodeState.BUSY if used else NodeState.IDLE
             live = self._live.get(node.node_id)
             doc = node.as_doc()
+            engine = self._engines.get(node.engine)
+            kind = engine.instance_type(node.instance_type) if engine is not None else None
             doc.update(
+                price=kind.price if kind is not None else None,
                 state=state.value,
                 health=self.health(node).value,
                 used=used,
@@ -396,12 +402,15 @@ class Nodes:
                     node.idle_behavior,
                     node.created_at,
                     idle_for,
+                    self._state.room(node, self._engines.get(node.engine)),
                 )
             )
         result = plan(self._config.engines, views, self._state.queue.values())
         for engine_id, count in result.boot.items():
-            for _ in range(count):
-                self._boot(self._engines[engine_id])
+            engine = self._engines[engine_id]
+            kinds = result.boot_types.get(engine_id) or (None,) * count
+            for kind in kinds:
+                self._boot(engine, engine.instance_type(kind))
         for node_id in result.retire:
             self.retire(node_id)
         if result.boot or result.retire:
@@ -463,7 +472,7 @@ class Nodes:
 
         self._spawn(shut_down())
 
-    def _boot(self, engine: Engine) -> None:
+    def _boot(self, engine: Engine, kind: InstanceType | None = None) -> None:
         node_id = NodeId(f"{engine.engine_id}-{secrets.token_hex(4)}")
         record = NodeRecord(
             node_id=node_id,
@@ -472,6 +481,7 @@ class Nodes:
             slots=engine.slots,
             labels=dict(engine.labels),
             created_at=self._clock.time(),
+            instance_type=kind.name if kind is not None else None,
         )
         self._live[node_id] = _Live(self._clock.monotonic())
         self._booted_at[node_id] = self._clock.monotonic()
@@ -481,7 +491,7 @@ class Nodes:
             # The record is durable before the instance exists, so a crash in between
             # leaves a BOOTING node that times out, never an instance nobody claims.
             await committed
-            instance = await self._pool.boot(node_id, engine)
+            instance = await self._pool.boot(node_id, engine, kind)
             current = self._state.nodes.get(node_id)
             if instance is None:
                 if self._booted_at.pop(node_id, None) is not None:

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 from corral.clock import Clock
 from corral.config import Config
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
-from corral.core.model import Definition, NodeRecord, ProcessRecord, ProcessRequest
+from corral.core.model import (
+    NO_RESOURCES,
+    Definition,
+    NodeRecord,
+    ProcessRecord,
+    ProcessRequest,
+    Resources,
+)
 from corral.core.node_states import IdleBehavior
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher import validation as check
@@ -270,12 +277,16 @@ class Dispatcher:
                 )
             record = ProcessRecord(
                 upid=Upid(upid),
-                request=ProcessRequest(**given),
+                request=ProcessRequest(**given, resources=self._resources(given)),
                 state=ProcessState.UNSCHEDULED,
                 created_at=now,
             )
         elif not existing.scheduled:
-            record = replace(existing, request=self._merged(existing, given, lenient=True))
+            request = self._merged(existing, given, lenient=True)
+            needs = self._resources(
+                {"definition_id": request.definition_id, "configuration": request.configuration}
+            )
+            record = replace(existing, request=replace(request, resources=needs))
         else:
             self._merged(existing, given, lenient=False)
             if not existing.state.is_terminal:
@@ -285,6 +296,15 @@ class Dispatcher:
         if record.round == 0:
             record = replace(record, round=Round(1))
         return record, True
+
+    def _resources(self, given: dict[str, Any]) -> Resources:
+        """What the process needs: ``configuration.corral.resources``, else its
+        definition's."""
+        corral = (given.get("configuration") or {}).get("corral")
+        if isinstance(corral, dict) and "resources" in corral:
+            return check.resources(corral["resources"], "configuration.corral.resources")
+        definition = self._state.definitions.get(given["definition_id"])
+        return definition.executable.resources if definition is not None else NO_RESOURCES
 
     def _merged(
         self, existing: ProcessRecord, given: dict[str, Any], lenient: bool

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
-from corral.core.model import Definition, NodeRecord, ProcessRecord
+from corral.core.model import Definition, Engine, NodeRecord, ProcessRecord, Resources
 from corral.core.process_states import MATCHABLE_STATES, ProcessState, QueueingMode
 from corral.core.snapshot import Pending
 from corral.store import Change, Delete, GroupCommitter, Loaded, Put, Table
@@ -113,6 +113,16 @@ class State:
         self.by_node.pop(node_id, None)
         return self._commit([Delete(Table.NODES, node_id)])
 
+    def room(self, node: NodeRecord, engine: Engine | None) -> Resources | None:
+        """What is left of the node's instance type (None: a slots-only node)."""
+        kind = engine.instance_type(node.instance_type) if engine is not None else None
+        if kind is None:
+            return None
+        room = kind.capacity
+        for upid in self.by_node.get(node.node_id, ()):
+            room = room - self.processes[upid].request.resources
+        return room
+
     async def flush(self) -> None:
         """Return once every change saved so far is committed."""
         await asyncio.shield(self._committer.commit_nowait([]))
@@ -199,4 +209,5 @@ def _pending(record: ProcessRecord, restart: bool) -> Pending:
             and request.queueing_mode is QueueingMode.RESTART_ONLY
         ),
         has_reason=record.state is ProcessState.WAITING,
+        resources=request.resources,
     )

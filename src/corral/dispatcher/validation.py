@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from corral.core.ids import DefinitionId, EngineId
-from corral.core.model import DEFINITION_TYPES, Definition, Executable
+from corral.core.model import (
+    DEFINITION_TYPES,
+    NO_RESOURCES,
+    Definition,
+    Executable,
+    Resources,
+)
 from corral.core.process_states import QueueingMode, RestartMode
 from corral.core.restart import RestartPolicy
 from corral.errors import InvalidRequest
@@ -55,11 +61,12 @@ def definition(
 def _executable(doc: Mapping[str, Any]) -> Executable:
     if not isinstance(doc, Mapping):
         raise InvalidRequest("executable must be an object with exec and argv", field="executable")
-    unknown = set(doc) - {"exec", "argv", "env", "working_directory"}
+    unknown = set(doc) - {"exec", "argv", "env", "working_directory", "resources"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidRequest(
-            f"executable.{key} is not a known field; expected exec, argv, env, working_directory",
+            f"executable.{key} is not a known field; expected exec, argv, env,"
+            " working_directory, resources",
             field=f"executable.{key}",
         )
     path = doc.get("exec")
@@ -82,7 +89,31 @@ def _executable(doc: Mapping[str, Any]) -> Executable:
             field="executable.working_directory",
         )
     _check_runnable(path)
-    return Executable(path, tuple(argv), dict(env), cwd)
+    needs = resources(doc.get("resources"), "executable.resources")
+    return Executable(path, tuple(argv), dict(env), cwd, needs)
+
+
+def resources(value: Any, where: str) -> Resources:
+    """``{"cpus": 2, "memory": 4096, "gpus": 1}`` (memory in MiB), each optional."""
+    if value is None:
+        return NO_RESOURCES
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{where} must be an object of cpus, memory, gpus", field=where)
+    for key, item in value.items():
+        if key not in ("cpus", "memory", "gpus"):
+            raise InvalidRequest(
+                f"{where}.{key} is not a resource; expected cpus, memory (MiB), gpus",
+                field=f"{where}.{key}",
+            )
+        whole = key != "cpus"
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, int if whole else int | float)
+            or not item >= 0
+        ):
+            kind = "a whole number" if whole else "a number"
+            raise InvalidRequest(f"{where}.{key} must be {kind} ≥ 0", field=f"{where}.{key}")
+    return Resources.from_doc(value)
 
 
 def _check_runnable(path: str) -> None:
@@ -133,6 +164,9 @@ def configuration(value: Any) -> dict[str, Any] | None:
             f"configuration must be plain JSON: {exc}", field="configuration"
         ) from exc
     RestartPolicy.from_configuration(value)
+    corral = value.get("corral")
+    if isinstance(corral, Mapping):
+        resources(corral.get("resources"), "configuration.corral.resources")
     return dict(value)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from corral.core.ids import NodeId
-from corral.core.model import Engine
+from corral.core.model import Engine, InstanceType
 
 #: tag keys every instance carries, so a restarted dispatcher can find and re-adopt it
 TAG_POOL = "corral-pool"
@@ -50,6 +50,8 @@ class NodeSpec:
 
     node_id: NodeId
     engine: Engine
+    #: the kind of machine, for engines that have instance types
+    instance_type: InstanceType | None = None
 
 
 @dataclass(frozen=True, slots=True)

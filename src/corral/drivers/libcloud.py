@@ -13,7 +13,7 @@ Settings, in the engine's ``driver_options``::
     key = "AKIA..."                   # the provider's credentials (or key_file)
     secret_file = "/etc/corral/ec2"   # read at start, never stored in the config
     region = "eu-west-1"
-    size = "t3.small"                 # the provider's size id
+    size = "t3.small"                 # the provider's size id (else each instance type's)
     image = "ami-..."                 # an image with Python and corral installed
     python = "python3"
     agent_dir = "/var/lib/corral-agent"
@@ -102,7 +102,7 @@ class LibcloudDriver:
         userdata = agent_user_data(
             spec, self.dispatcher_address, self._token, self.options.python, self.options.agent_dir
         )
-        node = await self._call(self._create, name, dict(tags), userdata)
+        node = await self._call(self._create, spec, name, dict(tags), userdata)
         instance_id = str(node.id)
         self._tags[instance_id] = dict(tags)
         return Instance(instance_id, dict(tags))
@@ -141,13 +141,14 @@ class LibcloudDriver:
             self._provider = cls(self.options.key, self.options.secret, **kwargs)
         return self._provider
 
-    def _create(self, name: str, tags: dict[str, str], userdata: str) -> Any:
+    def _create(self, spec: NodeSpec, name: str, tags: dict[str, str], userdata: str) -> Any:
         driver = self._driver()
-        size = next((s for s in driver.list_sizes() if str(s.id) == self.options.size), None)
+        wanted = spec.instance_type.provider_type if spec.instance_type else self.options.size
+        size = next((s for s in driver.list_sizes() if str(s.id) == wanted), None)
         image = next((i for i in driver.list_images() if str(i.id) == self.options.image), None)
         if size is None or image is None:
-            missing = "size" if size is None else "image"
-            raise CloudError(f"the provider has no {missing} {getattr(self.options, missing)!r}")
+            missing = f"size {wanted!r}" if size is None else f"image {self.options.image!r}"
+            raise CloudError(f"the provider has no {missing}")
         try:
             return driver.create_node(
                 name=name, size=size, image=image, ex_metadata=tags, ex_userdata=userdata

@@ -78,7 +78,12 @@ class SlurmDriver:
         await asyncio.to_thread(_write_token, state, self._token)
         argv = ["sbatch", "--parsable", f"--job-name={name}"]
         argv += [f"--output={state / 'job.log'}", "--ntasks=1", "--nodes=1"]
-        argv += [f"--cpus-per-task={max(1, spec.engine.slots)}"]
+        kind = spec.instance_type
+        if kind is not None:
+            argv += [f"--cpus-per-task={max(1, int(kind.vcpus))}", f"--mem={kind.ram}M"]
+            argv += [f"--gres=gpu:{kind.gpus}"] if kind.gpus else []
+        else:
+            argv += [f"--cpus-per-task={max(1, spec.engine.slots)}"]
         if self.options.partition:
             argv.append(f"--partition={self.options.partition}")
         if self.options.time_limit:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from corral.core.ids import EngineId, NodeId
-from corral.core.model import Engine
+from corral.core.model import Engine, InstanceType
 from corral.drivers.base import (
     TAG_ENGINE,
     TAG_IDLE_BEHAVIOR,
@@ -47,7 +47,9 @@ class NodePool:
         driver = self._drivers.get(engine_id)
         return driver.trouble() if driver is not None else None
 
-    async def boot(self, node_id: NodeId, engine: Engine) -> Instance | None:
+    async def boot(
+        self, node_id: NodeId, engine: Engine, kind: InstanceType | None = None
+    ) -> Instance | None:
         """Create the instance for ``node_id``; None (logged) if the driver failed."""
         tags = {
             TAG_POOL: self.pool_id,

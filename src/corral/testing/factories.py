@@ -18,7 +18,14 @@ from dataclasses import replace
 from typing import Any
 
 from corral.core.ids import DefinitionId, EngineId, NodeId, Round, Upid
-from corral.core.model import ConstraintValue, Engine, ProcessRecord, ProcessRequest
+from corral.core.model import (
+    NO_RESOURCES,
+    ConstraintValue,
+    Engine,
+    ProcessRecord,
+    ProcessRequest,
+    Resources,
+)
 from corral.core.process_states import ProcessState, QueueingMode, RestartMode
 from corral.core.snapshot import EngineView, NodeView, Pending, Snapshot
 
@@ -49,6 +56,7 @@ def node_view(
     properties: Mapping[str, str] | None = None,
     exclusive_tags: Iterable[str] = (),
     accepting: bool = True,
+    room: Resources | None = None,
 ) -> NodeView:
     return NodeView(
         node_id=NodeId(node_id),
@@ -58,6 +66,7 @@ def node_view(
         used=used,
         exclusive_tags=frozenset(exclusive_tags),
         accepting=accepting,
+        room=room,
     )
 
 
@@ -71,6 +80,7 @@ def pending(
     queueing_mode: QueueingMode = QueueingMode.ALWAYS,
     is_restart: bool = False,
     has_reason: bool = False,
+    resources: Resources = NO_RESOURCES,
 ) -> Pending:
     """A queued process; ``engine`` pins it (``execution_engine_id``)."""
     return Pending(
@@ -82,6 +92,7 @@ def pending(
         queueing_mode=queueing_mode,
         is_restart=is_restart,
         has_reason=has_reason,
+        resources=resources,
     )
 
 
