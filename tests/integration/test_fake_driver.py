@@ -306,3 +306,27 @@ def test_processes_that_state_resources_get_the_cheapest_type_that_fits(
             assert "corral_pool_price 0.16" in dispatcher.metrics().decode()
 
     run(scenario())
+
+
+def test_a_waiting_process_names_the_type_of_the_node_booting_for_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        slow = TYPED.replace("boot_delay = 0.05", "boot_delay = 2.0")
+        async with dispatcher_on(tmp_path, slow) as (dispatcher, _):
+            await dispatcher.create_definition(
+                "big",
+                "exec",
+                {"exec": "/bin/sleep", "argv": ["infinity"], "resources": {"cpus": 3}},
+            )
+            await dispatcher.schedule_process("b1", "big")
+
+            def waiting_reason() -> str:
+                return dispatcher.describe_process("b1")["waiting_reason"] or ""
+
+            reason = await until(
+                lambda: "to boot" in waiting_reason() and waiting_reason(),
+                "the reason to name the booting type",
+            )
+            assert "waiting for a node of type large to boot" in reason
+            assert (await dispatcher.wait_process("b1", ["RUNNING"], 20))["state"] == "500-RUNNING"
+
+    run(scenario())

@@ -137,7 +137,7 @@ class _Pass:
 def _no_nodes(engine: EngineView) -> Reason:
     text = f"no node of engine {engine.engine_id!r} is up"
     if engine.booting:
-        text += f"; {engine.booting} booting"
+        text += f"; {engine.booting} booting{_of_types(engine)}"
     if engine.trouble:
         text += f"; {engine.trouble}"
     return Reason(ReasonKind.NO_NODES, text)
@@ -149,12 +149,19 @@ def _no_slot(engine: EngineView, nodes: int) -> Reason:
         f"no free slot: the {nodes} matching {plural} no free slot on engine {engine.engine_id!r}"
     )
     if engine.booting:
-        text += f"; {engine.booting} node(s) booting"
+        text += f"; {engine.booting} node(s) booting{_of_types(engine)}"
     elif engine.maximum_vms and nodes >= engine.maximum_vms:
         text += f"; at maximum_vms ({engine.maximum_vms})"
     if engine.trouble:
         text += f"; {engine.trouble}"
     return Reason(ReasonKind.SLOTS, text)
+
+
+def _of_types(engine: EngineView) -> str:
+    """`` (waiting for a node of type large to boot)``, when the types are known."""
+    if not engine.booting_types:
+        return ""
+    return f" (waiting for a node of type {' or '.join(engine.booting_types)} to boot)"
 
 
 def _better(current: Reason | None, candidate: Reason) -> Reason:

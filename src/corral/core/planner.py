@@ -181,8 +181,13 @@ def _attribute(
 ) -> dict[EngineId, list[Demand]]:
     """Queued processes per engine: pinned ones where pinned, the others where they fit."""
     known = {e.engine_id: e for e in engines}
+    # free slots of the nodes that take work, and of the nodes the engine may still boot
     room = {
-        e.engine_id: sum(e.slots - n.used for n in by_engine[e.engine_id] if n.used < e.slots)
+        e.engine_id: sum(
+            e.slots - n.used
+            for n in by_engine[e.engine_id]
+            if n.used < e.slots and n.idle_behavior is IdleBehavior.RUN
+        )
         + e.slots * max(0, e.maximum_vms - len(by_engine[e.engine_id]))
         for e in engines
     }

@@ -33,6 +33,8 @@ class EngineView:
     maximum_vms: int = 0
     #: why its cloud creates no node now ("cloud quota reached"), if it does not
     trouble: str | None = None
+    #: the instance types of the nodes booting, for engines that have types
+    booting_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,15 +93,19 @@ class Mapper:
             self._state.save_processes(due)
 
     def snapshot(self) -> Snapshot:
-        engines = tuple(
-            EngineView(
-                e.engine_id,
-                self._nodes.booting(e.engine_id),
-                e.maximum_vms,
-                self._nodes.trouble(e.engine_id),
+        engines = []
+        for e in self._config.engines:
+            booting = self._nodes.booting(e.engine_id)
+            types = sorted({n.instance_type for n in booting if n.instance_type is not None})
+            engines.append(
+                EngineView(
+                    e.engine_id,
+                    len(booting),
+                    e.maximum_vms,
+                    self._nodes.trouble(e.engine_id),
+                    tuple(types),
+                )
             )
-            for e in self._config.engines
-        )
         views = []
         for node in self._state.nodes.values():
             if not self._nodes.accepting(node):
@@ -122,11 +126,11 @@ class Mapper:
             )
         # When nodes come, go or start booting, every waiting reason may be stale: this pass
         # reads the whole queue. Otherwise only the processes without a reason yet.
-        shape = (engines, tuple(v.node_id for v in views))
+        shape = (tuple(engines), tuple(v.node_id for v in views))
         fresh = self._state.queue if shape != self._shape else self._state.fresh
         self._shape = shape
         # Live views, not copies: match() reads them synchronously, often only a prefix.
-        return Snapshot(engines, tuple(views), self._state.queue.values(), fresh.values())
+        return Snapshot(tuple(engines), tuple(views), self._state.queue.values(), fresh.values())
 
     def _apply(self, result: Match) -> None:
         now = self._clock.time()

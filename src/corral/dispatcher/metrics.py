@@ -127,22 +127,23 @@ class _Levels(Collector):
         )
         nodes = GaugeMetricFamily(
             "corral_nodes",
-            "Nodes by engine, state and health.",
-            labels=["engine", "state", "health"],
+            "Nodes by engine, instance type, state and health.",
+            labels=["engine", "instance_type", "state", "health"],
         )
         slots = GaugeMetricFamily(
             "corral_slots", "Process slots by engine, in use or not.", labels=["engine", "used"]
         )
-        counts: Counter[tuple[str, str, str]] = Counter()
+        counts: Counter[tuple[str, str, str, str]] = Counter()
         used: Counter[tuple[str, str]] = Counter()
         price = 0.0
         for node in self._nodes():
-            counts[(node["engine"], node["state"], node["health"])] += 1
+            kind = node.get("instance_type") or ""
+            counts[(node["engine"], kind, node["state"], node["health"])] += 1
             price += node.get("price") or 0.0
             used[(node["engine"], "true")] += node["used"]
             used[(node["engine"], "false")] += max(0, node["slots"] - node["used"])
-        for (engine, node_state, health), count in counts.items():
-            nodes.add_metric([engine, node_state, health], count)
+        for (engine, kind, node_state, health), count in counts.items():
+            nodes.add_metric([engine, kind, node_state, health], count)
         for (engine, in_use), count in used.items():
             slots.add_metric([engine, in_use], count)
         yield nodes

@@ -273,12 +273,13 @@ class Nodes:
             self._clock.monotonic() - heard, engine.heartbeat_warning, engine.heartbeat_missing
         )
 
-    def booting(self, engine_id: EngineId) -> int:
-        return sum(
-            1
+    def booting(self, engine_id: EngineId) -> list[NodeRecord]:
+        """The engine's nodes created (or known) whose agent has not joined yet."""
+        return [
+            n
             for n in self._state.nodes.values()
             if n.engine == engine_id and n.state in (NodeState.BOOTING, NodeState.UNKNOWN)
-        )
+        ]
 
     def trouble(self, engine_id: EngineId) -> str | None:
         return self._pool.trouble(engine_id)
