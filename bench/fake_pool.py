@@ -4,7 +4,8 @@ simulated agents, RUNNING reports back.
 Starts ``corral serve`` with one fake engine, submits N processes over HTTP in batches and
 times until all are RUNNING (every state change committed to SQLite on the way), against
 the 5,000/s target (Nomad's C1M placed 3,750/s on 5 servers). Then, for each boot delay d,
-times how long a burst of 200 processes waits for a pool that must boot nodes for it.
+times how long a burst of 200 processes waits for a pool that must boot nodes for it; and
+last, how long 10,000 simulated nodes take to join, and how fast processes start on them.
 
     python bench/fake_pool.py [--processes 20000] [--nodes 100] [--slots 256]
 """
@@ -100,6 +101,38 @@ async def burst(delay: float) -> float:
         served.stop()
 
 
+async def ten_thousand_nodes(count: int, processes: int) -> None:
+    start = time.perf_counter()
+    served = Served(config(count, 2, 0.0, count))
+    try:
+        served.wait_nodes(count, timeout=600)
+        joined = time.perf_counter() - start
+        print(
+            f"{count:,} fake nodes joined in {joined:.1f} s; "
+            f"dispatcher RSS {served.rss_kib() / 1024:.0f} MiB"
+        )
+        async with AsyncClient(served.url, served.token, timeout=120) as client:
+            await client.create_definition(
+                "forever", "exec", {"exec": "/bin/sleep", "argv": ["infinity"]}
+            )
+            start = time.perf_counter()
+            for first in range(0, processes, 500):
+                await client.schedule_processes(
+                    [
+                        {"upid": f"p{i}", "definition_id": "forever"}
+                        for i in range(first, min(first + 500, processes))
+                    ]
+                )
+            await wait_running(client, processes)
+            took = time.perf_counter() - start
+        print(
+            f"  {processes:,} processes RUNNING on them after {took:.2f} s "
+            f"({processes / took:,.0f}/s); dispatcher RSS {served.rss_kib() / 1024:.0f} MiB"
+        )
+    finally:
+        served.stop()
+
+
 async def run(args: argparse.Namespace) -> None:
     await throughput(args)
     print("burst of 200 processes on 1 node of 8 slots (the pool boots 24 more):")
@@ -108,6 +141,7 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"  boot delay d = {delay:.1f} s: all RUNNING after {took:.2f} s ({took / delay:.2f} d)"
         )
+    await ten_thousand_nodes(10_000, 20_000)
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from dataclasses import replace
 
 from corral.clock import Clock
 from corral.config import Config
-from corral.core.ids import Round, Upid
+from corral.core.ids import NodeId, Round, Upid
 from corral.core.matchmaker import Match, match
-from corral.core.model import ProcessRecord
+from corral.core.model import NodeRecord, ProcessRecord
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.core.snapshot import EngineView, NodeView, Snapshot
 from corral.dispatcher.nodes import Nodes
@@ -38,6 +38,7 @@ class Mapper:
         self._nodes = nodes
         self._wake = asyncio.Event()
         self._shape: tuple[object, ...] = ()
+        self._views: dict[NodeId, tuple[NodeRecord, tuple[int, int], NodeView]] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -107,23 +108,21 @@ class Mapper:
                 )
             )
         views = []
+        cache: dict[NodeId, tuple[NodeRecord, tuple[int, int], NodeView]] = {}
         for node in self._state.nodes.values():
             if not self._nodes.accepting(node):
                 continue
-            processes = self._state.processes
-            held = [processes[u].request for u in self._state.by_node.get(node.node_id, ())]
-            tags = frozenset(r.node_exclusive for r in held if r.node_exclusive is not None)
-            views.append(
-                NodeView(
-                    node.node_id,
-                    node.engine,
-                    node.properties(),
-                    node.slots,
-                    self._nodes.used_slots(node.node_id),
-                    tags,
-                    room=self._state.room(node, self._engines.get(node.engine)),
-                )
-            )
+            version = self._nodes.view_version(node.node_id)
+            cached = self._views.get(node.node_id)
+            if cached is not None and cached[0] is node and cached[1] == version:
+                view = cached[2]
+            else:
+                view = self._view(node)
+            cache[node.node_id] = (node, version, view)
+            views.append(view)
+        # With thousands of nodes, building their views is most of a pass: a node's view
+        # is built again only when its record, its processes or its agent's reports change.
+        self._views = cache
         # When nodes come, go or start booting, every waiting reason may be stale: this pass
         # reads the whole queue. Otherwise only the processes without a reason yet.
         shape = (tuple(engines), tuple(v.node_id for v in views))
@@ -131,6 +130,19 @@ class Mapper:
         self._shape = shape
         # Live views, not copies: match() reads them synchronously, often only a prefix.
         return Snapshot(tuple(engines), tuple(views), self._state.queue.values(), fresh.values())
+
+    def _view(self, node: NodeRecord) -> NodeView:
+        processes = self._state.processes
+        held = [processes[u].request for u in self._state.by_node.get(node.node_id, ())]
+        return NodeView(
+            node.node_id,
+            node.engine,
+            node.properties(),
+            node.slots,
+            self._nodes.used_slots(node.node_id),
+            frozenset(r.node_exclusive for r in held if r.node_exclusive is not None),
+            room=self._state.room(node, self._engines.get(node.engine)),
+        )
 
     def _apply(self, result: Match) -> None:
         now = self._clock.time()

@@ -60,6 +60,8 @@ class _Live:
     heard: float
     session: AgentSession | None = None
     instances: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: bumped when ``instances`` or ``session`` change
+    version: int = 0
 
 
 class Nodes:
@@ -85,6 +87,8 @@ class Nodes:
         self._ticks = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unoccupied_since: dict[NodeId, float] = {}
+        #: nodes whose heartbeats were healthy at the last tick, or that joined since
+        self._healthy: set[NodeId] = set()
         #: told (engine, outcome, seconds) when a boot ends: joined, failed or timed_out
         self._on_boot = on_boot or (lambda engine, outcome, seconds: None)
         self._booted_at: dict[NodeId, float] = {}
@@ -127,6 +131,8 @@ class Nodes:
         live.session = session
         live.heard = self._clock.monotonic()
         live.instances = {(r.upid, r.round): r.status for r in hello.inventory}
+        live.version += 1
+        self._healthy.add(session.node_id)  # just heard from
         session.send(Welcome(engine.heartbeat_period))
         log.info(
             "agent %s joined from %s with %d process(es)",
@@ -147,6 +153,7 @@ class Nodes:
         for msg in messages:
             if isinstance(msg, ProcessReport):
                 live.instances[(msg.upid, msg.round)] = msg.status
+                live.version += 1
                 reports.append(msg)
             elif isinstance(msg, LogChunk):
                 waiter = self._log_requests.pop(msg.request_id, None)
@@ -169,6 +176,7 @@ class Nodes:
         live = self._live.get(node_id)
         if isinstance(msg, Forget) and live is not None:
             live.instances.pop((msg.upid, msg.round), None)
+            live.version += 1
         if live is not None and live.session is not None:
             live.session.send(msg)
 
@@ -255,13 +263,21 @@ class Nodes:
                         stale += 1
         return len(held) + stale
 
+    def view_version(self, node_id: NodeId) -> tuple[int, int]:
+        """Changes whenever what the mapper sees of the node may have: its held processes
+        or what its agent reported."""
+        live = self._live.get(node_id)
+        return self._state.held_version.get(node_id, 0), live.version if live else -1
+
     def accepting(self, node: NodeRecord) -> bool:
+        """May the node take new work? Health is read at each tick (every 0.2 s), not at
+        each mapper pass: with thousands of nodes, it would be most of a pass."""
         live = self._live.get(node.node_id)
         return (
             node.state in (NodeState.IDLE, NodeState.BUSY)
             and live is not None
             and live.session is not None
-            and self.health(node) is Health.OK
+            and node.node_id in self._healthy
             and node.idle_behavior.value == "run"
         )
 
@@ -322,6 +338,10 @@ class Nodes:
             reason = self._failure(node)
             if reason is not None:
                 self.lose(node.node_id, reason)
+        healthy = {n.node_id for n in self._state.nodes.values() if self.health(n) is Health.OK}
+        if healthy != self._healthy:
+            self._healthy = healthy
+            self._wake_mapper()
         if self._ticks % LIST_EVERY == 1:
             await self._sync_instances()
             self._drain_stuck()

@@ -50,6 +50,8 @@ class State:
         self.fresh: dict[Upid, Pending] = {}
         #: processes holding a slot, per node
         self.by_node: dict[NodeId, set[Upid]] = {}
+        #: bumped whenever a node's by_node set changes (views of the node are then stale)
+        self.held_version: dict[NodeId, int] = {}
         #: delayed restarts: (not_before, upid, round)
         self.delayed: list[tuple[float, Upid, Round]] = []
         self._last_commit: dict[Upid, asyncio.Future[None]] = {}
@@ -161,6 +163,9 @@ class State:
                 except Exception:
                     log.exception("a state-change listener failed")
 
+    def _bump(self, node_id: NodeId) -> None:
+        self.held_version[node_id] = self.held_version.get(node_id, 0) + 1
+
     def _index(self, previous: ProcessRecord | None, record: ProcessRecord) -> None:
         upid = record.upid
         self.processes[upid] = record
@@ -170,10 +175,14 @@ class State:
             and (previous.assigned != record.assigned or not record.state.holds_slot)
         ):
             held = self.by_node.get(previous.assigned)
-            if held is not None:
+            if held is not None and upid in held:
                 held.discard(upid)
+                self._bump(previous.assigned)
         if record.state.holds_slot and record.assigned is not None:
-            self.by_node.setdefault(record.assigned, set()).add(upid)
+            held = self.by_node.setdefault(record.assigned, set())
+            if upid not in held:
+                held.add(upid)
+                self._bump(record.assigned)
         if record.state in MATCHABLE_STATES:
             old = self.queue.get(upid)
             pending = _pending(

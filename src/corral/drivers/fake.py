@@ -37,6 +37,7 @@ from corral.drivers.base import (
     QuotaExceeded,
     RateLimited,
 )
+from corral.drivers.wrappers import UNLIMITED
 from corral.wire.messages import (
     EXITED,
     PROTOCOL_VERSION,
@@ -109,6 +110,8 @@ class FakeStatistics:
 
 class FakeDriver:
     """A simulated cloud; one object may serve several dispatcher runs (bind/unbind)."""
+
+    limits = UNLIMITED
 
     def __init__(self, token: str, faults: FakeFaults | None = None) -> None:
         self.token = token

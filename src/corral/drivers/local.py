@@ -22,9 +22,12 @@ from pathlib import Path
 from corral.agent.launcher import kill_orphans
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
 from corral.drivers.base import Instance, NodeSpec
+from corral.drivers.wrappers import UNLIMITED
 
 
 class LocalDriver:
+    limits = UNLIMITED
+
     def __init__(self, home: Path, dispatcher_address: str, token_file: Path) -> None:
         self.nodes_dir = home / "nodes"
         self.dispatcher_address = dispatcher_address
