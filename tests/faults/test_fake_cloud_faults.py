@@ -1,9 +1,10 @@
-"""Several hundred processes on a simulated cloud that fails in every way the fake driver knows.
+"""Several hundred processes on a simulated cloud that fails in every way the fake driver
+knows.
 
 Injected at once: failed creates and destroys, a call rate limit, a quota below
-maximum_vms, boots that never join, nodes that die, processes that crash. Every process
-must end in the state its restart mode implies, no process may run on two nodes at once,
-and the pool must return to base_need when the work is done.
+maximum_vms, capacity errors, boots that never join, nodes that die, processes that crash.
+Every process must end in the state its restart mode implies, no process may run on two
+nodes at once, and the pool must return to base_need when the work is done.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ FAULTS = FakeFaults(
     destroy_error_rate=0.2,
     calls_per_second=50,
     quota=6,
+    capacity_error_rate=0.1,
     boot_failure_rate=0.1,
     node_death_rate=0.05,
     crash_rate=0.1,

@@ -8,8 +8,9 @@ and ends after the seconds given as the first argument of ``sleep`` (``sleep inf
 runs until killed), at once otherwise, with status 1 for ``false`` and 0 for the rest.
 
 Faults are knobs (:class:`FakeFaults`), in the manner of Arvados' stub driver: error rates on
-create and destroy, a call rate above which calls are rate limited, a quota, a capacity,
-boots that never join, nodes that die, processes that crash or cannot be killed.
+create and destroy, a call rate above which calls are rate limited, a quota, a capacity and
+capacity errors, boots that never join, nodes that die, processes that crash or cannot be
+killed.
 ``hold()`` stops cloud calls until ``release()``; ``fail_next()`` makes the next calls
 fail; ``lose()`` kills one instance. Simulated agents outlive a dispatcher that stops
 (``unbind``) and join the next one (``bind``) with their inventory, as real agents do.
@@ -75,6 +76,8 @@ class FakeFaults:
     quota: int = 0
     #: instances the provider can give (0: no limit)
     capacity: int = 0
+    #: chance that a create finds no capacity for the instance type
+    capacity_error_rate: float = 0.0
     #: created, but the agent never joins
     boot_failure_rate: float = 0.0
     #: chance per second that a running instance dies
@@ -157,6 +160,9 @@ class FakeDriver:
             raise QuotaExceeded(f"quota of {faults.quota} instances reached")
         if faults.capacity and alive >= faults.capacity:
             raise CapacityUnavailable("no capacity left", instance_type_only=False)
+        if self.chance(faults.capacity_error_rate):
+            self.statistics.errors += 1
+            raise CapacityUnavailable("no capacity for this type now (injected fault)")
         self._maybe_fail(faults.create_error_rate, "create")
         instance_id = f"fake-{spec.node_id}"
         agent = FakeAgent(self, instance_id, spec, dict(tags))
