@@ -239,3 +239,17 @@ def test_a_process_no_type_fits_boots_nothing_and_maximum_vms_caps_the_rest() ->
 
 def test_base_need_nodes_are_of_the_cheapest_type() -> None:
     assert plan((typed(base_need=2),), [], []).boot_types == {"a": ("small", "small")}
+
+
+def test_at_the_quota_idle_nodes_make_way_for_the_type_that_work_needs() -> None:
+    idle_small = PoolNode(
+        NodeId("s1"), EngineId("a"), NodeState.IDLE, idle_for=1.0, room=Resources(2, 2048)
+    )
+    waiting = needing(1, cpus=4)  # needs a large node
+    calm = plan((typed(idle_timeout=60.0),), [idle_small], waiting)
+    assert calm.retire == ()
+    assert calm.boot_types == {"a": ("large",)}
+    pressed = plan((typed(idle_timeout=60.0),), [idle_small], waiting, quota_reached={"a"})
+    assert pressed.retire == ("s1",)
+    # and nothing is shut when no work waits for another node
+    assert plan((typed(),), [idle_small], [], quota_reached={"a"}).retire == ()

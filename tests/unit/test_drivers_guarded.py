@@ -151,3 +151,14 @@ def test_other_cloud_errors_pass_through_and_pause_nothing() -> None:
         create(guard)
     assert guard.trouble() is None
     create(guard)
+
+
+def test_quota_reached_says_whether_creates_wait_for_the_quota() -> None:
+    guard, driver, clock = guarded(quota_retry=60)
+    assert not guard.quota_reached
+    driver.errors = [QuotaExceeded("no more")]
+    with pytest.raises(QuotaExceeded):
+        create(guard)
+    assert guard.quota_reached
+    clock.now += 61
+    assert not guard.quota_reached

@@ -18,7 +18,7 @@ Queued processes pinned to an engine count there; the others count toward the fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,7 +73,15 @@ class Plan:
     boot_types: dict[EngineId, tuple[str, ...]] = field(default_factory=dict)
 
 
-def plan(engines: tuple[Engine, ...], nodes: Iterable[PoolNode], queued: Iterable[Demand]) -> Plan:
+def plan(
+    engines: tuple[Engine, ...],
+    nodes: Iterable[PoolNode],
+    queued: Iterable[Demand],
+    quota_reached: Collection[EngineId] = (),
+) -> Plan:
+    """The plan for every engine; ``quota_reached`` names the engines whose cloud refuses
+    more instances: their idle nodes are shut at once when work waits for another kind of
+    node, so the quota goes where it is needed (Arvados does the same)."""
     by_engine: dict[EngineId, list[PoolNode]] = {e.engine_id: [] for e in engines}
     for node in nodes:
         if node.engine in by_engine and node.state in LIVE_STATES:
@@ -107,7 +115,11 @@ def plan(engines: tuple[Engine, ...], nodes: Iterable[PoolNode], queued: Iterabl
         need[engine.engine_id] = target
         if missing > 0:
             boot[engine.engine_id] = missing
-        retire += _surplus(engine, running, len(running) - target)
+        if engine.engine_id in quota_reached and missing > 0:
+            # the idle nodes hold quota that the nodes this work needs cannot get
+            retire += _surplus(engine, running, len(running), idle_timeout=0.0)
+        else:
+            retire += _surplus(engine, running, len(running) - target)
         retire += [
             n.node_id
             for n in live
@@ -161,15 +173,14 @@ def _typed_boots(
     return new
 
 
-def _surplus(engine: Engine, running: list[PoolNode], surplus: int) -> list[NodeId]:
+def _surplus(
+    engine: Engine, running: list[PoolNode], surplus: int, idle_timeout: float | None = None
+) -> list[NodeId]:
     """Up to ``surplus`` nodes unoccupied for ``idle_timeout``, newest first."""
     if surplus <= 0:
         return []
-    idle = [
-        n
-        for n in running
-        if n.used == 0 and n.state is NodeState.IDLE and n.idle_for >= engine.idle_timeout
-    ]
+    wait = engine.idle_timeout if idle_timeout is None else idle_timeout
+    idle = [n for n in running if n.used == 0 and n.state is NodeState.IDLE and n.idle_for >= wait]
     idle.sort(key=lambda n: (n.created_at, n.node_id), reverse=True)
     return [n.node_id for n in idle[:surplus]]
 

@@ -426,7 +426,8 @@ class Nodes:
                     self._state.room(node, self._engines.get(node.engine)),
                 )
             )
-        result = plan(self._config.engines, views, self._state.queue.values())
+        quota = [e.engine_id for e in self._config.engines if self._pool.quota_reached(e.engine_id)]
+        result = plan(self._config.engines, views, self._state.queue.values(), quota)
         for engine_id, count in result.boot.items():
             engine = self._engines[engine_id]
             kinds = result.boot_types.get(engine_id) or (None,) * count

@@ -112,6 +112,12 @@ class Guarded:
             raise
         self._quota_since = None  # an instance went away: the quota has room again
 
+    @property
+    def quota_reached(self) -> bool:
+        """The cloud refused an instance for quota, and none has gone away since."""
+        since = self._quota_since
+        return since is not None and self._clock() - since < self.limits.quota_retry
+
     def trouble(self, instance_type: str = ANY_TYPE) -> str | None:
         """Why creating an instance (of this type) is paused now, or None."""
         pause = self._pause(instance_type)

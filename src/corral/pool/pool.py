@@ -42,6 +42,10 @@ class NodePool:
             # Engines sharing a driver share its guard: one cloud, one set of limits.
             self._drivers[engine_id] = guarded.setdefault(id(driver), Guarded(driver))
 
+    def quota_reached(self, engine_id: EngineId) -> bool:
+        driver = self._drivers.get(engine_id)
+        return driver is not None and driver.quota_reached
+
     def trouble(self, engine_id: EngineId) -> str | None:
         """Why the engine's cloud creates nothing now ("cloud quota reached"...), or None."""
         driver = self._drivers.get(engine_id)
