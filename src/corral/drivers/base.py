@@ -44,6 +44,26 @@ def tags_from_instance_name(name: str) -> dict[str, str] | None:
     return {TAG_POOL: found["pool"], TAG_NODE: node, TAG_ENGINE: node.rpartition("-")[0]}
 
 
+def agent_command(
+    python: str, spec: NodeSpec, dispatcher: str, token_file: str, state_dir: str
+) -> list[str]:
+    """The command line that starts the agent of ``spec``'s node, wherever it runs."""
+    engine = spec.engine
+    argv = [
+        python, "-m", "corral.agent",
+        "--dispatcher", dispatcher,
+        "--token-file", token_file,
+        "--node-id", spec.node_id,
+        "--engine", engine.engine_id,
+        "--slots", str(engine.slots),
+        "--state-dir", state_dir,
+        "--heartbeat-period", str(engine.heartbeat_period),
+    ]  # fmt: skip
+    for key, value in engine.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    return argv
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     """What to boot: a node of ``engine`` that will call itself ``node_id``."""

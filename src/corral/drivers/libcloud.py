@@ -37,6 +37,7 @@ from corral.drivers.base import (
     NodeSpec,
     QuotaExceeded,
     RateLimited,
+    agent_command,
     instance_name,
     tags_from_instance_name,
 )
@@ -170,20 +171,8 @@ def agent_user_data(
     spec: NodeSpec, dispatcher: str, token: str, python: str, agent_dir: str
 ) -> str:
     """A cloud-init script that starts the node's agent at boot."""
-    engine = spec.engine
     where = shlex.quote(agent_dir)
-    argv = [
-        python, "-m", "corral.agent",
-        "--dispatcher", dispatcher,
-        "--token-file", f"{agent_dir}/token",
-        "--node-id", spec.node_id,
-        "--engine", engine.engine_id,
-        "--slots", str(engine.slots),
-        "--state-dir", agent_dir,
-        "--heartbeat-period", str(engine.heartbeat_period),
-    ]  # fmt: skip
-    for key, value in engine.labels.items():
-        argv += ["--label", f"{key}={value}"]
+    argv = agent_command(python, spec, dispatcher, f"{agent_dir}/token", agent_dir)
     return "\n".join(
         [
             "#!/bin/sh",

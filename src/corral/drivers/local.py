@@ -21,7 +21,7 @@ from pathlib import Path
 
 from corral.agent.launcher import kill_orphans
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
-from corral.drivers.base import Instance, NodeSpec
+from corral.drivers.base import Instance, NodeSpec, agent_command
 from corral.drivers.wrappers import UNLIMITED
 
 
@@ -38,27 +38,13 @@ class LocalDriver:
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         state_dir = self.nodes_dir / spec.node_id
         state_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
+        argv = agent_command(
             sys.executable,
-            "-m",
-            "corral.agent",
-            "--dispatcher",
+            spec,
             self.dispatcher_address,
-            "--token-file",
             str(self.token_file),
-            "--node-id",
-            spec.node_id,
-            "--engine",
-            spec.engine.engine_id,
-            "--slots",
-            str(spec.engine.slots),
-            "--state-dir",
             str(state_dir),
-            "--heartbeat-period",
-            str(spec.engine.heartbeat_period),
-        ]
-        for key, value in spec.engine.labels.items():
-            argv += ["--label", f"{key}={value}"]
+        )
         pid = await asyncio.to_thread(_spawn_agent, argv, state_dir / "agent.log")
         self._children[spec.node_id] = pid
         identity = proc_identity(pid)

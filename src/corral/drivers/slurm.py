@@ -34,6 +34,7 @@ from corral.drivers.base import (
     CloudError,
     Instance,
     NodeSpec,
+    agent_command,
     instance_name,
     tags_from_instance_name,
 )
@@ -113,20 +114,9 @@ class SlurmDriver:
     # --- internals ----------------------------------------------------------------------------
 
     def _agent(self, spec: NodeSpec, state: Path) -> builtins.list[str]:
-        engine = spec.engine
-        argv = [
-            self.options.python, "-m", "corral.agent",
-            "--dispatcher", self.dispatcher_address,
-            "--token-file", str(state / "token"),
-            "--node-id", spec.node_id,
-            "--engine", engine.engine_id,
-            "--slots", str(engine.slots),
-            "--state-dir", str(state),
-            "--heartbeat-period", str(engine.heartbeat_period),
-        ]  # fmt: skip
-        for key, value in engine.labels.items():
-            argv += ["--label", f"{key}={value}"]
-        return argv
+        return agent_command(
+            self.options.python, spec, self.dispatcher_address, str(state / "token"), str(state)
+        )
 
     async def _run(self, argv: Sequence[str]) -> str:
         env = dict(os.environ)

@@ -28,7 +28,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corral.drivers.base import CapacityUnavailable, CloudError, Instance, NodeSpec
+from corral.drivers.base import (
+    CapacityUnavailable,
+    CloudError,
+    Instance,
+    NodeSpec,
+    agent_command,
+)
 
 DEFAULT_PORT = 22
 
@@ -83,7 +89,7 @@ class SSHDriver:
                     f"cat > {shlex.quote(state + '/token')}",
                     f"printf '%s' {shlex.quote(record)} > {shlex.quote(state + '/instance.json')}",
                     # setsid: its own session, so it outlives this connection
-                    f"setsid {shlex.join(self._agent_argv(spec, state))}"
+                    f"setsid {shlex.join(self._agent(spec, state))}"
                     f" > {shlex.quote(state + '/agent.log')} 2>&1 < /dev/null &",
                     f"echo $! > {shlex.quote(state + '/agent.pid')}",
                 ]
@@ -121,30 +127,10 @@ class SSHDriver:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _agent_argv(self, spec: NodeSpec, state: str) -> builtins.list[str]:
-        engine = spec.engine
-        argv = [
-            self.options.python,
-            "-m",
-            "corral.agent",
-            "--dispatcher",
-            self.dispatcher_address,
-            "--token-file",
-            f"{state}/token",
-            "--node-id",
-            spec.node_id,
-            "--engine",
-            engine.engine_id,
-            "--slots",
-            str(engine.slots),
-            "--state-dir",
-            state,
-            "--heartbeat-period",
-            str(engine.heartbeat_period),
-        ]
-        for key, value in engine.labels.items():
-            argv += ["--label", f"{key}={value}"]
-        return argv
+    def _agent(self, spec: NodeSpec, state: str) -> builtins.list[str]:
+        return agent_command(
+            self.options.python, spec, self.dispatcher_address, f"{state}/token", state
+        )
 
     async def _list_host(self, host: str) -> builtins.list[Instance]:
         state = shlex.quote(self.options.state_dir)
