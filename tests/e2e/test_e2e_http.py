@@ -266,10 +266,12 @@ def test_no_input_made_the_dispatcher_fail(served: Any, http: httpx.Client, know
     assert "unexpected error" not in log, log
 
 
-def test_schedule_is_idempotent_and_refuses_other_parameters(
-    http: httpx.Client, known: str
-) -> None:
-    body = {"definition_id": known, "restart_mode": "NEVER", "constraints": {"engine": "default"}}
+def test_schedule_is_idempotent_and_refuses_other_parameters(http: httpx.Client) -> None:
+    # a process that runs until stopped: a finished one would be scheduled again, by design
+    executable = {"exec": "/bin/sleep", "argv": ["600"]}
+    definition = {"definition_id": "idem", "definition_type": "exec", "executable": executable}
+    assert http.post("/definitions", json=definition).status_code == 200
+    body = {"definition_id": "idem", "restart_mode": "NEVER", "constraints": {"engine": "default"}}
     first = http.post("/processes/same-1/schedule", json=body)
     assert first.status_code == 200, first.text
     again = http.post("/processes/same-1/schedule", json=body)
@@ -278,3 +280,4 @@ def test_schedule_is_idempotent_and_refuses_other_parameters(
     other = http.post("/processes/same-1/schedule", json={**body, "restart_mode": "ALWAYS"})
     assert other.status_code == 409, other.text
     assert other.json()["error"]["message"]
+    assert http.post("/processes/same-1/terminate").status_code == 200
