@@ -260,9 +260,9 @@ def test_a_process_that_runs_and_ends_while_the_dispatcher_is_down(served: Any) 
     os.kill(agent_pid, signal.SIGSTOP)
     try:
         client.schedule_process("blind", "short", restart_mode="NEVER")
-        pending = served.wait_until(
-            lambda: _in_state(client, "blind", "400-PENDING"), "blind to be PENDING", 5.0, 0.01
-        )
+        # wait_process answers once PENDING is durable, and the launch leaves at that commit
+        pending = client.wait_process("blind", ["PENDING"], timeout=5.0)
+        assert pending["state"] == "400-PENDING"
         served.kill()
     finally:
         os.kill(agent_pid, signal.SIGCONT)

@@ -11,7 +11,7 @@ takes a process and leaves the levels when it is full.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from corral.core.constraints import constraint_text, unmet_constraint
 from corral.core.model import NO_RESOURCES, ConstraintValue, Resources
@@ -44,20 +44,27 @@ class Slots:
 class Group:
     """The nodes of one engine whose properties fit one set of constraints.
 
-    ``levels`` holds those with a free slot, by load (insertion order within a level: node
-    order, then arrival). Exclusive tags are checked when a node is picked: few nodes carry
-    a given tag, so skipping them costs less than a group per tag would.
+    ``members`` are those that had a free slot when the match began (the others can take
+    nothing in this match, so they are only counted, in ``full``); ``levels`` holds the
+    members that still have one, by load (insertion order within a level: node order, then
+    arrival). Exclusive tags are checked when a node is picked: few nodes carry a given
+    tag, so skipping them costs less than a group per tag would.
     """
 
-    __slots__ = ("levels", "members")
+    __slots__ = ("full", "levels", "members")
 
-    def __init__(self, members: list[Slots]) -> None:
+    def __init__(self, members: list[Slots], full: list[NodeView]) -> None:
         self.members = members
+        self.full = full
         self.levels: dict[int, dict[int, Slots]] = {}
         for slots in members:
             slots.groups.append(self)
             if slots.free > 0:
                 self.levels.setdefault(slots.used, {})[slots.order] = slots
+
+    @property
+    def matching(self) -> int:
+        return len(self.members) + len(self.full)
 
     def busiest(self, tag: str | None, needs: Resources = NO_RESOURCES) -> Slots | None:
         """The busiest member with a free slot, without ``tag``, with room for ``needs``."""
@@ -73,8 +80,10 @@ class Group:
         return None
 
     def blocked(self, tag: str) -> int:
-        """Members that already hold ``tag``."""
-        return sum(1 for slots in self.members if tag in slots.exclusive)
+        """Matching nodes that already hold ``tag``."""
+        return sum(1 for s in self.members if tag in s.exclusive) + sum(
+            1 for v in self.full if tag in v.exclusive_tags
+        )
 
     def moved(self, slots: Slots, used: int) -> None:
         """``slots`` went from load ``used`` to its current one."""
@@ -86,30 +95,46 @@ class Group:
 
 
 class Engine:
-    """One engine's nodes during a match, and the groups built so far."""
+    """One engine's nodes during a match, and the groups built so far.
 
-    __slots__ = ("_groups", "_index", "free", "nodes", "view")
+    A node's accounting (:class:`Slots`) is made only when a group needs it and the node
+    had a free slot: with thousands of full nodes, a match costs what the free ones cost.
+    """
+
+    __slots__ = ("_first", "_groups", "_index", "_slots", "free", "view", "views")
 
     def __init__(self, view: EngineView, nodes: list[NodeView], first: int) -> None:
         self.view = view
-        self.nodes = [Slots(node, first + i) for i, node in enumerate(nodes)]
-        self.free = sum(max(s.free, 0) for s in self.nodes)
+        self.views = nodes
+        self.free = sum(max(n.slots - n.used, 0) for n in nodes)
+        self._first = first
+        self._slots: dict[int, Slots] = {}
         self._groups: dict[Kind, Group] = {}
-        self._index: dict[str, dict[str, list[Slots]]] | None = None
+        self._index: dict[str, dict[str, list[int]]] | None = None
 
     def group(self, pending: Pending) -> Group:
         kind = kind_of(pending)
         group = self._groups.get(kind)
         if group is None:
             constraints = pending.constraints
-            group = self._groups[kind] = Group(
-                [
-                    slots
-                    for slots in self._candidates(constraints)
-                    if unmet_constraint(constraints, slots.node.properties) is None
-                ]
-            )
+            members: list[Slots] = []
+            full: list[NodeView] = []
+            for i in self._candidates(constraints):
+                node = self.views[i]
+                if constraints and unmet_constraint(constraints, node.properties) is not None:
+                    continue
+                if node.slots > node.used:
+                    members.append(self._slot(i))
+                else:
+                    full.append(node)
+            group = self._groups[kind] = Group(members, full)
         return group
+
+    def _slot(self, i: int) -> Slots:
+        slots = self._slots.get(i)
+        if slots is None:
+            slots = self._slots[i] = Slots(self.views[i], self._first + i)
+        return slots
 
     def place(self, slots: Slots, tag: str | None, needs: Resources = NO_RESOURCES) -> None:
         """Book one slot of ``slots`` (and ``needs`` of its room) for a process with ``tag``."""
@@ -124,25 +149,25 @@ class Engine:
         if tag is not None:
             slots.exclusive.add(tag)
 
-    def _candidates(self, constraints: Mapping[str, ConstraintValue]) -> list[Slots]:
-        """Nodes that may fit ``constraints``: those having the rarest wanted value."""
+    def _candidates(self, constraints: Mapping[str, ConstraintValue]) -> Iterable[int]:
+        """Nodes (by index) that may fit ``constraints``: those with the rarest wanted value."""
         if not constraints:
-            return self.nodes
+            return range(len(self.views))
         if self._index is None:
             self._index = {}
-            for slots in self.nodes:
-                for key, value in slots.node.properties.items():
-                    self._index.setdefault(key, {}).setdefault(value, []).append(slots)
-        best: list[Slots] | None = None
+            for i, node in enumerate(self.views):
+                for key, value in node.properties.items():
+                    self._index.setdefault(key, {}).setdefault(value, []).append(i)
+        best: list[int] | None = None
         for key, wanted in constraints.items():
             values = self._index.get(key, {})
             allowed = constraint_text(wanted)
-            found: list[Slots] = []
+            found: list[int] = []
             for value in allowed if isinstance(allowed, list) else [allowed]:
                 found += values.get(value, [])
             if best is None or len(found) < len(best):
                 best = found
-        return sorted(best or [], key=lambda s: s.order)
+        return sorted(best or [])
 
 
 def kind_of(pending: Pending) -> Kind:

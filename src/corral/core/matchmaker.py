@@ -87,7 +87,7 @@ class _Pass:
             if engine is None:
                 best = _better(best, Reason(ReasonKind.UNKNOWN_ENGINE, f"no engine {engine_id!r}"))
                 continue
-            if not engine.nodes:
+            if not engine.views:
                 best = _better(best, _no_nodes(engine.view))
                 continue
             group = engine.group(pending)
@@ -106,7 +106,7 @@ class _Pass:
 
     def _why(self, engine: Engine, group: Group, pending: Pending) -> Reason:
         view = engine.view
-        matching = len(group.members)
+        matching = group.matching
         if matching == 0:
             return Reason(
                 ReasonKind.CONSTRAINTS,
