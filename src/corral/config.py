@@ -101,6 +101,19 @@ _FLOATS = (
 _TYPE_KEYS = {"name", "provider_type", "vcpus", "ram", "gpus", "price", "preemptible"}
 
 
+def _check_table(item: Any, where: str, source: str, known: set[str], what: str) -> None:
+    """``item`` is a table whose keys are all ``known``; else an error naming the key."""
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{source}: {where} must be a table", field=where)
+    for key in item:
+        if key not in known:
+            raise InvalidRequest(
+                f"{source}: {where}.{key} is not {what}; expected one of "
+                f"{', '.join(sorted(known))}",
+                field=f"{where}.{key}",
+            )
+
+
 def _instance_types(items: Any, source: str) -> dict[str, InstanceType]:
     """``[[instance_types]]``: name, provider_type, vcpus, ram (MiB), gpus, price,
     preemptible."""
@@ -111,15 +124,7 @@ def _instance_types(items: Any, source: str) -> dict[str, InstanceType]:
     types: dict[str, InstanceType] = {}
     for i, item in enumerate(items):
         where = f"instance_types[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{source}: {where} must be a table", field=where)
-        for key in item:
-            if key not in _TYPE_KEYS:
-                raise InvalidRequest(
-                    f"{source}: {where}.{key} is not an instance type setting; expected "
-                    f"{', '.join(sorted(_TYPE_KEYS))}",
-                    field=f"{where}.{key}",
-                )
+        _check_table(item, where, source, _TYPE_KEYS, "an instance type setting")
         name = item.get("name")
         if not isinstance(name, str) or not name or name in types:
             raise InvalidRequest(
@@ -171,16 +176,8 @@ def _engine_types(
 
 
 def _engine(item: Any, where: str, source: str, types: dict[str, InstanceType]) -> Engine:
-    if not isinstance(item, dict):
-        raise InvalidRequest(f"{source}: {where} must be a table", field=where)
     known = {f.name for f in fields(Engine)} - {"engine_id"} | {"id"}
-    for key in item:
-        if key not in known:
-            raise InvalidRequest(
-                f"{source}: {where}.{key} is not an engine setting; expected one of "
-                f"{', '.join(sorted(known))}",
-                field=f"{where}.{key}",
-            )
+    _check_table(item, where, source, known, "an engine setting")
     engine_id = item.get("id")
     if not isinstance(engine_id, str) or not engine_id:
         raise InvalidRequest(

@@ -200,3 +200,45 @@ def test_a_missing_file_is_refused_naming_the_file(tmp_path: Path):
     with pytest.raises(InvalidRequest, match=r"cannot read config .*nope\.toml") as caught:
         load_config(path)
     assert caught.value.field == "config"
+
+
+# -- instance types and driver options ----------------------------------------------------------
+
+SMALL = {"name": "small", "provider_type": "t3.small", "vcpus": 2, "ram": 2048, "price": 0.02}
+LARGE = {"name": "large", "vcpus": 8, "ram": 16384, "gpus": 1, "price": 0.5}
+
+
+def test_instance_types_are_read_and_an_engine_lists_them_cheapest_first():
+    raw = {"instance_types": [LARGE, SMALL], **_one(instance_types=["large", "small"])}
+    (engine,) = parse_config(raw).engines
+    assert [t.name for t in engine.instance_types] == ["small", "large"]
+    large = engine.instance_type("large")
+    assert large is not None
+    assert (large.provider_type, large.vcpus, large.ram, large.gpus) == ("large", 8.0, 16384, 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"instance_types": [{**SMALL, "cores": 2}]}, "instance_types[0].cores"),
+        ({"instance_types": [{**SMALL, "vcpus": 0}]}, "instance_types[0].vcpus"),
+        ({"instance_types": [{**SMALL, "gpus": -1}]}, "instance_types[0].gpus"),
+        ({"instance_types": [SMALL, SMALL]}, "instance_types[1].name"),
+        ({"instance_types": [{**SMALL, "price": -1}]}, "instance_types[0].price"),
+        (_one(instance_types=["huge"]), "engines[0].instance_types"),
+        (
+            _one(driver="fake", driver_options={"crash_rate": 2}),
+            "engines[0].driver_options.crash_rate",
+        ),
+        (_one(driver="fake", driver_options={"oops": 1}), "engines[0].driver_options.oops"),
+        (_one(driver="ssh", driver_options={"user": "u"}), "engines[0].driver_options.hosts"),
+        (_one(driver="slurm", driver_options={}), "engines[0].driver_options.state_dir"),
+        (
+            _one(driver="libcloud", driver_options={"provider": "EC2"}),
+            "engines[0].driver_options.size",
+        ),
+        (_one(driver_options={"anything": 1}), "engines[0].driver_options.anything"),
+    ],
+)
+def test_bad_instance_types_and_driver_options_are_refused_naming_the_key(raw, field):
+    assert _error(raw).field == field

@@ -121,6 +121,9 @@ class Hub:
         self._sessions[session.node_id] = session
         return Attached(self, session)
 
+    def _deliver(self, session: AgentSession, messages: list[Message]) -> None:
+        self._handler.agent_batch(session, messages)
+
     def _detach(self, session: AgentSession) -> None:
         if self._sessions.get(session.node_id) is session:
             del self._sessions[session.node_id]
@@ -190,7 +193,7 @@ class Attached:
 
     def deliver(self, messages: list[Message]) -> None:
         if not self.session.closed:
-            self._hub._handler.agent_batch(self.session, messages)
+            self._hub._deliver(self.session, messages)
 
     def detach(self) -> None:
         self._hub._detach(self.session)
