@@ -1,7 +1,8 @@
 """The dispatcher ⇄ agent protocol: typed messages and their framing.
 
 Owns ``messages`` (frozen records, one per message type) and ``codec`` (length-prefixed msgpack
-frames, batching, and the asyncio ``Connection`` both the hub and the agent use). It imports
+frames, batching, and the asyncio ``Connection`` both the hub and the agent use; the compute
+protocol reuses the framing with a ``MessageSet`` of its own). It imports
 the standard library, msgpack and ``corral.errors`` only, because the agent, which must stay
 light, imports it. Nothing is unpickled here, ever.
 """
@@ -11,6 +12,8 @@ from corral.wire.codec import (
     MAX_FRAME_BEFORE_AUTH,
     Connection,
     ConnectionClosed,
+    FramedConnection,
+    MessageSet,
     ProtocolError,
     decode_frame,
     encode_frame,
@@ -43,12 +46,14 @@ __all__ = [
     "ConnectionClosed",
     "DispatcherMessage",
     "Forget",
+    "FramedConnection",
     "Heartbeat",
     "Hello",
     "Kill",
     "Launch",
     "LogChunk",
     "Message",
+    "MessageSet",
     "ProcessReport",
     "ProtocolError",
     "ReadLog",

@@ -1,4 +1,8 @@
-"""Framing and msgpack encoding of wire messages, and the ``Connection`` both ends use.
+"""Framing and msgpack encoding of typed messages, and the connections that carry them.
+
+A ``MessageSet`` is one protocol: its message types (frozen dataclasses) and their codes.
+``AGENT_MESSAGES`` is the dispatcher ⇄ agent protocol and ``Connection`` its connection; the
+compute protocol (``corral.compute``) uses the same framing with a set of its own.
 
 A frame is a 4-byte big-endian length followed by a msgpack array of messages; each message
 is a compact array ``[type_code, field1, field2, ...]`` (nested ``ProcessReport``\\ s too).
@@ -27,8 +31,8 @@ import operator
 import struct
 import types
 import typing
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Generic, TypeVar
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
 
@@ -39,6 +43,8 @@ MAX_FRAME_BEFORE_AUTH: Final = 1 << 20
 MAX_FRAME: Final = 64 << 20
 _SPLIT_AT: Final = 1 << 20  # a sender starts a new frame past this, so a frame stays moderate
 _HEADER: Final = struct.Struct(">I")
+
+M = TypeVar("M")
 
 
 class ProtocolError(CorralError):
@@ -128,27 +134,13 @@ def _str_map(value: Any) -> Any:
     return value
 
 
-def _checker(annotation: Any) -> _Check:
-    if annotation in _SCALARS:
-        return _SCALARS[annotation]
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union) and len(args) == 2 and type(None) in args:
-        (inner,) = (arg for arg in args if arg is not type(None))
-        return _optional(_checker(inner))
-    if origin is typing.Literal:
-        return _literal(args)
-    if origin is list and args[0] in TYPE_CODES:
-        nested: type[Message] = args[0]
-        return _list_of(lambda item: _decode_as(nested, item))
-    if origin is list:
-        return _list_of(_checker(args[0]))
-    if origin is dict and args == (str, str):
-        return _str_map
-    raise TypeError(f"no wire encoding for {annotation!r}")
+def _check_bool(value: Any) -> Any:
+    if type(value) is not bool:
+        _fail("bool", value)
+    return value
 
 
-def _holds_messages(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is list and typing.get_args(annotation)[0] in TYPE_CODES
+_SCALARS[bool] = _check_bool
 
 
 class _Spec:
@@ -156,33 +148,110 @@ class _Spec:
 
     __slots__ = ("checks", "cls", "code", "get", "names", "nested")
 
-    def __init__(self, cls: type[Message], code: int) -> None:
+    def __init__(self, cls: type[Any], code: int, messages: MessageSet[Any]) -> None:
         hints = typing.get_type_hints(cls)
         self.cls = cls
         self.code = code
         self.names = tuple(field.name for field in dataclasses.fields(cls))
-        self.checks = tuple(_checker(hints[name]) for name in self.names)
+        self.checks = tuple(messages.checker(hints[name]) for name in self.names)
         # Fields holding lists of messages are turned into lists of arrays when encoding.
-        self.nested = tuple(i for i, name in enumerate(self.names) if _holds_messages(hints[name]))
+        self.nested = tuple(
+            i for i, name in enumerate(self.names) if messages.holds_messages(hints[name])
+        )
         getter = operator.attrgetter(*self.names)
-        self.get: Callable[[Message], tuple[Any, ...]] = (
+        self.get: Callable[[Any], tuple[Any, ...]] = (
             getter if len(self.names) > 1 else lambda msg: (getter(msg),)
         )
 
 
-_BY_CLASS: Final = {cls: _Spec(cls, code) for cls, code in TYPE_CODES.items()}
-_BY_CODE: Final = {spec.code: spec for spec in _BY_CLASS.values()}
+class MessageSet(Generic[M]):
+    """One protocol's message types (frozen dataclasses) and the codes that lead them.
+
+    Derives each type's field checks once from its annotations: str, int, float, bool, bytes,
+    ``X | None``, ``Literal[...]``, ``list[X]`` (messages of the set included) and
+    ``dict[str, str]``.
+    """
+
+    def __init__(self, type_codes: Mapping[type[M], int]) -> None:
+        self._codes = dict(type_codes)
+        self._by_class: dict[type[Any], _Spec] = {}
+        for cls, code in type_codes.items():
+            self._by_class[cls] = _Spec(cls, code, self)
+        self._by_code = {spec.code: spec for spec in self._by_class.values()}
+
+    def holds_messages(self, annotation: Any) -> bool:
+        return (
+            typing.get_origin(annotation) is list and typing.get_args(annotation)[0] in self._codes
+        )
+
+    def checker(self, annotation: Any) -> _Check:
+        if annotation in _SCALARS:
+            return _SCALARS[annotation]
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin in (types.UnionType, typing.Union) and len(args) == 2 and type(None) in args:
+            (inner,) = (arg for arg in args if arg is not type(None))
+            return _optional(self.checker(inner))
+        if origin is typing.Literal:
+            return _literal(args)
+        if self.holds_messages(annotation):
+            nested: type[Any] = args[0]
+            return _list_of(lambda item: self._decode_as(nested, item))
+        if origin is list:
+            return _list_of(self.checker(args[0]))
+        if origin is dict and args == (str, str):
+            return _str_map
+        raise TypeError(f"no wire encoding for {annotation!r}")
+
+    def _to_wire(self, msg: M) -> list[Any]:
+        spec = self._by_class[type(msg)]
+        values = list(spec.get(msg))
+        for i in spec.nested:
+            values[i] = [self._to_wire(item) for item in values[i]]
+        return [spec.code, *values]
+
+    def _decode_as(self, cls: type[Any], item: Any) -> Any:
+        spec = self._by_class[cls]
+        if type(item) is not list or not item or type(item[0]) is not int or item[0] != spec.code:
+            raise ProtocolError(f"expected a {cls.__name__} array")
+        return _decode_with(spec, item)
+
+    def decode_message(self, item: Any) -> M:
+        """Turn one decoded msgpack array back into its message, checking every field."""
+        if type(item) is not list or not item or type(item[0]) is not int:
+            raise ProtocolError("a message must be an array led by its type code")
+        spec = self._by_code.get(item[0])
+        if spec is None:
+            raise ProtocolError(f"unknown message type code {item[0]}")
+        return _decode_with(spec, item)  # type: ignore[no-any-return]
+
+    def decode_frame(self, payload: bytes) -> list[M]:
+        """Decode a frame's payload (without its length prefix) into its messages."""
+        try:
+            obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types for bad input
+            raise ProtocolError(f"undecodable frame: {exc}") from None
+        if type(obj) is not list:
+            raise ProtocolError("a frame must be an array of messages")
+        return [self.decode_message(item) for item in obj]
+
+    def encode_message(self, msg: M) -> bytes:
+        """The msgpack bytes of one message, ready to be placed in a frame.
+
+        Raises ProtocolError for what the wire cannot carry (a lone surrogate in a str, an int
+        beyond 64 bits).
+        """
+        try:
+            return msgpack.packb(self._to_wire(msg), use_bin_type=True)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
+
+    def encode_frame(self, messages: Iterable[M]) -> bytes:
+        """One whole frame (length prefix included) carrying ``messages``."""
+        bodies = [self.encode_message(msg) for msg in messages]
+        return b"".join(_frame_parts(bodies, sum(map(len, bodies))))
 
 
-def _to_wire(msg: Message) -> list[Any]:
-    spec = _BY_CLASS[type(msg)]
-    values = list(spec.get(msg))
-    for i in spec.nested:
-        values[i] = [_to_wire(item) for item in values[i]]
-    return [spec.code, *values]
-
-
-def _decode_with(spec: _Spec, item: list[Any]) -> Message:
+def _decode_with(spec: _Spec, item: list[Any]) -> Any:
     if len(item) != len(spec.checks) + 1:
         raise ProtocolError(
             f"{spec.cls.__name__} has {len(spec.checks)} fields, got {len(item) - 1}"
@@ -194,46 +263,6 @@ def _decode_with(spec: _Spec, item: list[Any]) -> Message:
         except ProtocolError as exc:
             raise ProtocolError(f"{spec.cls.__name__}.{name}: {exc.message}") from None
     return spec.cls(*values)
-
-
-def _decode_as(cls: type[Message], item: Any) -> Message:
-    spec = _BY_CLASS[cls]
-    if type(item) is not list or not item or type(item[0]) is not int or item[0] != spec.code:
-        raise ProtocolError(f"expected a {cls.__name__} array")
-    return _decode_with(spec, item)
-
-
-def decode_message(item: Any) -> Message:
-    """Turn one decoded msgpack array back into its message, checking every field."""
-    if type(item) is not list or not item or type(item[0]) is not int:
-        raise ProtocolError("a message must be an array led by its type code")
-    spec = _BY_CODE.get(item[0])
-    if spec is None:
-        raise ProtocolError(f"unknown message type code {item[0]}")
-    return _decode_with(spec, item)
-
-
-def decode_frame(payload: bytes) -> list[Message]:
-    """Decode a frame's payload (without its length prefix) into its messages."""
-    try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"undecodable frame: {exc}") from None
-    if type(obj) is not list:
-        raise ProtocolError("a frame must be an array of messages")
-    return [decode_message(item) for item in obj]
-
-
-def encode_message(msg: Message) -> bytes:
-    """The msgpack bytes of one message, ready to be placed in a frame.
-
-    Raises ProtocolError for what the wire cannot carry (a lone surrogate in a str, an int
-    beyond 64 bits).
-    """
-    try:
-        return msgpack.packb(_to_wire(msg), use_bin_type=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from None
 
 
 def _array_header(n: int) -> bytes:
@@ -250,17 +279,20 @@ def _frame_parts(bodies: list[bytes], size: int) -> list[bytes]:
     return [_HEADER.pack(len(header) + size), header, *bodies]
 
 
-def encode_frame(messages: Iterable[Message]) -> bytes:
-    """One whole frame (length prefix included) carrying ``messages``."""
-    bodies = [encode_message(msg) for msg in messages]
-    return b"".join(_frame_parts(bodies, sum(map(len, bodies))))
+AGENT_MESSAGES: Final = MessageSet[Message](TYPE_CODES)
+"""The dispatcher ⇄ agent protocol."""
+
+decode_message = AGENT_MESSAGES.decode_message
+decode_frame = AGENT_MESSAGES.decode_frame
+encode_message = AGENT_MESSAGES.encode_message
+encode_frame = AGENT_MESSAGES.encode_frame
 
 
 # --- the connection ---------------------------------------------------------------------------
 
 
-class Connection:
-    """A framed, batching message connection over an asyncio stream pair.
+class FramedConnection(Generic[M]):
+    """A framed, batching connection carrying the messages of one ``MessageSet``.
 
     ``send`` encodes at once (so an oversize message fails in the caller) and queues; a
     callback scheduled with ``call_soon`` writes everything queued in one loop turn as one frame
@@ -272,9 +304,11 @@ class Connection:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        messages: MessageSet[M],
         *,
         max_frame: int = MAX_FRAME_BEFORE_AUTH,
     ) -> None:
+        self._messages = messages
         self._reader = reader
         self._writer = writer
         self._max_frame = max_frame
@@ -302,7 +336,7 @@ class Connection:
         """Raise the incoming frame limit from ``MAX_FRAME_BEFORE_AUTH`` to ``MAX_FRAME``."""
         self._max_frame = MAX_FRAME
 
-    async def read_batch(self) -> list[Message]:
+    async def read_batch(self) -> list[M]:
         """Wait for the next frame and return its messages (an empty frame gives none).
 
         Raises ``ConnectionClosed`` at end of stream and ``ProtocolError`` for a bad frame.
@@ -311,7 +345,7 @@ class Connection:
         (length,) = _HEADER.unpack(header)
         if length > self._max_frame:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self._max_frame}")
-        return decode_frame(await self._read_exactly(length))
+        return self._messages.decode_frame(await self._read_exactly(length))
 
     async def _read_exactly(self, n: int) -> bytes:
         try:
@@ -321,11 +355,11 @@ class Connection:
         except OSError as exc:
             raise ConnectionClosed(f"connection to {self.peer} lost: {exc}") from exc
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: M) -> None:
         """Queue ``msg``; it leaves in this loop turn's frame."""
         if self.closed:
             return
-        body = encode_message(msg)
+        body = self._messages.encode_message(msg)
         if len(body) + 5 > MAX_FRAME:  # 5: the largest msgpack array header
             raise ProtocolError(f"{type(msg).__name__} of {len(body)} bytes cannot fit in a frame")
         if self._size + len(body) > _SPLIT_AT and self._bodies:
@@ -336,7 +370,7 @@ class Connection:
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)
 
-    def send_many(self, messages: Iterable[Message]) -> None:
+    def send_many(self, messages: Iterable[M]) -> None:
         for msg in messages:
             self.send(msg)
 
@@ -360,7 +394,7 @@ class Connection:
         except OSError as exc:
             raise ConnectionClosed(f"connection to {self.peer} lost: {exc}") from exc
 
-    async def send_now(self, msg: Message) -> None:
+    async def send_now(self, msg: M) -> None:
         """Send ``msg`` without waiting for the loop turn to end, and drain."""
         self.send(msg)
         await self.drain()
@@ -381,6 +415,19 @@ class Connection:
     async def aclose(self) -> None:
         self.close()
         await self.wait_closed()
+
+
+class Connection(FramedConnection[Message]):
+    """The dispatcher ⇄ agent connection."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_frame: int = MAX_FRAME_BEFORE_AUTH,
+    ) -> None:
+        super().__init__(reader, writer, AGENT_MESSAGES, max_frame=max_frame)
 
 
 async def open_connection(host: str, port: int, **kwargs: Any) -> Connection:
