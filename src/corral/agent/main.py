@@ -12,16 +12,15 @@ agent is gone, ``corral.agent.launcher.kill_orphans`` cleans up).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from corral import eventloop
 from corral.agent.pidfiles import (
     StateDirBusy,
     lock_state_dir,
@@ -91,14 +90,6 @@ def _read_token(parser: argparse.ArgumentParser, token_file: Path | None) -> str
     return token
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def _runtime_dir(asked: Path | None, state_dir: Path) -> Path | None:
     if asked is not None:
         return asked.expanduser().resolve() if str(asked) else None
@@ -147,6 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             environ=environ,
         )
         log.info("agent %s starting; state in %s", config.node_id, state_dir)
-        return _run(Agent(config).run())
+        return eventloop.run(Agent(config).run())
     finally:
         os.close(lock)

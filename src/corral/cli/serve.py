@@ -11,11 +11,11 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from corral import eventloop
 from corral.api.app import create_app
 from corral.api.auth import load_or_create_token
 from corral.api.server import open_api_server
@@ -96,17 +96,8 @@ def serve(
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
     settings = RuntimeSettings(home, config, agent_token, agents, store_url)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_serve(settings, token, host, port))
+    code = eventloop.run(_serve(settings, token, host, port))
     sys.exit(code)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) -> int:
