@@ -160,7 +160,13 @@ def test_the_driver_lists_only_the_jobs_of_its_pool(slurm: dict[str, str], tmp_p
     )
     driver = SlurmDriver(options, "127.0.0.1:9", "secret")
     other = subprocess.run(
-        ["sbatch", "--parsable", "--job-name=someone-else", "--wrap=sleep 30"],
+        [
+            "sbatch",
+            "--parsable",
+            "--job-name=someone-else",
+            "--output=/dev/null",
+            "--wrap=sleep 30",
+        ],
         env=slurm,
         capture_output=True,
         text=True,
