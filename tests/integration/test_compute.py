@@ -404,6 +404,44 @@ async def test_workers_reach_their_client_over_tls(dispatcher: AsyncClient, tmp_
         assert conn.get_extra_info("ssl_object") is not None
 
 
+async def test_a_shared_pool_serves_several_computations_and_outlives_them(
+    dispatcher: AsyncClient,
+) -> None:
+    pool = f"p{os.getpid()}"
+    first = Computation(dispatcher=dispatcher, pulse_interval=PULSE)
+    second = Computation([Item], dispatcher=dispatcher, pulse_interval=PULSE)
+    await first.schedule(workers=2, exclusive=False, pool=pool)
+    await second.schedule(workers=2, exclusive=False, pool=pool)
+    try:
+        assert set(await first.procs()) == set(await second.procs())
+        assert {p.process for p in await first.procs()} == {
+            f"corral-pool-{pool}-w0",
+            f"corral-pool-{pool}-w1",
+        }
+        waiting = await first.run(waits, 0.5)  # holds nothing: the second computation goes on
+        seen_by_first = {await t.result() for t in await first.run_procs(where_am_i)}
+        seen_by_second = {await t.result() for t in await second.run_procs(where_am_i)}
+        assert seen_by_first == seen_by_second  # the very same processes
+        assert not waiting.done()
+        await first.close()
+        with pytest.raises(ComputationClosed):
+            await waiting.result()
+        assert await second.run_result(sum, [1, 2]) == 3  # the pool outlived the first
+        third = Computation(dispatcher=dispatcher, pulse_interval=PULSE)
+        await third.schedule(workers=3, exclusive=False, pool=pool)  # the pool grows by one
+        assert len(await third.procs()) == 3
+        await third.close()
+    finally:
+        await second.close()
+    records = {r["upid"]: r for r in await dispatcher.describe_processes()}
+    pool_states = {u: r["state"] for u, r in records.items() if u.startswith(f"corral-pool-{pool}")}
+    assert pool_states == dict.fromkeys(
+        (f"corral-pool-{pool}-w{i}" for i in range(3)), "500-RUNNING"
+    )
+    for upid in pool_states:
+        await dispatcher.terminate_process(upid)
+
+
 async def test_closing_fails_pending_tasks_and_ends_the_workers(dispatcher: AsyncClient) -> None:
     c = Computation(dispatcher=dispatcher, pulse_interval=PULSE)
     await c.schedule(workers=1)

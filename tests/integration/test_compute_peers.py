@@ -149,7 +149,7 @@ async def test_a_client_without_the_secret_gets_nothing_unpickled(tmp_path: Path
         conn = FramedConnection(reader, writer, COMPUTE_MESSAGES)
         await conn.read_batch()  # the Hello
         await conn.send_now(Challenge(os.urandom(32), os.urandom(32)))
-        conn.send(Setup("n", [], [], blob, PULSE))
+        conn.send(Setup("c1", "n", [], [], blob, PULSE))
         await conn.aclose()
 
     server, address = await fake_client(wrong_proof)
@@ -161,7 +161,7 @@ async def test_a_client_without_the_secret_gets_nothing_unpickled(tmp_path: Path
 
     async def setup_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = FramedConnection(reader, writer, COMPUTE_MESSAGES)
-        conn.send(Setup("n", [], [], blob, PULSE))
+        conn.send(Setup("c1", "n", [], [], blob, PULSE))
         await conn.aclose()
 
     server, address = await fake_client(setup_first)

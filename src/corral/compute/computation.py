@@ -12,13 +12,12 @@ elsewhere and the others fail with ``TaskAbandoned``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,9 +48,9 @@ from corral.compute.messages import (
 from corral.compute.placement import least_loaded
 from corral.compute.processes import ProcessState, WorkerProcess
 from corral.compute.reservation import Reservation
-from corral.compute.status import Status, StatusMessage
+from corral.compute.session import MISSED_PULSES
+from corral.compute.status import Status, StatusCallback, StatusFeed, StatusMessage
 from corral.compute.tasks import RemoteTask, TaskOptions
-from corral.compute.worker import MISSED_PULSES
 from corral.errors import WaitTimeout
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
 
@@ -59,8 +58,6 @@ log = logging.getLogger("corral.compute")
 
 MSG_TIMEOUT: Final = 10.0
 PULSE_INTERVAL: Final = 2.0
-
-StatusCallback = Callable[[StatusMessage], Awaitable[None] | None]
 
 
 class Computation:
@@ -106,11 +103,12 @@ class Computation:
         self._setup_blob = codec.dumps_code(
             {cid: self._code_objects[cid] for cid in self._setup_codes}
         )
-        self._status = status
-        self._status_queue: asyncio.Queue[StatusMessage] | None = None
+        self._status = StatusFeed(status)
         self._dispatcher = dispatcher
         self._own_dispatcher = dispatcher is None
         self._workers: Reservation | None = None
+        #: the shared pool whose workers this computation uses, if it does not have its own
+        self._pool: str | None = None
         self._listen = listen
         self._certfile, self._keyfile = certfile, keyfile
         self._python = python or sys.executable
@@ -136,6 +134,9 @@ class Computation:
         *,
         engine: str | None = None,
         constraints: dict[str, Any] | None = None,
+        exclusive: bool = True,
+        pool: str = "default",
+        pool_listen: str = "127.0.0.1",
         wait: bool = True,
         timeout: float = 60.0,  # noqa: ASYNC109 - a deadline for the whole reservation
     ) -> int:
@@ -144,15 +145,33 @@ class Computation:
         Without ``workers``, one process per slot of every node of ``engine`` (default: any)
         that satisfies ``constraints``, each on its node; with it, that many processes
         wherever the dispatcher places them.
+
+        ``exclusive`` (discoro's way): the processes are this computation's own, and end with
+        it. Otherwise the computation shares the worker processes of the pool named ``pool``
+        with the other computations that use it, starting what the pool lacks (its workers
+        listen on ``pool_listen``); they outlive the computation.
         """
         if self._closed:
             raise ComputationClosed(f"computation {self.id} is closed")
-        await self._start_server()
-        upids = await self._reservation().request(
-            workers, engine, constraints or {}, self._worker_configuration()
-        )
+        if self._processes and exclusive != (self._pool is None):
+            raise ComputeError(f"computation {self.id} already uses other worker processes")
+        reservation = self._reservation()
+        deadline = time.monotonic() + timeout
+        if exclusive:
+            await self._start_server()
+            upids = await reservation.request(
+                workers, engine, constraints or {}, self._worker_configuration()
+            )
+        else:
+            self._start_background()
+            self._pool = pool
+            self._secret, upids = await reservation.join_pool(
+                pool, workers, engine, constraints or {}, pool_listen
+            )
+            for upid in upids:
+                self._spawn(self._dial(upid, deadline))
         if wait:
-            await self._wait_ready(upids, time.monotonic() + timeout)
+            await self._wait_ready(upids, deadline)
         return 0
 
     def _worker_configuration(self) -> dict[str, Any]:
@@ -338,16 +357,41 @@ class Computation:
         self._server = await asyncio.start_server(self._accept, self._listen, 0, ssl=tls)
         port = self._server.sockets[0].getsockname()[1]
         self._address = f"{self._listen}:{port}"
+        self._start_background()
+
+    def _start_background(self) -> None:
+        if self._background:
+            return
         self._spawn(self._pulse())
-        if self._status is not None:
-            self._status_queue = asyncio.Queue()
-            self._spawn(self._deliver_status(self._status, self._status_queue))
+        if self._status.wanted:
+            self._spawn(self._status.deliver())
+
+    async def _dial(self, upid: str, deadline: float) -> None:
+        """Keep a connection to a worker of the shared pool, dialling it again when it drops
+        (it may have been restarted elsewhere), until it ends or the computation does."""
+        reservation = self._reservation()
+        while not self._closed:
+            try:
+                host, port = await reservation.address_of(upid, deadline)
+                reader, writer = await asyncio.open_connection(host, port)
+            except (OSError, ComputeError, WaitTimeout) as exc:
+                if not reservation.lives(upid):
+                    log.warning("pool worker %s is gone: %s", upid, exc)
+                    return
+                await asyncio.sleep(self.pulse_interval)
+                continue
+            await self._handle(FramedConnection(reader, writer, COMPUTE_MESSAGES))
+            deadline = time.monotonic() + MISSED_PULSES * self.pulse_interval
+            await asyncio.sleep(min(0.05, self.pulse_interval))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn: ComputeConnection = FramedConnection(reader, writer, COMPUTE_MESSAGES)
+        await self._handle(FramedConnection(reader, writer, COMPUTE_MESSAGES))
+
+    async def _handle(self, conn: ComputeConnection) -> None:
+        """Serve a connection to a worker, whichever side dialled, until it ends."""
         try:
             async with asyncio.timeout(self.timeout):
-                hello = await prove_client(conn, self._secret, self.id)
+                hello = await prove_client(conn, self._secret, self._pool or self.id)
         except (AuthenticationFailed, ProtocolError, ConnectionClosed, TimeoutError) as exc:
             log.warning("refused a worker from %s: %s", conn.peer, exc)
             await conn.aclose()
@@ -386,7 +430,7 @@ class Computation:
         process.codes = set(self._setup_codes)
         process.last_heard = time.monotonic()
         setup = Setup(
-            process.node, self._files, self._modules, self._setup_blob, self.pulse_interval
+            self.id, process.node, self._files, self._modules, self._setup_blob, self.pulse_interval
         )
         conn.send(setup)
         return process
@@ -508,23 +552,7 @@ class Computation:
     # --- status --------------------------------------------------------------------------------
 
     def _emit(self, status: Status, info: Any, **details: Any) -> None:
-        if self._status_queue is not None:
-            self._status_queue.put_nowait(StatusMessage(status, info, **details))
-
-    async def _deliver_status(
-        self, callback: StatusCallback, queue: asyncio.Queue[StatusMessage]
-    ) -> None:
-        """Hand status messages to the callback in order, awaiting it if it is a coroutine."""
-        while True:
-            message = await queue.get()
-            try:
-                outcome = callback(message)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                log.exception("the status callback failed on %s", message.status.value)
-            finally:
-                queue.task_done()
+        self._status.emit(StatusMessage(status, info, **details))
 
     # --- closing -------------------------------------------------------------------------------
 
@@ -539,10 +567,9 @@ class Computation:
             if process.state is not ProcessState.CLOSED:
                 process.send(Close("the computation closed"))
                 self._lose(process, "closed with the computation")
-        if self._workers is not None:
+        if self._workers is not None and self._pool is None:
             await self._workers.release(self.timeout)
-        if self._status_queue is not None:
-            await self._status_queue.join()
+        await self._status.drain()
         for background in self._background:
             background.cancel()
         if self._server is not None:

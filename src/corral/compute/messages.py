@@ -59,9 +59,11 @@ class File:
 @dataclass(frozen=True, slots=True)
 class Setup:
     """The computation's components: files for the working directory, modules to import from
-    it, then code (a pickle of functions and classes by code id). ``node`` is the node the
+    it, then code (a pickle of functions and classes by code id). ``computation`` is the
+    client's computation (a worker of a shared pool serves several); ``node`` is the node the
     client knows the worker by (the dispatcher's node id)."""
 
+    computation: str
     node: str
     files: list[File]
     modules: list[str]

@@ -1,18 +1,20 @@
 """A computation's worker process: ``python -m corral.compute``.
 
 The dispatcher starts it as an ordinary process; the ``compute`` key of its configuration
-names the client's address, the computation, the secret, the pulse interval and, for TLS, the
-client's certificate. It dials the client, proves the secret (``corral.compute.auth``), takes
-the components (files into a working directory of its own, modules imported from there, then
-code) and runs tasks:
+says which of two ways it serves:
 
-- CPU-bound tasks one at a time, on a thread with an event loop of its own, so that pulses
-  and messages keep flowing while a task computes;
-- I/O-bound tasks (``io=True``) concurrently on the connection's loop.
+- **its own computation** (``address``, ``computation``): it dials the client, and when the
+  connection drops it dials again for five pulses while its tasks go on; then it gives up,
+  cancels its tasks and exits 0, which releases its slot. ``Close`` ends it at once.
+- **a shared pool** (``pool``): it listens (on ``listen``, loopback by default), prints
+  ``LISTENING host:port`` on its standard output for clients to read through the
+  dispatcher, and serves every client that proves the pool's secret, each in a session of its
+  own that ends when its client closes it or stays away for five pulses.
 
-A lost connection is dialled again for five pulses while tasks go on and their results wait;
-then the worker gives up, cancels its tasks and exits 0, which releases its slot. A client
-that says ``Close`` ends it at once.
+Either way, each connection proves the secret (``corral.compute.auth``) before a pickle is
+read. CPU-bound tasks run one at a time, on a thread with an event loop of its own, so that
+pulses and messages keep flowing while a task computes; I/O-bound tasks run concurrently on
+the connection's loop (``corral.compute.session``).
 """
 
 from __future__ import annotations
@@ -28,54 +30,41 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from corral import eventloop
-from corral.compute import code as codec
 from corral.compute.auth import ComputeConnection, new_hello, pinned_context, prove_worker
-from corral.compute.errors import AuthenticationFailed, RemoteError
-from corral.compute.handles import Location, MailboxHandle, TaskHandle, register_endpoint
-from corral.compute.messages import (
-    COMPUTE_MESSAGES,
-    Cancel,
-    Close,
-    Code,
-    ComputeMessage,
-    Done,
-    Pulse,
-    Ready,
-    Run,
-    Setup,
-    ToMailbox,
-    ToTask,
-)
+from corral.compute.errors import AuthenticationFailed
+from corral.compute.messages import COMPUTE_MESSAGES, ComputeMessage, Setup
+from corral.compute.session import MISSED_PULSES, Session, Task
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
 
 log = logging.getLogger("corral.compute.worker")
 
-#: pulses missed before the peer counts as gone
-MISSED_PULSES = 5
+#: how a pool worker announces its address on its standard output
+LISTENING: Final = "LISTENING"
 #: exit code when the client cannot prove the secret (not worth a restart)
-EXIT_REFUSED = 3
-EXIT_USAGE = 2
-#: results and messages kept while the client is unreachable
-BACKLOG_LIMIT = 100_000
+EXIT_REFUSED: Final = 3
+EXIT_USAGE: Final = 2
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    host: str
-    port: int
-    computation: str
-    secret: str
     worker: str
+    secret: str
     pulse_interval: float
+    #: its own computation: the client's computation and address
+    computation: str = ""
+    host: str = ""
+    port: int = 0
     certificate: str | None = None
+    #: a shared pool: its name and where to listen
+    pool: str = ""
+    listen: str = "127.0.0.1"
     connect_timeout: float = 30.0
 
     @classmethod
@@ -85,14 +74,24 @@ class WorkerSettings:
         if not isinstance(section, Mapping):
             raise ValueError("configuration.compute is missing")
         try:
+            secret = str(section["secret"])
+            pulse_interval = float(section["pulse_interval"])
+            if "pool" in section:
+                return cls(
+                    worker,
+                    secret,
+                    pulse_interval,
+                    pool=str(section["pool"]),
+                    listen=str(section.get("listen", "127.0.0.1")),
+                )
             host, _, port = str(section["address"]).rpartition(":")
             return cls(
+                worker,
+                secret,
+                pulse_interval,
+                computation=str(section["computation"]),
                 host=host.strip("[]"),
                 port=int(port),
-                computation=str(section["computation"]),
-                secret=str(section["secret"]),
-                worker=worker,
-                pulse_interval=float(section["pulse_interval"]),
                 certificate=section.get("certificate"),
             )
         except KeyError as exc:
@@ -101,90 +100,17 @@ class WorkerSettings:
             raise ValueError(f"configuration.compute: {exc}") from None
 
 
-class _Mailbox:
-    """Messages for one task; filled from any thread, read on the task's own loop."""
-
-    __slots__ = ("_items", "_lock", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[bytes] = deque()
-        self._lock = threading.Lock()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, blob: bytes) -> None:
-        with self._lock:
-            self._items.append(blob)
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.get_loop().call_soon_threadsafe(_wake, waiter)
-
-    async def get(self) -> bytes:
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class TaskContext:
-    """What a task function gets as its ``task`` argument: its mailbox and handles."""
-
-    __slots__ = ("_mailbox", "_shipped", "client", "handle", "id", "location")
-
-    def __init__(
-        self,
-        run: Run,
-        location: Location,
-        computation: str,
-        mailbox: _Mailbox,
-        shipped: codec.Shipped,
-    ) -> None:
-        self.id = run.task
-        self.location = location
-        self.handle = TaskHandle(computation, run.task)
-        #: the client's default mailbox: ``await task.client.send(message)``
-        self.client = MailboxHandle(computation, 0)
-        self._mailbox = mailbox
-        self._shipped = shipped
-
-    async def receive(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - discoro's API
-        """The next message sent to this task, or None after ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                blob = await self._mailbox.get()
-        except TimeoutError:
-            return None
-        return self._shipped.loads(blob)
-
-
-class _Task:
-    __slots__ = ("cancelled", "future", "mailbox", "run")
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.mailbox = _Mailbox()
-        self.future: asyncio.Task[None] | None = None
-        self.cancelled = False
-
-
 class _Outbox:
-    """Messages made on the CPU thread, handed to the connection's loop once per batch."""
+    """Messages made on the CPU thread, handed to the connections' loop once per batch."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, flush: Callable[[list[Any]], None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._flush = flush
         self._lock = threading.Lock()
-        self._items: list[Any] = []
+        self._items: list[tuple[Session, ComputeMessage]] = []
 
-    def put(self, message: Any) -> None:
+    def put(self, session: Session, message: ComputeMessage) -> None:
         with self._lock:
-            self._items.append(message)
+            self._items.append((session, message))
             first = len(self._items) == 1
         if first:
             self._loop.call_soon_threadsafe(self._drain)
@@ -192,15 +118,16 @@ class _Outbox:
     def _drain(self) -> None:
         with self._lock:
             items, self._items = self._items, []
-        self._flush(items)
+        for session, message in items:
+            session.send(message)
 
 
 class _CpuRunner:
     """Runs CPU-bound tasks one at a time on a thread with an event loop of its own."""
 
-    def __init__(self, execute: Callable[[_Task], Any]) -> None:
+    def __init__(self, execute: Callable[[Task], Awaitable[None]]) -> None:
         self._execute = execute
-        self._queue: deque[_Task] = deque()
+        self._queue: deque[Task] = deque()
         self.loop = (eventloop.loop_factory() or asyncio.new_event_loop)()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -224,101 +151,93 @@ class _CpuRunner:
         finally:
             self.loop.close()
 
-    def submit(self, tasks: Iterable[_Task]) -> None:
+    def submit(self, tasks: Iterable[Task]) -> None:
         self._queue.extend(tasks)
-        self.loop.call_soon_threadsafe(self._poke)
+        self.loop.call_soon_threadsafe(self._wake.set)
 
-    def _poke(self) -> None:
-        self._wake.set()
-
-    def cancel(self, task: _Task) -> None:
+    def cancel(self, task: Task) -> None:
         task.cancelled = True
-        self.loop.call_soon_threadsafe(_cancel_future, task)
+        self.loop.call_soon_threadsafe(task.cancel)
 
     def stop(self) -> None:
         self._stopping = True
         for task in self._queue:
             task.cancelled = True
-        self.loop.call_soon_threadsafe(self._poke)
+        self.loop.call_soon_threadsafe(self._wake.set)
         self._thread.join(5)
 
 
-def _cancel_future(task: _Task) -> None:
-    if task.future is not None:
-        task.future.cancel()
-
-
 class Worker:
-    """One worker process of one computation."""
+    """One worker process: its sessions, its CPU thread, and how it meets its clients."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.location = Location(socket.gethostname(), settings.worker)
-        self._shipped = codec.Shipped()
-        self._codes: dict[int, Any] = {}
-        self._wants_task: dict[int, bool] = {}
-        self._tasks: dict[int, _Task] = {}
-        self._conn: ComputeConnection | None = None
-        self._backlog: list[ComputeMessage] = []
-        self._last_heard = time.monotonic()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"corral-compute-{settings.computation}-"))
-        self._loop = asyncio.get_running_loop()
-        self._net_thread = threading.get_ident()
-        self._outbox = _Outbox(self._loop, self._send_all)
-        self._runner = _CpuRunner(self._execute)
-        register_endpoint(settings.computation, self)
+        self.loop = asyncio.get_running_loop()
+        self._base = Path(tempfile.mkdtemp(prefix="corral-compute-"))
+        self._cwd = Path.cwd()
+        self._outbox = _Outbox(self.loop)
+        self._runner = _CpuRunner(self._run_cpu_task)
+        self._sessions: dict[str, Session] = {}
 
-    # --- the endpoint for handles unpickled here ----------------------------------------------
+    # --- what sessions need (session.Host) -----------------------------------------------------
 
-    def post_task(self, task: int, message: Any) -> None:
-        self._emit(ToTask(task, codec.dumps(message)))
+    def run_cpu(self, tasks: list[Task]) -> None:
+        self._runner.submit(tasks)
 
-    def post_mailbox(self, mailbox: int, message: Any) -> None:
-        self._emit(ToMailbox(mailbox, codec.dumps(message)))
+    def cancel_cpu(self, task: Task) -> None:
+        self._runner.cancel(task)
 
-    def task_handle(self, task: int) -> TaskHandle:
-        return TaskHandle(self.settings.computation, task)
+    def from_thread(self, session: Session, message: ComputeMessage) -> None:
+        self._outbox.put(session, message)
 
-    def _emit(self, message: ComputeMessage) -> None:
-        if threading.get_ident() == self._net_thread:
-            self._send(message)
-        else:
-            self._outbox.put(message)
+    async def _run_cpu_task(self, task: Task) -> None:
+        directory = task.session.directory
+        if directory != self._cwd:  # one at a time: the process's directory is the task's
+            os.chdir(directory)
+            self._cwd = directory
+        await task.session.execute(task)
 
-    def _send(self, message: ComputeMessage) -> None:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            if isinstance(message, Done):
-                # only now: a task whose result waits in the backlog is still the worker's
-                # when it tells a client it dials again what it runs (Ready.running)
-                self._tasks.pop(message.task, None)
-            conn.send(message)
-        elif len(self._backlog) < BACKLOG_LIMIT:
-            self._backlog.append(message)
-
-    def _send_all(self, messages: list[Any]) -> None:
-        for message in messages:
-            self._send(message)
-
-    # --- the connection ------------------------------------------------------------------------
+    # --- serving -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        os.chdir(self._workdir)
-        sys.path.insert(0, str(self._workdir))
         try:
-            deadline = time.monotonic() + self.settings.connect_timeout
-            while (conn := await self._dial(deadline)) is not None:
-                if await self._serve(conn):
-                    break
-                # from now, not from when the client was last heard: a worker that was
-                # stopped or cut off still tries, and a live client takes it back
-                deadline = time.monotonic() + MISSED_PULSES * self.settings.pulse_interval
+            if self.settings.pool:
+                await self._serve_pool()
+            else:
+                await self._serve_own()
         except AuthenticationFailed as exc:
             log.error("%s", exc.message)
             return EXIT_REFUSED
         finally:
             self._shut_down()
         return 0
+
+    async def _handshake(self, conn: ComputeConnection, name: str) -> tuple[Setup, list[Any]]:
+        """Prove the secret and take the client's Setup (the first frame after the proofs)."""
+        hello = new_hello(name, self.settings.worker, socket.gethostname())
+        async with asyncio.timeout(MISSED_PULSES * self.settings.pulse_interval + 5):
+            await prove_worker(conn, self.settings.secret, hello)
+            batch = await conn.read_batch()
+        if not batch or not isinstance(batch[0], Setup):
+            raise ProtocolError("expected Setup after the proofs")
+        return batch[0], batch[1:]
+
+    async def _serve_own(self) -> None:
+        settings = self.settings
+        session = self._session(settings.computation)
+        deadline = time.monotonic() + settings.connect_timeout
+        while (conn := await self._dial(deadline)) is not None:
+            try:
+                setup, rest = await self._handshake(conn, settings.computation)
+                if await session.serve(conn, setup, rest):
+                    return
+            except (ConnectionClosed, ProtocolError, TimeoutError) as exc:
+                log.warning("connection to the client lost: %s", exc)
+            finally:
+                conn.close()
+            # from now, not from when the client was last heard: a worker that was stopped
+            # or cut off still tries, and a live client takes it back
+            deadline = time.monotonic() + MISSED_PULSES * settings.pulse_interval
 
     async def _dial(self, deadline: float) -> ComputeConnection | None:
         settings = self.settings
@@ -330,9 +249,7 @@ class Worker:
                     reader, writer = await asyncio.open_connection(
                         settings.host, settings.port, ssl=tls
                     )
-                conn = FramedConnection(reader, writer, COMPUTE_MESSAGES)
-                _no_delay(writer)
-                return conn
+                return FramedConnection(reader, writer, COMPUTE_MESSAGES)
             except (OSError, TimeoutError) as exc:
                 if time.monotonic() + pause >= deadline:
                     log.warning("giving up on the client at %s: %s", settings.host, exc)
@@ -340,148 +257,57 @@ class Worker:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, settings.pulse_interval)
 
-    async def _serve(self, conn: ComputeConnection) -> bool:
-        """Serve one connection; True when the client closed the computation."""
-        settings = self.settings
-        hello = new_hello(settings.computation, settings.worker, self.location.node)
-        pulses: asyncio.Task[None] | None = None
+    async def _serve_pool(self) -> None:
+        server = await asyncio.start_server(self._accept, self.settings.listen, 0)
+        host, port = server.sockets[0].getsockname()[:2]
+        print(f"{LISTENING} {host}:{port}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn: ComputeConnection = FramedConnection(reader, writer, COMPUTE_MESSAGES)
+        closed = False
+        session: Session | None = None
         try:
-            async with asyncio.timeout(MISSED_PULSES * settings.pulse_interval + 5):
-                await prove_worker(conn, settings.secret, hello)
-                setup = await conn.read_batch()
-            if not setup or not isinstance(setup[0], Setup):
-                raise ProtocolError("expected Setup after the proofs")
-            self._apply_setup(setup[0])
-            self._last_heard = time.monotonic()
-            self._conn = conn
-            conn.send(Ready(sorted(self._tasks)))
-            backlog, self._backlog = self._backlog, []
-            self._send_all(backlog)
-            pulses = asyncio.ensure_future(self._pulse(conn))
-            return await self._obey(conn, setup[1:])
-        except (ConnectionClosed, ProtocolError, TimeoutError) as exc:
-            log.warning("connection to the client lost: %s", exc)
-            return False
+            setup, rest = await self._handshake(conn, self.settings.pool)
+            session = self._session(setup.computation)
+            closed = await session.serve(conn, setup, rest)
+        except (AuthenticationFailed, ConnectionClosed, ProtocolError, TimeoutError) as exc:
+            log.warning("connection from %s ended: %s", conn.peer, exc)
         finally:
-            if pulses is not None:
-                pulses.cancel()
-            self._conn = None
             conn.close()
-
-    async def _obey(self, conn: ComputeConnection, batch: list[ComputeMessage]) -> bool:
-        while True:
-            cpu: list[_Task] = []
-            for message in batch:
-                if isinstance(message, Run):
-                    task = self._start(message)
-                    if task is not None:
-                        cpu.append(task)
-                elif isinstance(message, ToTask):
-                    self._deliver(message)
-                elif isinstance(message, Code):
-                    self._add_codes(message.blob)
-                elif isinstance(message, Cancel):
-                    self._cancel(message.task)
-                elif isinstance(message, Close):
-                    return True
-            if cpu:
-                self._runner.submit(cpu)
-            batch = await conn.read_batch()
-            self._last_heard = time.monotonic()
-
-    async def _pulse(self, conn: ComputeConnection) -> None:
-        interval = self.settings.pulse_interval
-        while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_heard > MISSED_PULSES * interval:
-                log.warning("the client has been silent for %d pulses", MISSED_PULSES)
-                conn.close()
-                return
-            conn.send(Pulse(time.time()))
-
-    # --- components and tasks ------------------------------------------------------------------
-
-    def _apply_setup(self, setup: Setup) -> None:
-        self.location = Location(setup.node, self.settings.worker)
-        for file in setup.files:
-            name = Path(file.name).name  # never outside the working directory
-            (self._workdir / name).write_bytes(file.data)
-        for module in setup.modules:
-            __import__(module)
-        self._add_codes(setup.blob)
-
-    def _add_codes(self, blob: bytes) -> None:
-        for code_id, obj in self._shipped.loads(blob).items():
-            self._shipped.add(obj)
-            self._codes[code_id] = obj
-            self._wants_task[code_id] = codec.accepts_task(obj)
-
-    def _start(self, run: Run) -> _Task | None:
-        task = _Task(run)
-        self._tasks[run.task] = task
-        if run.io:
-            task.future = self._loop.create_task(self._execute(task))
-            return None
-        return task
-
-    def _deliver(self, message: ToTask) -> None:
-        task = self._tasks.get(message.task)
-        if task is not None:
-            task.mailbox.put(message.payload)
-
-    def _cancel(self, task_id: int) -> None:
-        task = self._tasks.pop(task_id, None)
-        if task is None:
+        if session is None:
             return
-        if task.run.io:
-            task.cancelled = True
-            _cancel_future(task)
-        else:
-            self._runner.cancel(task)
+        if closed:
+            self._drop(session)
+        else:  # its client has five pulses to come back
+            self.loop.call_later(MISSED_PULSES * session.pulse_interval, self._expire, session)
 
-    async def _execute(self, task: _Task) -> None:
-        run = task.run
-        try:
-            func = self._codes[run.code]
-            args, kwargs = self._shipped.loads(run.call)
-            if self._wants_task.get(run.code):
-                kwargs["task"] = TaskContext(
-                    run, self.location, self.settings.computation, task.mailbox, self._shipped
-                )
-            result = func(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                result = await result
-            done = Done(run.task, True, codec.dumps(result), "")
-        except asyncio.CancelledError:
-            return
-        except BaseException as exc:  # a task's failure, whatever it is, is its result
-            done = Done(run.task, False, _dump_exception(exc), traceback.format_exc())
-        if not task.cancelled:
-            self._emit(done)
+    def _session(self, computation: str) -> Session:
+        session = self._sessions.get(computation)
+        if session is None:
+            directory = self._base / (computation or "session")
+            session = self._sessions[computation] = Session(self, self.settings.worker, directory)
+            sys.path.insert(0, str(directory))
+        return session
+
+    def _expire(self, session: Session) -> None:
+        if not session.connected and self._sessions.get(session.computation) is session:
+            self._drop(session)
+
+    def _drop(self, session: Session) -> None:
+        session.end(self._runner.cancel)
+        self._sessions.pop(session.computation, None)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(session.directory))
+        shutil.rmtree(session.directory, ignore_errors=True)
 
     def _shut_down(self) -> None:
+        for session in list(self._sessions.values()):
+            self._drop(session)
         self._runner.stop()
-        for task in list(self._tasks.values()):
-            if task.run.io:
-                _cancel_future(task)
-        self._tasks.clear()
-        os.chdir(self._workdir.parent)
-        shutil.rmtree(self._workdir, ignore_errors=True)
-
-
-def _dump_exception(exc: BaseException) -> bytes:
-    try:
-        blob = codec.dumps(exc)
-        codec.loads(blob)  # an exception whose constructor cannot take its args back
-    except Exception:
-        return codec.dumps(RemoteError(f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-    return blob
-
-
-def _no_delay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        os.chdir(self._base.parent)
+        shutil.rmtree(self._base, ignore_errors=True)
 
 
 def main() -> int:
