@@ -87,7 +87,14 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     return Config(tuple(engines))
 
 
-_INTS = ("slots", "base_need", "maximum_vms", "spare_slots", "max_dispatch_attempts")
+_INTS = (
+    "slots",
+    "base_need",
+    "maximum_vms",
+    "spare_slots",
+    "max_dispatch_attempts",
+    "launch_ahead",
+)
 _FLOATS = (
     "heartbeat_period",
     "heartbeat_warning",

@@ -28,6 +28,7 @@ ELASTIC = """
 id = "sim"
 driver = "fake"
 slots = 2
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
 maximum_vms = 5
 idle_timeout = 0.5

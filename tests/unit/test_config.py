@@ -75,6 +75,12 @@ def test_every_setting_is_read():
     assert isinstance(e.heartbeat_warning, float)
 
 
+def test_launch_ahead_defaults_to_the_slots_and_zero_turns_it_off():
+    assert parse_config(_one(slots=6)).default_engine.ahead == 6
+    assert parse_config(_one(slots=6, launch_ahead=2)).default_engine.ahead == 2
+    assert parse_config(_one(slots=6, launch_ahead=0)).default_engine.ahead == 0
+
+
 def test_labels_become_strings_as_constraints_compare_them():
     labels = parse_config(_one(labels={"zone": 1, "gpu": True, "ssd": False, "ratio": 1.5}))
     assert labels.default_engine.labels == {
@@ -105,6 +111,7 @@ def test_labels_become_strings_as_constraints_compare_them():
         (_one(slots=2.0), "engines[0].slots"),
         (_one(slots=True), "engines[0].slots"),
         (_one(base_need=-1), "engines[0].base_need"),
+        (_one(launch_ahead=-1), "engines[0].launch_ahead"),
         (_one(maximum_vms="4"), "engines[0].maximum_vms"),
         (_one(base_need=3, maximum_vms=2), "engines[0].base_need"),
         (_one(heartbeat_warning=6, heartbeat_missing=6), "engines[0].heartbeat_warning"),

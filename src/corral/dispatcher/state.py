@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
+from corral.core.matchmaker import may_go_ahead
 from corral.core.model import Definition, Engine, NodeRecord, ProcessRecord, Resources
 from corral.core.process_states import MATCHABLE_STATES, ProcessState, QueueingMode
 from corral.core.snapshot import Pending
@@ -48,6 +49,8 @@ class State:
         self.queue: dict[Upid, Pending] = {}
         #: those of the queue that have no waiting reason yet
         self.fresh: dict[Upid, Pending] = {}
+        #: those of the queue that may be placed ahead on a busy node
+        self.plain: dict[Upid, Pending] = {}
         #: processes holding a slot, per node
         self.by_node: dict[NodeId, set[Upid]] = {}
         #: bumped whenever a node's by_node set changes (views of the node are then stale)
@@ -129,6 +132,15 @@ class State:
         """Return once every change saved so far is committed."""
         await asyncio.shield(self._committer.commit_nowait([]))
 
+    def flushed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every change saved so far is committed."""
+        self._committer.commit_nowait([]).add_done_callback(lambda _: callback())
+
+    def settled(self, upid: Upid) -> bool:
+        """Is the latest change to ``upid`` committed, and were its commit's callbacks (the
+        commands it sends to agents) run?"""
+        return upid not in self._last_commit
+
     async def durable(self, upid: Upid) -> None:
         """Return once the latest change to ``upid`` is committed."""
         future = self._last_commit.get(upid)
@@ -193,9 +205,12 @@ class State:
                 self.fresh.pop(upid, None)
             else:
                 self.fresh[upid] = pending
+            if may_go_ahead(pending):
+                self.plain[upid] = pending
         else:
             self.queue.pop(upid, None)
             self.fresh.pop(upid, None)
+            self.plain.pop(upid, None)
         if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
             heapq.heappush(self.delayed, (record.not_before, upid, record.round))
 
