@@ -50,20 +50,22 @@ def match(snapshot: Snapshot) -> Match:
 
 def _to_free_slots(one: _Pass, snapshot: Snapshot) -> None:
     served = {p.upid for p in snapshot.returning}
+    queue = snapshot.queue
+    if served:
+        queue = (p for p in queue if p.upid not in served)
     if snapshot.fresh is None:
-        for pending in snapshot.queue:
+        for pending in queue:
             # Nothing can be placed and this one already says why: leave it be.
-            if (one.free_total > 0 or not pending.has_reason) and pending.upid not in served:
+            if one.free_total > 0 or not pending.has_reason:
                 one.serve(pending)
         return
     # The queue in order while a slot is left; after that, only the fresh processes not yet
     # served: the others already say why they wait, and nothing can change that now.
-    for pending in snapshot.queue:
+    for pending in queue:
         if one.free_total <= 0:
             break
-        if pending.upid not in served:
-            served.add(pending.upid)
-            one.serve(pending)
+        served.add(pending.upid)
+        one.serve(pending)
     else:
         return
     for pending in snapshot.fresh:
