@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from corral.core.constraints import ReasonKind
-from corral.core.matchmaker import match
+from corral.core.matchmaker import match, may_go_ahead
 from corral.core.model import Resources
 from corral.core.process_states import QueueingMode
 from corral.testing import node_view, pending, snapshot
@@ -119,3 +122,69 @@ def test_a_withdrawn_launch_back_in_the_queue_is_placed_before_the_queue() -> No
     assert placed(result) == {"back": "free"}
     assert result.withdraw == {}  # no free slot is left for the launch still queued
     assert set(result.waiting) == {"older"}
+
+
+@st.composite
+def busy_snapshots(draw: st.DrawFn):
+    engine_ids = draw(st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=2, unique=True))
+    nodes = []
+    for i in range(draw(st.integers(0, 5))):
+        slots = draw(st.integers(0, 3))
+        used = draw(st.integers(0, 6))
+        beyond = max(0, used - slots)
+        withdrawing = draw(st.integers(0, beyond))
+        nodes.append(
+            node_view(
+                f"n{i}",
+                engine=draw(st.sampled_from(engine_ids)),
+                slots=slots,
+                used=used,
+                ahead=draw(st.integers(0, 2)),
+                queued=draw(st.integers(0, beyond - withdrawing)),
+                withdrawing=withdrawing,
+                properties={"zone": draw(st.sampled_from(["x", "y"]))},
+            )
+        )
+    queue = [
+        pending(
+            f"p{i}",
+            constraints=draw(st.just({}) | st.just({"zone": "x"})),
+            engine=draw(st.none() | st.sampled_from(engine_ids)),
+            node_exclusive=draw(st.none() | st.just("t")),
+            queueing_mode=draw(st.sampled_from(list(QueueingMode))),
+            has_reason=draw(st.booleans()),
+        )
+        for i in range(draw(st.integers(0, 10)))
+    ]
+    return snapshot(nodes=nodes, queue=queue, engines=engine_ids)
+
+
+@given(busy_snapshots())
+@settings(max_examples=300, deadline=None)
+def test_no_node_takes_more_than_ahead_beyond_its_slots_and_a_free_slot_always_wins(snap):
+    result = match(snap)
+    nodes = {n.node_id: n for n in snap.nodes}
+    queue = {p.upid: p for p in snap.queue}
+    on: dict[str, list] = {}
+    for placement in result.placements:
+        on.setdefault(placement.node_id, []).append(queue[placement.upid])
+    left = {e.engine_id: 0 for e in snap.engines}
+    for node in snap.nodes:
+        free = max(0, node.slots - node.used)
+        took = on.get(node.node_id, [])
+        beyond = max(0, len(took) - free)
+        spots = max(0, node.slots + node.ahead - max(node.used, node.slots))
+        assert beyond <= (spots if node.slots > 0 else 0)
+        # only processes that need nothing but a slot, and may always wait, go ahead
+        assert sum(not may_go_ahead(p) for p in took) <= free
+        left[node.engine] += free - min(free, len(took))
+    for engine_id, count in result.withdraw.items():
+        engine_nodes = [n for n in snap.nodes if n.engine == engine_id]
+        assert 0 < count <= sum(n.queued for n in engine_nodes)
+        assert count <= sum(max(0, n.slots - n.used) for n in engine_nodes)
+    for node_id, took in on.items():
+        node = nodes[node_id]
+        if len(took) > max(0, node.slots - node.used):
+            # placed ahead: its engine had no free slot left, and owed none to queued launches
+            assert left[node.engine] == 0
+            assert node.engine not in result.withdraw
