@@ -11,7 +11,7 @@ says which of two ways it serves:
   dispatcher, and serves every client that proves the pool's secret, each in a session of its
   own that ends when its client closes it or stays away for five pulses.
 
-Either way, each connection proves the secret (``corral.compute.auth``) before a pickle is
+Either way, each connection proves the secret (``corral.wire.handshake``) before a pickle is
 read. CPU-bound tasks run one at a time, on a thread with an event loop of its own, so that
 pulses and messages keep flowing while a task computes; I/O-bound tasks run concurrently on
 the connection's loop (``corral.compute.session``).
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from corral import eventloop
-from corral.compute.auth import ComputeConnection, new_hello, pinned_context, prove_worker
-from corral.compute.errors import AuthenticationFailed
-from corral.compute.messages import COMPUTE_MESSAGES, ComputeMessage, Setup
+from corral.compute.auth import ComputeConnection, pinned_context
+from corral.compute.messages import COMPUTE_MESSAGES, PROTOCOL_VERSION, ComputeMessage, Setup
 from corral.compute.session import MISSED_PULSES, Session, Task
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
+from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
 
 log = logging.getLogger("corral.compute.worker")
 
@@ -214,9 +214,9 @@ class Worker:
 
     async def _handshake(self, conn: ComputeConnection, name: str) -> tuple[Setup, list[Any]]:
         """Prove the secret and take the client's Setup (the first frame after the proofs)."""
-        hello = new_hello(name, self.settings.worker, socket.gethostname())
+        hello = new_hello(PROTOCOL_VERSION, name, self.settings.worker, socket.gethostname())
         async with asyncio.timeout(MISSED_PULSES * self.settings.pulse_interval + 5):
-            await prove_worker(conn, self.settings.secret, hello)
+            await send_hello(conn, self.settings.secret, hello)
             batch = await conn.read_batch()
         if not batch or not isinstance(batch[0], Setup):
             raise ProtocolError("expected Setup after the proofs")
