@@ -42,6 +42,7 @@ EVERY_TABLE = [
     Put(Table.PROCESSES, "p-2", process(300)),
     Put(Table.NODES, "node-1", {"state": "busy", "labels": {"zone": "é-ünïcode"}}),
     Put(Table.META, "epoch", {"value": 7}),
+    Put(Table.EVENTS, "00000000000000000001", {"q": "main", "n": "next_file", "a": "{}"}),
 ]
 
 
@@ -98,6 +99,7 @@ def test_a_document_that_is_not_json_leaves_the_whole_batch_unapplied(store: Sto
         Table.PROCESSES: {},
         Table.NODES: {},
         Table.META: {"kept": {"v": 0}},
+        Table.EVENTS: {},
     }
 
 

@@ -1,0 +1,101 @@
+"""The queue server on a real SQLite store and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from corral.queue import QueueClient, QueueServer
+from corral.store.sqlite import SQLiteStore
+from corral.wire.handshake import AuthenticationFailed
+
+pytestmark = pytest.mark.anyio
+SECRET = "the queue's secret"
+
+
+class Running:
+    def __init__(self, path: Path, visibility: float) -> None:
+        self.path = path
+        self.visibility = visibility
+        self.server: QueueServer | None = None
+        self.clients: list[QueueClient] = []
+
+    async def start(self) -> None:
+        self.server = QueueServer(SQLiteStore(self.path), SECRET, self.visibility)
+        await self.server.start("127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+        self.clients = []
+        if self.server is not None:
+            await self.server.aclose()
+
+    async def client(self, name: str, secret: str = SECRET) -> QueueClient:
+        assert self.server is not None
+        client = QueueClient(*self.server.address, secret, name)
+        self.clients.append(client)
+        await client.connect()
+        return client
+
+
+@pytest.fixture
+async def queue(tmp_path: Path) -> AsyncIterator[Running]:
+    running = Running(tmp_path / "queue.db", visibility=0.5)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def test_a_client_with_a_wrong_secret_is_refused_and_changes_nothing(queue: Running) -> None:
+    with pytest.raises(AuthenticationFailed, match="has a wrong secret"):
+        await queue.client("intruder", secret="guess")
+    good = await queue.client("producer")
+    assert await good.listing("main") == ([], [])
+
+
+async def test_events_survive_a_restart_and_held_ones_wait_for_their_holder(
+    queue: Running,
+) -> None:
+    producer = await queue.client("producer")
+    await producer.put("main", [("a", {"n": 1}, False), ("b", {"n": 2}, False)])
+    worker = await queue.client("worker")
+    (held,) = await worker.take("main", limit=1)
+    await queue.stop()
+    await queue.start()
+    other = await queue.client("other")
+    pending, held_now = await other.listing("main")
+    assert [e.name for e in pending] == ["b"]
+    assert [(e.name, e.holder) for e in held_now] == [("a", "worker")]
+    back = await queue.client("worker")  # the holder comes back and finishes its event
+    assert await back.ack([held.id]) == []
+    assert [e.name for e in await other.take("main", limit=5)] == ["b"]
+
+
+async def test_a_vanished_holder_loses_its_events_to_another_client(queue: Running) -> None:
+    producer = await queue.client("producer")
+    await producer.put("main", [("a", {}, False)])
+    first = await queue.client("first")
+    (event,) = await first.take("main")
+    await first.aclose()
+    second = await queue.client("second")
+    (again,) = await second.take("main", wait=5)  # after the visibility timeout
+    assert (again.id, again.attempts) == (event.id, 1)
+    late = await queue.client("first")
+    assert await late.ack([event.id]) == [event.id]  # refused: second holds it now
+    assert await second.ack([event.id]) == []
+
+
+async def test_a_waiting_take_is_answered_by_the_next_put(queue: Running) -> None:
+    worker = await queue.client("worker")
+    producer = await queue.client("producer")
+    waiting = asyncio.ensure_future(worker.take("main", wait=10))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await producer.put("main", [("late", {"x": [1, 2]}, False)])
+    (event,) = await waiting
+    assert (event.name, event.args) == ("late", '{"x": [1, 2]}')
+    assert await worker.take("main", wait=0.2) == []
