@@ -17,11 +17,11 @@ import click
 
 from corral import eventloop
 from corral.api.app import create_app
-from corral.api.auth import load_or_create_token
 from corral.api.server import open_api_server
 from corral.config import load_config
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.errors import CorralError
+from corral.secretfile import load_or_create_token
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 
