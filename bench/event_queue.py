@@ -31,7 +31,7 @@ from corral.queue import QueueClient
 
 CONSUMERS = 2
 BATCH = 100  # events per put of the producers that can batch (corral, Redis)
-TAKE = 32  # events per take of corral's consumers
+TAKE = 64  # events per take of corral's consumers
 STOP = "stop"
 
 

@@ -1,10 +1,15 @@
 """The queues' truth in memory: pending events in order, held events by holder (pure, no I/O).
 
-Every operation returns the store changes that make it durable; the server commits them
-before it answers. An event is *pending* (in its queue, oldest first) or *held* by exactly one
-client. A holder that goes away keeps its events for the visibility timeout, then they are
-pending again at the front of their queue, with one more attempt counted: an event is never
-lost, and never held by two clients at once.
+An event is *pending* (in its queue, oldest first) or *held* by exactly one client. A holder
+that goes away keeps its events for the visibility timeout, then they are pending again at the
+front of their queue, with one more attempt counted: an event is never lost, and never held
+by two clients at once.
+
+What is durable is which events exist (put, then deleted once handled): the operations that
+change that return the store changes to commit before the server answers. Who holds what is
+kept in memory only, which spares a write per take. So after a restart every event is held by
+the server's previous life (``PREVIOUS``) for the visibility timeout: a client still at work
+claims what it holds (``claim``), and the rest become pending when that time is up.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from typing import Any
 
 from corral.queue.messages import NewEvent, QueuedEvent
 from corral.store.base import Change, Delete, Put, Table
+
+#: the holder of every event just after a restart, until its real holder claims it
+PREVIOUS = ""
 
 
 @dataclass(slots=True)
@@ -33,14 +41,7 @@ class Event:
         return event_key(self.id)
 
     def doc(self) -> dict[str, Any]:
-        return {
-            "q": self.queue,
-            "n": self.name,
-            "a": self.args,
-            "r": self.recurrent,
-            "t": self.attempts,
-            "h": self.holder,
-        }
+        return {"q": self.queue, "n": self.name, "a": self.args, "r": self.recurrent}
 
     def put(self) -> Put:
         return Put(Table.EVENTS, self.key, self.doc())
@@ -67,20 +68,16 @@ class QueueBook:
 
     @classmethod
     def load(cls, docs: Mapping[str, Mapping[str, Any]], now: float, grace: float) -> QueueBook:
-        """Rebuild from the store; events held before a restart stay with their holders for
-        ``grace`` seconds, so that a holder still at work can come back and finish them."""
+        """Rebuild from the store: every event is held by ``PREVIOUS`` for ``grace`` seconds,
+        so that a client still at work on one can come back and claim it."""
         book = cls()
         for key in sorted(docs):
             doc = docs[key]
-            event = Event(
-                int(key), doc["q"], doc["n"], doc["a"], bool(doc["r"]), int(doc["t"]), doc["h"]
-            )
+            event = Event(int(key), doc["q"], doc["n"], doc["a"], bool(doc["r"]))
             book._next_id = max(book._next_id, event.id + 1)
-            if event.holder is None:
-                book._queue(event.queue).append(event)
-            else:
-                book._hold(event, event.holder)
-                book._away[event.holder] = now + grace
+            book._hold(event, PREVIOUS)
+        if book._held:
+            book._away[PREVIOUS] = now + grace
         return book
 
     def _queue(self, queue: str) -> deque[Event]:
@@ -119,14 +116,41 @@ class QueueBook:
         found = self._pending.get(queue)
         return len(found) if found else 0
 
-    def take(self, queue: str, holder: str, limit: int) -> tuple[list[Event], list[Change]]:
+    def take(self, queue: str, holder: str, limit: int) -> list[Event]:
         pending = self._pending.get(queue)
         events: list[Event] = []
         while pending and len(events) < limit:
             event = pending.popleft()
             self._hold(event, holder)
             events.append(event)
-        return events, [e.put() for e in events]
+        return events
+
+    def claim(self, holder: str, ids: Iterable[int]) -> list[int]:
+        """A client back after a restart holds these again; returns those it cannot have
+        (handled by now, or given to another client)."""
+        refused = []
+        for event_id in ids:
+            event = self._held.get(event_id)
+            if event is None:
+                event = self._pending_event(event_id)
+                if event is None:
+                    refused.append(event_id)
+                    continue
+                self._pending[event.queue].remove(event)
+            elif event.holder not in (PREVIOUS, holder):
+                refused.append(event_id)
+                continue
+            self._unhold(event)
+            self._hold(event, holder)
+        return refused
+
+    def _pending_event(self, event_id: int) -> Event | None:
+        # only after a restart, for the few events clients claim: a scan is enough
+        for pending in self._pending.values():
+            for event in pending:
+                if event.id == event_id:
+                    return event
+        return None
 
     def ack(self, holder: str, ids: Iterable[int]) -> tuple[list[int], list[Change]]:
         """Forget handled events (a recurrent one goes to the back of its queue); returns the
@@ -139,16 +163,17 @@ class QueueBook:
                 refused.append(event_id)
                 continue
             self._unhold(event)
-            if event.recurrent:
-                event.attempts = 0
-                self._queue(event.queue).append(event)
-                changes.append(event.put())
-            else:
-                changes.append(Delete(Table.EVENTS, event.key))
+            changes.append(Delete(Table.EVENTS, event.key))
+            if event.recurrent:  # to the back: a new id, so that a reload keeps the order
+                again = Event(self._next_id, event.queue, event.name, event.args, True)
+                self._next_id += 1
+                self._queue(again.queue).append(again)
+                changes.append(again.put())
         return refused, changes
 
-    def release(self, holder: str, ids: Iterable[int]) -> tuple[list[int], list[Change]]:
-        """Give events back unhandled, to the front of their queues, in their order."""
+    def release(self, holder: str, ids: Iterable[int]) -> list[int]:
+        """Give events back unhandled, to the front of their queues, in their order; returns
+        the ids this holder does not hold."""
         refused: list[int] = []
         back: list[Event] = []
         for event_id in ids:
@@ -157,14 +182,14 @@ class QueueBook:
                 refused.append(event_id)
             else:
                 back.append(event)
-        return refused, self._requeue(back, count_attempt=False)
+        self._requeue(back, count_attempt=False)
+        return refused
 
-    def _requeue(self, events: list[Event], count_attempt: bool) -> list[Change]:
+    def _requeue(self, events: list[Event], count_attempt: bool) -> None:
         for event in sorted(events, key=lambda e: e.id, reverse=True):
             self._unhold(event)
             event.attempts += count_attempt
             self._queue(event.queue).appendleft(event)
-        return [e.put() for e in events]
 
     def away(self, holder: str, until: float) -> None:
         """The holder's connection is gone: its events return at ``until`` unless it is back."""
@@ -174,17 +199,17 @@ class QueueBook:
     def back(self, holder: str) -> None:
         self._away.pop(holder, None)
 
-    def expire(self, now: float) -> tuple[set[str], list[Change]]:
+    def expire(self, now: float) -> set[str]:
         """Return the events of holders away past their time; the queues that got events."""
         gone = [holder for holder, until in self._away.items() if until <= now]
         queues: set[str] = set()
-        changes: list[Change] = []
         for holder in gone:
             del self._away[holder]
             events = [self._held[i] for i in self._by_holder.get(holder, ())]
             queues.update(e.queue for e in events)
-            changes += self._requeue(events, count_attempt=True)
-        return queues, changes
+            # a restart is no failed attempt: the events were merely not yet claimed
+            self._requeue(events, count_attempt=holder != PREVIOUS)
+        return queues
 
     def listing(self, queue: str) -> tuple[list[Event], list[Event]]:
         held = sorted((e for e in self._held.values() if e.queue == queue), key=lambda e: e.id)

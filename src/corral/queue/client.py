@@ -1,8 +1,9 @@
 """Clients of the queue server: ``QueueClient`` for asyncio, ``BlockingQueueClient`` for threads.
 
 A client has an id (the holder of the events it takes); a client that reconnects under the
-same id within the server's visibility timeout keeps the events it held. Requests are
-pipelined: each waits for its own answer, many can be in flight on one connection.
+same id within the server's visibility timeout keeps the events it held, and one that finds
+the server restarted claims them again. Requests are pipelined: each waits for its own
+answer, many can be in flight on one connection.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from corral.queue.messages import (
     REALM,
     Ack,
     Acked,
+    Claim,
     List,
     Listing,
     NewEvent,
@@ -64,6 +66,8 @@ class QueueClient:
         self._requests = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[QueueMessage]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: the events this client holds: claimed again when it reconnects
+        self.held: set[int] = set()
 
     async def connect(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline
         try:
@@ -87,6 +91,9 @@ class QueueClient:
             asyncio.ensure_future(self._read(conn)),
             asyncio.ensure_future(self._pulse(conn)),
         ]
+        if self.held:
+            lost = await self._ask(lambda r: Claim(r, sorted(self.held)), Acked)
+            self.held.difference_update(lost.refused)
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -142,15 +149,23 @@ class QueueClient:
 
     async def take(self, queue: str, limit: int = 1, wait: float = 0.0) -> list[QueuedEvent]:
         """Up to ``limit`` events, now held by this client; waits up to ``wait`` s for one."""
-        return (await self._ask(lambda r: Take(r, queue, limit, wait), Taken)).events
+        events = (await self._ask(lambda r: Take(r, queue, limit, wait), Taken)).events
+        self.held.update(e.id for e in events)
+        return events
 
     async def ack(self, ids: Iterable[int]) -> list[int]:
         """These events are handled; returns the ids this client no longer held."""
-        return (await self._ask(lambda r: Ack(r, list(ids)), Acked)).refused
+        ids = list(ids)
+        refused = (await self._ask(lambda r: Ack(r, ids), Acked)).refused
+        self.held.difference_update(ids)  # after: a reconnection on the way claims them first
+        return refused
 
     async def release(self, ids: Iterable[int]) -> list[int]:
         """Give events back unhandled (to the front of their queues)."""
-        return (await self._ask(lambda r: Release(r, list(ids)), Acked)).refused
+        ids = list(ids)
+        refused = (await self._ask(lambda r: Release(r, ids), Acked)).refused
+        self.held.difference_update(ids)
+        return refused
 
     async def listing(self, queue: str) -> tuple[list[QueuedEvent], list[QueuedEvent]]:
         """The pending and the held events of ``queue``."""

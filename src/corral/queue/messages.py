@@ -5,9 +5,9 @@ secret (``Hello``, ``Challenge``, ``Proof``: ``corral.wire.handshake``). Then it
 requests, each with a number the server's answer repeats. Event arguments travel as JSON text:
 the wire carries plain msgpack values only, never a pickle.
 
-Client → server: ``Put`` (answered by ``Stored``), ``Take`` (``Taken``), ``Ack`` and
-``Release`` (``Acked``), ``List`` (``Listing``), ``Pulse``. Server → client: the answers,
-``Refused`` for a request it cannot carry out, and ``Pulse``.
+Client → server: ``Put`` (answered by ``Stored``), ``Take`` (``Taken``), ``Ack``,
+``Release`` and ``Claim`` (``Acked``), ``List`` (``Listing``), ``Pulse``. Server → client:
+the answers, ``Refused`` for a request it cannot carry out, and ``Pulse``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Take:
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """Events now held by the client (durably), oldest first; none if the wait ran out."""
+    """Events now held by the client, oldest first; none if the wait ran out."""
 
     request: int
     events: list[QueuedEvent]
@@ -89,6 +89,14 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Release:
     """The client gives these events back unhandled: they go to the front again."""
+
+    request: int
+    ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """After reconnecting, the client says which events it still holds (answered by Acked)."""
 
     request: int
     ids: list[int]
@@ -141,6 +149,7 @@ QueueMessage: TypeAlias = (
     | Taken
     | Ack
     | Release
+    | Claim
     | Acked
     | List
     | Listing
@@ -166,5 +175,6 @@ QUEUE_MESSAGES: Final = MessageSet[QueueMessage](
         Listing: 14,
         Refused: 15,
         Pulse: 16,
+        Claim: 17,
     }
 )

@@ -1,10 +1,12 @@
 """The queue server: the shared event queues, durable, behind the secret's handshake.
 
 Clients dial it and prove the queue's secret; then they put, take, acknowledge and list
-events. The truth is a ``QueueBook`` in memory; every change is committed through the store's
-group committer before the request is answered, so an answered request survives a crash.
-A client's events are held while its connection lives (pulses keep it alive); when it goes,
-they wait ``visibility_timeout`` seconds for it to come back, then go to other clients.
+events. The truth is a ``QueueBook`` in memory; what exists (puts, acknowledgements) is
+committed through the store's group committer before the request is answered, so an answered
+put or acknowledgement survives a crash; takes are answered at once (see ``book`` for how a
+restart keeps them safe). A client's events are held while its connection lives (pulses keep
+it alive); when it goes, they wait ``visibility_timeout`` seconds for it to come back, then go
+to other clients.
 A commit that fails stops the server (fail-stop, as the dispatcher does): restarted, it
 reloads the store, which is the truth.
 """
@@ -28,6 +30,7 @@ from corral.queue.messages import (
     REALM,
     Ack,
     Acked,
+    Claim,
     List,
     Listing,
     Pulse,
@@ -148,12 +151,14 @@ class QueueServer:
             self._serve_waiters(message.queue)
         elif isinstance(message, Take):
             self._take(conn, holder, message)
-        elif isinstance(message, Ack | Release):
-            operation = self._book.ack if isinstance(message, Ack) else self._book.release
-            refused, changes = operation(holder, message.ids)
+        elif isinstance(message, Ack):
+            refused, changes = self._book.ack(holder, message.ids)
             self._commit(conn, message.request, changes, lambda: Acked(message.request, refused))
-            if isinstance(message, Release) or changes:
-                self._serve_all_waiters()
+            self._serve_all_waiters()  # a recurrent event went back
+        elif isinstance(message, Release | Claim):
+            operation = self._book.release if isinstance(message, Release) else self._book.claim
+            conn.send(Acked(message.request, operation(holder, message.ids)))
+            self._serve_all_waiters()
         elif isinstance(message, List):
             pending, held = self._book.listing(message.queue)
             conn.send(
@@ -177,9 +182,8 @@ class QueueServer:
     ) -> None:
         # a fair share, so that one client's large limit does not starve the others
         share = math.ceil(self._book.pending_count(queue) / max(1, len(self._conns)))
-        events, changes = self._book.take(queue, holder, max(1, min(limit, share)))
-        taken = [e.wire() for e in events]
-        self._commit(conn, request, changes, lambda: Taken(request, taken))
+        events = self._book.take(queue, holder, max(1, min(limit, share)))
+        conn.send(Taken(request, [e.wire() for e in events]))
 
     def _time_out(self, queue: str, waiter: _Waiter) -> None:
         waiting = self._waiting.get(queue)
@@ -240,16 +244,8 @@ class QueueServer:
                     conn.close()
                 else:
                     conn.send(Pulse(time.time()))
-            queues, changes = self._book.expire(now)
-            if changes:
-                self._committer.commit_nowait(changes).add_done_callback(_log_failure)
-                for queue in queues:
-                    self._serve_waiters(queue)
+            for queue in self._book.expire(now):
+                self._serve_waiters(queue)
 
     def statistics(self) -> dict[str, Any]:
         return {"clients": len(self._conns), "commits": self._committer.statistics()}
-
-
-def _log_failure(future: asyncio.Future[None]) -> None:
-    if future.exception() is not None:
-        log.error("returning expired events failed: %s", future.exception())
