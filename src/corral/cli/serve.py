@@ -66,6 +66,12 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     "--store", "store_url", default=None, help="Store URL (default sqlite:///HOME/corral.db)."
 )
 @click.option(
+    "--queue",
+    "queue_listen",
+    default=None,
+    help="HOST:PORT to host the pipelines' shared event queue on (secret in HOME/queue_secret).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -77,6 +83,7 @@ def serve(
     agent_listen: str | None,
     config_path: Path | None,
     store_url: str | None,
+    queue_listen: str | None,
     log_level: str,
 ) -> None:
     """Run the dispatcher, its local nodes and its HTTP API until interrupted."""
@@ -86,6 +93,7 @@ def serve(
     home = (home or default_home()).expanduser().resolve()
     host, port = parse_address(listen, "--listen")
     agents = parse_address(agent_listen, "--agent-listen") if agent_listen else None
+    queue = parse_address(queue_listen, "--queue") if queue_listen else None
     try:
         if config_path is None and (home / "corral.toml").exists():
             config_path = home / "corral.toml"
@@ -95,7 +103,7 @@ def serve(
         agent_token = load_or_create_token(home / "agent_token")
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
-    settings = RuntimeSettings(home, config, agent_token, agents, store_url)
+    settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
     code = eventloop.run(_serve(settings, token, host, port))
     sys.exit(code)
 

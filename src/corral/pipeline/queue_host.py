@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from corral.pipeline.config import FrameworkConfig
-from corral.queue import QueueServer
+from corral.queue import OwnQueueServer, QueueServer
 from corral.secretfile import load_or_create_token
 from corral.store.sqlite import SQLiteStore
 
@@ -48,10 +48,12 @@ class QueueHost:
         secret = queue_secret(self.config, create=True)
         assert secret is not None  # made when missing
         self.store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        server = QueueServer(SQLiteStore(self.store_path), secret, self.config.visibility_timeout)
+        server = OwnQueueServer(
+            SQLiteStore(self.store_path), secret, self.config.visibility_timeout
+        )
         self._thread.start()
         started: Future[None] = asyncio.run_coroutine_threadsafe(
-            server.start(self.config.queue_manager_hostname, self.config.queue_manager_portnr),
+            server.listen(self.config.queue_manager_hostname, self.config.queue_manager_portnr),
             self._loop,
         )
         try:

@@ -8,6 +8,13 @@ timeout. ``corral.pipeline`` builds its framework on it; ``corral queue serve`` 
 
 from corral.queue.client import BlockingQueueClient, QueueClient, QueueRefused
 from corral.queue.messages import QueuedEvent
-from corral.queue.server import QueueServer
+from corral.queue.server import OwnQueueServer, QueueServer
 
-__all__ = ["BlockingQueueClient", "QueueClient", "QueueRefused", "QueueServer", "QueuedEvent"]
+__all__ = [
+    "BlockingQueueClient",
+    "OwnQueueServer",
+    "QueueClient",
+    "QueueRefused",
+    "QueueServer",
+    "QueuedEvent",
+]

@@ -47,6 +47,9 @@ from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
 from corral.wire.handshake import new_hello, send_hello
 
 T = TypeVar("T")
+
+#: how long a client holding events keeps dialling a server that went away
+RECLAIM_WINDOW = 60.0
 A = TypeVar("A", Stored, Taken, Acked, Listing)
 
 #: an event to put: (name, arguments, recurrent)
@@ -68,6 +71,8 @@ class QueueClient:
         self._tasks: list[asyncio.Task[None]] = []
         #: the events this client holds: claimed again when it reconnects
         self.held: set[int] = set()
+        self._closing = False
+        self._connecting = asyncio.Lock()
 
     async def connect(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline
         try:
@@ -92,10 +97,11 @@ class QueueClient:
             asyncio.ensure_future(self._pulse(conn)),
         ]
         if self.held:
-            lost = await self._ask(lambda r: Claim(r, sorted(self.held)), Acked)
+            lost = await self._request(lambda r: Claim(r, sorted(self.held)), Acked)
             self.held.difference_update(lost.refused)
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         if self._conn is not None:
@@ -117,6 +123,24 @@ class QueueClient:
                     future.set_exception(error)
             self._waiting.clear()
             conn.close()
+        if conn is self._conn and self.held and not self._closing:
+            self._tasks.append(asyncio.ensure_future(self._come_back()))
+
+    async def _come_back(self) -> None:
+        """Reconnect at once while holding events: a restarted server gives a holder a few
+        seconds to claim them before it hands them out again."""
+        deadline = time.monotonic() + RECLAIM_WINDOW
+        while self.held and not self._closing and time.monotonic() < deadline:
+            try:
+                await self._ensure_connected(timeout=1.0)
+                return
+            except Unavailable:
+                await asyncio.sleep(0.2)
+
+    async def _ensure_connected(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        async with self._connecting:  # one dial at a time: two would replace each other
+            if self._conn is None or self._conn.closed:
+                await self.connect(timeout)
 
     async def _pulse(self, conn: FramedConnection[QueueMessage]) -> None:
         while not conn.closed:
@@ -124,10 +148,11 @@ class QueueClient:
             await asyncio.sleep(PULSE)
 
     async def _ask(self, make: Callable[[int], QueueMessage], kind: type[A]) -> A:
+        await self._ensure_connected()
+        return await self._request(make, kind)
+
+    async def _request(self, make: Callable[[int], QueueMessage], kind: type[A]) -> A:
         conn = self._conn
-        if conn is None or conn.closed:
-            await self.connect()
-            conn = self._conn
         request = next(self._requests)
         future: asyncio.Future[QueueMessage] = asyncio.get_running_loop().create_future()
         self._waiting[request] = future
@@ -204,6 +229,10 @@ class BlockingQueueClient:
 
     def listing(self, queue: str) -> tuple[list[QueuedEvent], list[QueuedEvent]]:
         return self._call(self._client.listing(queue))
+
+    def held(self) -> list[int]:
+        """The events this client holds now."""
+        return sorted(self._client.held)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

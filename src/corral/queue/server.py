@@ -9,6 +9,10 @@ it alive); when it goes, they wait ``visibility_timeout`` seconds for it to come
 to other clients.
 A commit that fails stops the server (fail-stop, as the dispatcher does): restarted, it
 reloads the store, which is the truth.
+
+The server writes through a group committer it is given, so that it can share the store of
+a dispatcher that hosts it (``corral serve --queue``); ``open_queue_server`` runs one on a
+store of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -68,11 +72,15 @@ class _Waiter:
 
 
 class QueueServer:
-    def __init__(self, store: Store, secret: str, visibility_timeout: float = 30.0) -> None:
-        self._store = store
+    def __init__(
+        self, committer: GroupCommitter, secret: str, visibility_timeout: float = 30.0
+    ) -> None:
         self._secret = secret
         self.visibility_timeout = visibility_timeout
-        self._committer = GroupCommitter(store)
+        #: after a restart, how long holders have to claim their events: they reconnect at
+        #: once (``QueueClient``), so a few pulses are enough
+        self.restart_grace = min(visibility_timeout, MISSED_PULSES * PULSE)
+        self._committer = committer
         self._book = QueueBook()
         self._conns: dict[str, QueueConnection] = {}
         self._heard: dict[QueueConnection, float] = {}
@@ -83,12 +91,9 @@ class QueueServer:
         self.stopped = asyncio.Event()
         self.address = ("", 0)
 
-    async def start(self, host: str, port: int) -> None:
-        loaded = await asyncio.to_thread(self._store.load)
-        self._book = QueueBook.load(
-            loaded.tables[Table.EVENTS], time.monotonic(), self.visibility_timeout
-        )
-        await self._committer.start()
+    async def start(self, host: str, port: int, events: Mapping[str, Mapping[str, Any]]) -> None:
+        """Serve the stored ``events`` (the store's events table) on ``host:port``."""
+        self._book = QueueBook.load(events, time.monotonic(), self.restart_grace)
         self._server = await asyncio.start_server(self._accept, host, port)
         self.address = self._server.sockets[0].getsockname()[:2]
         self._tasks = [asyncio.ensure_future(self._tick())]
@@ -102,7 +107,6 @@ class QueueServer:
             conn.close()
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
-        await self._committer.aclose()
         self.stopped.set()
 
     # --- connections ---------------------------------------------------------------------------
@@ -249,3 +253,21 @@ class QueueServer:
 
     def statistics(self) -> dict[str, Any]:
         return {"clients": len(self._conns), "commits": self._committer.statistics()}
+
+
+class OwnQueueServer(QueueServer):
+    """A queue server on a store of its own, which it opens, loads and closes."""
+
+    def __init__(self, store: Store, secret: str, visibility_timeout: float = 30.0) -> None:
+        super().__init__(GroupCommitter(store), secret, visibility_timeout)
+        self._store = store
+
+    async def listen(self, host: str, port: int) -> None:
+        loaded = await asyncio.to_thread(self._store.load)
+        await self._committer.start()
+        await self.start(host, port, loaded.tables[Table.EVENTS])
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._committer.aclose()
+        self._store.close()
