@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import Served, user_env
+from conftest import CONFIG, Served, user_env
 
 pytestmark = pytest.mark.timeout(90)
 EXAMPLE = "corral.pipeline.examples.fits2png"
@@ -70,6 +70,56 @@ def test_events_are_added_listed_and_handled_by_scaled_workers(
             record = _ok(cli(f"process wait {upid} --json")).json()
             assert record["state"] == "700-TERMINATED"
 
+        # automatic: up with the queue's depth, down once it is empty
+        auto = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "corral",
+                "pipeline",
+                "scale",
+                EXAMPLE,
+                "-c",
+                str(config),
+                "--auto",
+                "--max",
+                "2",
+                "--per-worker",
+                "1",
+                "--cooldown",
+                "0",
+                "--interval",
+                "0.2",
+            ],
+            env=user_env(served.home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            for image in images:
+                image.with_name(image.stem + "b.fits").write_bytes(image.read_bytes())
+                args = json.dumps({"name": str(image.with_name(image.stem + "b.fits"))})
+                _ok(cli(f"pipeline add-event {EXAMPLE} next_file '{args}' -c {config}"))
+            served.wait_until(
+                lambda: len(list((tmp_path / "out").glob("*b.png"))) == 3, "3 more", timeout=60
+            )
+
+            def workers() -> list[str]:
+                listed = _ok(cli("process list --json")).json()
+                return [p["state"] for p in listed if p["upid"] in upids]
+
+            served.wait_until(
+                lambda: workers() and all(s == "700-TERMINATED" for s in workers()),
+                "the workers to be stopped once the queue is empty",
+                timeout=30,
+            )
+        finally:
+            auto.send_signal(signal.SIGINT)
+            out, _ = auto.communicate(timeout=20)
+        assert "→ 2 workers" in out
+        assert "→ 0 workers" in out
+
         refused = cli(f"pipeline add-event {EXAMPLE} next_file '[1]' -c {config}")
         assert refused.code == 1
         assert refused.err.strip() == (
@@ -78,3 +128,54 @@ def test_events_are_added_listed_and_handled_by_scaled_workers(
     finally:
         host.send_signal(signal.SIGINT)
         host.wait(20)
+
+
+def test_the_dispatcher_hosts_the_queue_in_its_own_store(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tmp_path / "home"
+    served = Served(home, CONFIG)
+    served.argv += ["--queue", f"127.0.0.1:{port}"]
+    served.start()
+    config = tmp_path / "config.cfg"
+    config.write_text(
+        "[DEFAULT]\nwant_multiprocessing = True\n"
+        f"queue_manager_portnr = {port}\nstate_dir = {home}\n"
+        f"output_directory = {tmp_path / 'out'}\nevent_timeout = 0.3\n"
+    )
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "corral", *args],
+            env=user_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    try:
+        image = tmp_path / "in" / "sky.fits"
+        image.parent.mkdir()
+        fits.PrimaryHDU(np.ones((4, 4), dtype="float32")).writeto(image)
+        added = corral(
+            "pipeline",
+            "add-event",
+            EXAMPLE,
+            "next_file",
+            json.dumps({"name": str(image)}),
+            "-c",
+            str(config),
+        )
+        assert added.returncode == 0, added.stderr
+        served.kill()  # SIGKILL: the event is in the dispatcher's store
+        served.start()
+        listed = corral("pipeline", "events", EXAMPLE, "-c", str(config), "--json")
+        assert [e["name"] for e in json.loads(listed.stdout)] == ["next_file"], listed.stderr
+        ran = corral("pipeline", "run", EXAMPLE, "-c", str(config), "-w")
+        assert ran.returncode == 0, ran.stderr
+        assert (tmp_path / "out" / "sky.png").exists()
+        assert not (home / "queue.db").exists()  # no queue server but the dispatcher's
+    finally:
+        served.stop()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,15 @@ def run(
 ) -> None:
     """Run PIPELINE (module:Class, or a module holding one pipeline)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # stopped by the dispatcher (scaled down): leave as on ^C, giving back what it holds
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     framework = _framework(spec, config_path)
     try:
         if (directory or files) and not qm_only:
             framework.ingest_data(directory, files, monitor)
         framework.start(qm_only, ingest_only, wait, continuous)
+    except KeyboardInterrupt:
+        pass
     finally:
         framework.close()
 
@@ -147,49 +152,132 @@ def add_event(spec: str, name: str, args: str, config_path: str | None, recurren
 
 @pipeline.command("scale")
 @click.argument("spec", metavar="PIPELINE")
-@click.option("--workers", type=click.IntRange(min=0), required=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Run N workers.")
+@click.option("--auto", is_flag=True, help="Follow the queue's depth until interrupted.")
+@click.option("--min", "minimum", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max", "maximum", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--per-worker",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Events pending or in progress per worker.",
+)
+@click.option(
+    "--cooldown",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds fewer workers must be enough before some are stopped.",
+)
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
 @config_option
 @click.option("--engine", default=None, help="The execution engine of the workers.")
 @pass_settings
 def scale(
-    settings: Settings, spec: str, workers: int, config_path: str | None, engine: str | None
+    settings: Settings,
+    spec: str,
+    workers: int | None,
+    auto: bool,
+    minimum: int,
+    maximum: int,
+    per_worker: int,
+    cooldown: float,
+    interval: float,
+    config_path: str | None,
+    engine: str | None,
 ) -> None:
-    """Run N continuous workers of PIPELINE as dispatched processes."""
+    """Run continuous workers of PIPELINE as dispatched processes: --workers N, or --auto."""
+    if (workers is None) == (not auto):
+        raise click.UsageError("give either --workers N or --auto")
     framework = _framework(spec, config_path)
-    framework.close()
-    prefix = f"pipeline-{framework.queue_name}-w"
-    argv = ["-m", "corral", "pipeline", "run", spec, "-W"]
-    if config_path is not None:
-        argv += ["-c", str(Path(config_path).resolve())]
-    with settings.client() as client:
-        definition = f"pipeline-{framework.queue_name}"
-        executable = {"exec": sys.executable, "argv": argv}
-        try:
-            client.create_definition(definition, "exec", executable)
-        except CorralError:
-            client.update_definition(definition, "exec", executable)
-        live = sorted(
+    workers_of = _Workers(settings, spec, framework.queue_name, config_path, engine)
+    if workers is not None:
+        framework.close()
+        workers_of.scale(workers)
+        click.echo(f"{framework.queue_name}: {workers} workers")
+        return
+    from corral.pipeline.scaling import AutoScaler
+
+    try:
+        scaler = AutoScaler(minimum, maximum, per_worker, cooldown)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        while True:
+            pending, held = framework._connect().listing(framework.queue_name)
+            current = workers_of.count()
+            wanted = scaler.wanted(len(pending) + len(held), current, time.monotonic())
+            if wanted != current:
+                workers_of.scale(wanted)
+                click.echo(
+                    f"{framework.queue_name}: {len(pending) + len(held)} events, "
+                    f"{current} → {wanted} workers"
+                )
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        framework.close()
+
+
+class _Workers:
+    """The dispatched worker processes of one pipeline: ``pipeline-<queue>-w<N>``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spec: str,
+        queue: str,
+        config_path: str | None,
+        engine: str | None,
+    ) -> None:
+        self.settings = settings
+        self.prefix = f"pipeline-{queue}-w"
+        self.definition = f"pipeline-{queue}"
+        self.engine = engine
+        self.argv = ["-m", "corral", "pipeline", "run", spec, "-W"]
+        if config_path is not None:
+            self.argv += ["-c", str(Path(config_path).resolve())]
+
+    def _live(self, client: Any) -> list[dict[str, Any]]:
+        return sorted(
             (
                 p
                 for p in client.describe_processes()
-                if p["upid"].startswith(prefix) and p["state"] not in _ENDED
+                if p["upid"].startswith(self.prefix) and p["state"] not in _ENDED
             ),
-            key=lambda p: int(p["upid"][len(prefix) :]),
+            key=lambda p: int(p["upid"][len(self.prefix) :]),
         )
-        for extra in live[workers:]:
-            client.terminate_process(extra["upid"])
-        taken = {p["upid"] for p in live}
-        index = 0
-        while len(taken) < workers:
-            upid = f"{prefix}{index}"
-            index += 1
-            if upid in taken:
-                continue
-            client.schedule_process(
-                upid, definition, restart_mode="ABNORMAL", execution_engine_id=engine
-            )
-            taken.add(upid)
-    click.echo(f"{framework.queue_name}: {workers} workers ({shlex.join(argv[2:])})")
+
+    def count(self) -> int:
+        with self.settings.client() as client:
+            return len(self._live(client))
+
+    def scale(self, workers: int) -> None:
+        """Stop the newest beyond ``workers``, or start what is missing."""
+        executable = {"exec": sys.executable, "argv": self.argv}
+        with self.settings.client() as client:
+            try:
+                client.create_definition(self.definition, "exec", executable)
+            except CorralError:
+                client.update_definition(self.definition, "exec", executable)
+            live = self._live(client)
+            for extra in live[workers:]:
+                client.terminate_process(extra["upid"])
+            taken = {p["upid"] for p in live}
+            index = 0
+            while len(taken) < workers:
+                upid = f"{self.prefix}{index}"
+                index += 1
+                if upid not in taken:
+                    client.schedule_process(
+                        upid,
+                        self.definition,
+                        restart_mode="ABNORMAL",
+                        execution_engine_id=self.engine,
+                    )
+                    taken.add(upid)
 
 
 @click.group("queue")

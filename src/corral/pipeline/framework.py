@@ -122,7 +122,14 @@ class Framework:
                 self.data_set.stop()
 
     def close(self) -> None:
+        """Give back the shared events still held (interrupted mid-event), then disconnect."""
         if self._shared is not None:
+            held = self._shared.held()
+            if held:
+                try:
+                    self._shared.release(held)
+                except Unavailable as exc:
+                    self.logger.warning("could not give events back: %s", exc.message)
             self._shared.close()
             self._shared = None
         if self._host is not None:
