@@ -30,6 +30,7 @@ import pytest
 
 from corral import Client
 from corral.testing.dispatcher import open_test_dispatcher
+from corral.testing.postgres import PostgresServer
 from corral.testing.serve import pid_alive, wait_until
 
 T = TypeVar("T")
@@ -250,6 +251,26 @@ StartCorral = Callable[..., AbstractContextManager[Corral]]
 def start_corral() -> StartCorral:
     """``with start_corral(config_toml) as corral:`` — a dispatcher whose nodes are up."""
     return _start_corral
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run, on loopback (Debian's ``postgresql``)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()
 
 
 @pytest.fixture

@@ -1,15 +1,14 @@
-"""The queue server on a real SQLite store and real sockets."""
+"""The queue server on real stores (SQLite and PostgreSQL) and real sockets."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from corral.queue import OwnQueueServer, QueueClient
-from corral.store.sqlite import SQLiteStore
+from corral.store import open_store
 from corral.wire.handshake import AuthenticationFailed
 
 pytestmark = pytest.mark.anyio
@@ -20,15 +19,15 @@ class Running:
     """A queue server on a store file, stopped and started again at will; its clients
     outlive a restart (they reconnect on their next request)."""
 
-    def __init__(self, path: Path, visibility: float) -> None:
-        self.path = path
+    def __init__(self, store_url: str, visibility: float) -> None:
+        self.store_url = store_url
         self.visibility = visibility
         self.server: OwnQueueServer | None = None
         self.clients: list[QueueClient] = []
 
     async def start(self) -> None:
         port = self.server.address[1] if self.server is not None else 0  # the same, again
-        self.server = OwnQueueServer(SQLiteStore(self.path), SECRET, self.visibility)
+        self.server = OwnQueueServer(open_store(self.store_url), SECRET, self.visibility)
         await self.server.listen("127.0.0.1", port)
 
     async def stop(self) -> None:
@@ -49,8 +48,8 @@ class Running:
 
 
 @pytest.fixture
-async def queue(tmp_path: Path) -> AsyncIterator[Running]:
-    running = Running(tmp_path / "queue.db", visibility=0.5)
+async def queue(store_url: str) -> AsyncIterator[Running]:
+    running = Running(store_url, visibility=0.5)
     await running.start()
     yield running
     await running.close()

@@ -1,7 +1,7 @@
-"""The store contract against real backends, plus what is particular to SQLite.
+"""The store contract against both real backends, plus what is particular to SQLite.
 
-The tests taking ``store_url`` are the conformance suite: a PostgreSQL backend joins by
-adding "postgresql" to the fixture's params (the fixture then belongs in conftest.py).
+The tests taking ``store`` or ``store_url`` are the conformance suite: they run on SQLite and
+on a real PostgreSQL (``store_url`` in conftest.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ import pytest
 
 from corral.errors import StoreError
 from corral.store import Delete, GroupCommitter, Put, SQLiteStore, Store, Table, open_store, schema
-
-
-@pytest.fixture(params=["sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    raise AssertionError(f"no backend {request.param}")  # pragma: no cover
 
 
 @pytest.fixture
