@@ -295,3 +295,27 @@ def test_follow_ups_carry_the_output_and_failures_reach_the_error_hook() -> None
     assert pipeline.seen == ["first 1", "fails 2"]
     assert pipeline.errors == ["second: broken"]
     assert framework.context.state == "ticked"
+
+
+def test_corral_queue_serve_hosts_the_queue_alone(
+    tmp_path: Path, config: Path, procs: Processes
+) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "corral", "queue", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("serving the event queue on 127.0.0.1:")
+        files = fits_files(tmp_path / "in", 3)
+        assert procs.wait(procs.start(EXAMPLE, "-c", config, "-d", tmp_path / "in")) == 0
+        assert pngs(tmp_path) == expected(files)
+        assert (tmp_path / "state" / "queue.db").exists()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=20)
+    assert server.returncode == 0

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -322,6 +323,13 @@ def main() -> int:
         return EXIT_USAGE
 
     async def work() -> int:
-        return await Worker(settings).run()
+        # terminated by the dispatcher: end as on Close, so the working directory goes too
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await Worker(settings).run()
+        except asyncio.CancelledError:
+            return 0
 
     return eventloop.run(work())
