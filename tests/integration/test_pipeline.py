@@ -319,3 +319,21 @@ def test_corral_queue_serve_hosts_the_queue_alone(
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=20)
     assert server.returncode == 0
+
+
+def test_the_shared_queue_can_live_in_postgresql(
+    tmp_path: Path, config: Path, procs: Processes, postgres: Any
+) -> None:
+    url = postgres.database()
+    config.write_text(config.read_text() + f"queue_store = {url}\n")
+    files = fits_files(tmp_path / "in", 4)
+    manager = procs.start(EXAMPLE, "-c", config, "-d", tmp_path / "in")
+    listening(config)
+    worker = procs.start(EXAMPLE, "-c", config)
+    assert [procs.wait(manager), procs.wait(worker)] == [0, 0]
+    assert pngs(tmp_path) == expected(files)
+    assert not (tmp_path / "state" / "queue.db").exists()
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)

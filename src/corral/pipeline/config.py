@@ -45,6 +45,8 @@ class FrameworkConfig:
     queue_name: str | None = None
     #: where a queue server started by a framework keeps its store and its secret
     state_dir: str = field(default_factory=_default_state_dir)
+    #: the queue's store (default: a SQLite file in state_dir; postgresql://… at scale)
+    queue_store: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:

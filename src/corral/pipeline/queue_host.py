@@ -1,7 +1,8 @@
 """A queue server inside a framework process (or ``corral queue serve``), on a thread.
 
 The first framework process of a pipeline hosts the shared queue when none answers, as the
-first DRP process does. Its store is a SQLite file in the configured ``state_dir``, and its
+first DRP process does. Its store is a SQLite file in the configured ``state_dir`` (or the
+``queue_store`` URL, PostgreSQL included), and its
 secret comes from the configuration or, failing that, from ``state_dir/queue_secret``, made
 at random by the first host and private to its user.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from corral.pipeline.config import FrameworkConfig
 from corral.queue import OwnQueueServer, QueueServer
 from corral.secretfile import load_or_create_token
-from corral.store.sqlite import SQLiteStore
+from corral.store import open_store
 
 
 def queue_secret(config: FrameworkConfig, create: bool) -> str | None:
@@ -35,10 +36,10 @@ def queue_secret(config: FrameworkConfig, create: bool) -> str | None:
 class QueueHost:
     """A ``QueueServer`` on its own event loop thread."""
 
-    def __init__(self, config: FrameworkConfig, store_path: Path | None = None) -> None:
+    def __init__(self, config: FrameworkConfig) -> None:
         self.config = config
-        state = Path(config.state_dir).expanduser()
-        self.store_path = store_path or state / "queue.db"
+        self.state = Path(config.state_dir).expanduser()
+        self.store_url = config.queue_store or f"sqlite:///{self.state / 'queue.db'}"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: QueueServer | None = None
@@ -47,10 +48,8 @@ class QueueHost:
         """Listen on the configured host and port; raises OSError if it is taken."""
         secret = queue_secret(self.config, create=True)
         assert secret is not None  # made when missing
-        self.store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        server = OwnQueueServer(
-            SQLiteStore(self.store_path), secret, self.config.visibility_timeout
-        )
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        server = OwnQueueServer(open_store(self.store_url), secret, self.config.visibility_timeout)
         self._thread.start()
         started: Future[None] = asyncio.run_coroutine_threadsafe(
             server.listen(self.config.queue_manager_hostname, self.config.queue_manager_portnr),
