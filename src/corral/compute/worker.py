@@ -165,7 +165,8 @@ class _CpuRunner:
         for task in self._queue:
             task.cancelled = True
         self.loop.call_soon_threadsafe(self._wake.set)
-        self._thread.join(5)
+        # a task computing cannot be interrupted: the process exits without it
+        self._thread.join(1)
 
 
 class Worker:

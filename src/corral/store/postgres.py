@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import rows, schema
+from corral.store import rows
 from corral.store.base import Change, Convert, Loaded, Table
 
 _SQL = rows.SQL("%s")
@@ -70,21 +70,7 @@ class PostgresStore:
             with conn.transaction():
                 # one migrating dispatcher at a time: the others wait, then find it done
                 conn.execute("SELECT pg_advisory_xact_lock(7480)")
-                conn.execute(schema.CREATE_VERSION_TABLE)
-                row = conn.execute(schema.READ_VERSION).fetchone()
-                current = 0 if row is None else int(row[0])
-                if current > schema.SCHEMA_VERSION:
-                    raise StoreError(
-                        f"cannot open store {self._where}: its schema version is {current},"
-                        f" newer than this corral's {schema.SCHEMA_VERSION}; upgrade corral"
-                    )
-                for migration in schema.MIGRATIONS[current:]:
-                    for statement in migration:
-                        conn.execute(statement)
-                if current != schema.SCHEMA_VERSION:
-                    clear, insert = schema.set_version_sql(_SQL.param)
-                    conn.execute(clear)
-                    conn.execute(insert, (schema.SCHEMA_VERSION,))
+                rows.migrate(conn, self._where, _SQL)
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot open store {self._where}: {exc}") from exc
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from corral.errors import StoreError
 from corral.store import schema
@@ -25,6 +25,35 @@ class SQL:
         self.upsert = {table: schema.upsert_sql(table, param) for table in Table}
         self.delete = {table: schema.delete_sql(table, param) for table in Table}
         self.select = {table: schema.select_sql(table) for table in Table}
+
+
+class Executes(Protocol):
+    """What sqlite3's and psycopg's connections both offer."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+
+def migrate(conn: Executes, where: str, sql: SQL) -> None:
+    """Bring the schema up to date, inside the caller's transaction.
+
+    Raises `StoreError` for a schema newer than this corral knows: an older corral must
+    not write to it.
+    """
+    conn.execute(schema.CREATE_VERSION_TABLE)
+    row = conn.execute(schema.READ_VERSION).fetchone()
+    current = 0 if row is None else int(row[0])
+    if current > schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"cannot open store {where}: its schema version is {current}, newer"
+            f" than this corral's {schema.SCHEMA_VERSION}; upgrade corral"
+        )
+    for migration in schema.MIGRATIONS[current:]:
+        for statement in migration:
+            conn.execute(statement)
+    if current != schema.SCHEMA_VERSION:
+        clear, insert = schema.set_version_sql(sql.param)
+        conn.execute(clear)
+        conn.execute(insert, (schema.SCHEMA_VERSION,))
 
 
 def dumps(doc: object) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.errors import StoreError
-from corral.store import rows, schema
+from corral.store import rows
 from corral.store.base import Change, Convert, Loaded, Table
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -106,21 +106,7 @@ class SQLiteStore:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(schema.CREATE_VERSION_TABLE)
-            row = conn.execute(schema.READ_VERSION).fetchone()
-            current = 0 if row is None else int(row[0])
-            if current > schema.SCHEMA_VERSION:
-                raise StoreError(
-                    f"cannot open store {self.path}: its schema version is {current}, newer"
-                    f" than this corral's {schema.SCHEMA_VERSION}; upgrade corral"
-                )
-            for migration in schema.MIGRATIONS[current:]:
-                for statement in migration:
-                    conn.execute(statement)
-            if current != schema.SCHEMA_VERSION:
-                clear, insert = schema.set_version_sql(_SQL.param)
-                conn.execute(clear)
-                conn.execute(insert, (schema.SCHEMA_VERSION,))
+            rows.migrate(conn, str(self.path), _SQL)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
