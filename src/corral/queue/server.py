@@ -251,9 +251,6 @@ class QueueServer:
             for queue in self._book.expire(now):
                 self._serve_waiters(queue)
 
-    def statistics(self) -> dict[str, Any]:
-        return {"clients": len(self._conns), "commits": self._committer.statistics()}
-
 
 class OwnQueueServer(QueueServer):
     """A queue server on a store of its own, which it opens, loads and closes."""
