@@ -8,6 +8,7 @@ so the client and CLI find it) and the local nodes' directories.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -35,6 +36,24 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, got {text!r}", param_hint=option)
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_remote(host: str, option: str, allowed: bool) -> None:
+    """The API and the queue carry bearer tokens in clear: off loopback only when asked."""
+    if not allowed and not is_loopback(host):
+        raise click.UsageError(
+            f"{option} {host}: refusing to listen beyond loopback, where tokens would travel"
+            " unencrypted; put a TLS proxy in front and pass --allow-remote to do it anyway"
+        )
 
 
 @click.command()
@@ -72,6 +91,11 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     help="HOST:PORT to host the pipelines' shared event queue on (secret in HOME/queue_secret).",
 )
 @click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Let --listen and --queue bind beyond loopback (tokens travel unencrypted).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -84,6 +108,7 @@ def serve(
     config_path: Path | None,
     store_url: str | None,
     queue_listen: str | None,
+    allow_remote: bool,
     log_level: str,
 ) -> None:
     """Run the dispatcher, its local nodes and its HTTP API until interrupted."""
@@ -94,6 +119,9 @@ def serve(
     host, port = parse_address(listen, "--listen")
     agents = parse_address(agent_listen, "--agent-listen") if agent_listen else None
     queue = parse_address(queue_listen, "--queue") if queue_listen else None
+    refuse_remote(host, "--listen", allow_remote)
+    if queue is not None:
+        refuse_remote(queue[0], "--queue", allow_remote)
     try:
         if config_path is None and (home / "corral.toml").exists():
             config_path = home / "corral.toml"
