@@ -115,3 +115,27 @@ def test_a_monitored_directory_feeds_new_files_as_they_come(tmp_path: Path) -> N
     pipeline = framework.pipeline
     assert isinstance(pipeline, Files)
     assert sorted(pipeline.names) == ["a.fits", "b.fits", "c.fits"]
+
+
+def test_a_shared_exit_event_stops_one_worker_and_is_consumed(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = FrameworkConfig(
+        want_multiprocessing=True,
+        queue_manager_portnr=port,
+        state_dir=str(tmp_path),
+        event_timeout=0.05,
+    )
+    framework = Framework(Conditions, config)
+    try:
+        framework.append_event(EXIT_EVENT)  # hosts the queue, as the first process does
+        framework.append_event("number", Arguments(n=2))
+        framework.start()  # stops at the exit event, before the number
+        assert framework.handled == 0
+        pending, held = framework._connect().listing(framework.queue_name)
+        assert ([e.name for e in pending], held) == (["number"], [])
+    finally:
+        framework.close()

@@ -190,6 +190,8 @@ class Framework:
     ) -> str | None:
         """Handle one event and the follow-ups it pushes; acknowledge a shared one after."""
         if name == EXIT_EVENT:
+            if shared is not None:
+                self._ack(shared)  # consumed: it stops one process, not every one after it
             return EXIT_EVENT
         self._handle(name, args, recurrent)
         if shared is None:
