@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from corral import Client
+from corral import AsyncClient, Client
 from corral.testing.dispatcher import open_test_dispatcher
+from corral.testing.postgres import PostgresServer
 from corral.testing.serve import pid_alive, wait_until
 
 T = TypeVar("T")
@@ -250,6 +251,40 @@ StartCorral = Callable[..., AbstractContextManager[Corral]]
 def start_corral() -> StartCorral:
     """``with start_corral(config_toml) as corral:`` — a dispatcher whose nodes are up."""
     return _start_corral
+
+
+@pytest.fixture(scope="module")
+def module_corral(start_corral: StartCorral) -> Iterator[Corral]:
+    """One dispatcher on one node (``ONE_NODE``) for all the tests of a module."""
+    with start_corral() as running:
+        yield running
+
+
+@pytest.fixture
+async def dispatcher(module_corral: Corral) -> AsyncIterator[AsyncClient]:
+    """An ``AsyncClient`` of the module's dispatcher, for asyncio tests."""
+    async with AsyncClient(module_corral.url, module_corral.token) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run, on loopback (Debian's ``postgresql``)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Corral, StartCorral
+from conftest import Corral
 from corral import AsyncClient
 from corral.compute import (
     Computation,
@@ -32,30 +31,7 @@ from corral.compute import (
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-[[engines]]
-id = "default"
-slots = 4
-base_need = 1
-maximum_vms = 1
-heartbeat_period = 0.2
-heartbeat_warning = 1.0
-heartbeat_missing = 2.0
-terminate_grace = 1.0
-"""
 PULSE = 0.2
-
-
-@pytest.fixture(scope="module")
-def corral(start_corral: StartCorral) -> Iterator[Corral]:
-    with start_corral(CONFIG) as running:
-        yield running
-
-
-@pytest.fixture
-async def dispatcher(corral: Corral) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(corral.url, corral.token) as client:
-        yield client
 
 
 # --- discoro's examples, ported ---------------------------------------------------------------
@@ -124,9 +100,9 @@ def where_am_i() -> tuple[str, int]:
 
 
 async def test_without_a_count_one_process_per_slot_of_each_node(
-    corral: Corral, dispatcher: AsyncClient
+    module_corral: Corral, dispatcher: AsyncClient
 ) -> None:
-    (node,) = corral.ready_nodes()
+    (node,) = module_corral.ready_nodes()
     async with Computation(dispatcher=dispatcher, pulse_interval=PULSE) as c:
         await c.schedule()
         procs = await c.procs()

@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import Corral, StartCorral
+from conftest import Corral
 from corral import AsyncClient
 from corral.compute import Computation
 from corral.compute.messages import (
@@ -35,30 +34,7 @@ from corral.wire.codec import ConnectionClosed, FramedConnection
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """
-[[engines]]
-id = "default"
-slots = 4
-base_need = 1
-maximum_vms = 1
-heartbeat_period = 0.2
-heartbeat_warning = 1.0
-heartbeat_missing = 2.0
-terminate_grace = 1.0
-"""
 PULSE = 0.2
-
-
-@pytest.fixture(scope="module")
-def corral(start_corral: StartCorral) -> Iterator[Corral]:
-    with start_corral(CONFIG) as running:
-        yield running
-
-
-@pytest.fixture
-async def dispatcher(corral: Corral) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(corral.url, corral.token) as client:
-        yield client
 
 
 class Trap:
@@ -196,12 +172,12 @@ CLIENT = textwrap.dedent(
 
 
 async def test_a_client_killed_mid_computation_releases_its_workers(
-    corral: Corral, dispatcher: AsyncClient, tmp_path: Path
+    module_corral: Corral, dispatcher: AsyncClient, tmp_path: Path
 ) -> None:
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     client = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), corral.url, corral.token, stdout=subprocess.PIPE
+        sys.executable, str(script), module_corral.url, module_corral.token, stdout=subprocess.PIPE
     )
     assert client.stdout is not None
     async with asyncio.timeout(30):
@@ -212,5 +188,5 @@ async def test_a_client_killed_mid_computation_releases_its_workers(
     client.send_signal(signal.SIGKILL)
     await client.wait()
     for upid in upids:  # each worker notices, gives its client five pulses, and exits
-        record = await dispatcher.wait_process(upid, timeout=15)
+        record = await dispatcher.wait_process(upid, timeout=30)
         assert record["state"] == "800-EXITED", record

@@ -1,7 +1,7 @@
-"""The store contract against real backends, plus what is particular to SQLite.
+"""The store contract against both real backends, plus what is particular to SQLite.
 
-The tests taking ``store_url`` are the conformance suite: a PostgreSQL backend joins by
-adding "postgresql" to the fixture's params (the fixture then belongs in conftest.py).
+The tests taking ``store`` or ``store_url`` are the conformance suite: they run on SQLite and
+on a real PostgreSQL (``store_url`` in conftest.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ import pytest
 
 from corral.errors import StoreError
 from corral.store import Delete, GroupCommitter, Put, SQLiteStore, Store, Table, open_store, schema
-
-
-@pytest.fixture(params=["sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    raise AssertionError(f"no backend {request.param}")  # pragma: no cover
 
 
 @pytest.fixture
@@ -42,6 +35,7 @@ EVERY_TABLE = [
     Put(Table.PROCESSES, "p-2", process(300)),
     Put(Table.NODES, "node-1", {"state": "busy", "labels": {"zone": "é-ünïcode"}}),
     Put(Table.META, "epoch", {"value": 7}),
+    Put(Table.EVENTS, "00000000000000000001", {"q": "main", "n": "next_file", "a": "{}"}),
 ]
 
 
@@ -98,6 +92,7 @@ def test_a_document_that_is_not_json_leaves_the_whole_batch_unapplied(store: Sto
         Table.PROCESSES: {},
         Table.NODES: {},
         Table.META: {"kept": {"v": 0}},
+        Table.EVENTS: {},
     }
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.api import load_or_create_token
 from corral.errors import CorralError
+from corral.secretfile import load_or_create_token
 
 
 @pytest.fixture

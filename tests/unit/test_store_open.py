@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from corral.errors import InvalidRequest
+from corral.errors import InvalidRequest, StoreError
 from corral.store import SQLiteStore, open_store
 
 
@@ -44,10 +45,15 @@ def test_a_sqlite_url_may_relax_synchronous(tmp_path: Path) -> None:
         store.close()
 
 
-def test_postgresql_is_refused_with_a_note_that_it_is_planned() -> None:
-    with pytest.raises(InvalidRequest, match=r"PostgreSQL.*later.*sqlite:///") as caught:
-        open_store("postgresql://corral@db/corral")
-    assert caught.value.field == "store"
+def test_an_unreachable_postgresql_is_named_without_its_password() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(
+        StoreError, match=r"cannot open store postgresql://corral:\*\*\*@"
+    ) as caught:
+        open_store(f"postgresql://corral:hunter2@127.0.0.1:{port}/corral")
+    assert "hunter2" not in caught.value.message
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,5 @@ its own modules only: never the dispatcher, store or core directly.
 
 from corral.api._service import DispatcherService
 from corral.api.app import create_app
-from corral.api.auth import load_or_create_token
 
-__all__ = ["DispatcherService", "create_app", "load_or_create_token"]
+__all__ = ["DispatcherService", "create_app"]

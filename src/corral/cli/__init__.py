@@ -22,6 +22,7 @@ from corral import __version__
 from corral.cli._context import CliFailure, Settings, failure
 from corral.cli.definition import definition
 from corral.cli.node import engine, node
+from corral.cli.pipeline import pipeline, queue_group
 from corral.cli.process import process
 from corral.errors import CorralError
 
@@ -114,6 +115,8 @@ cli.add_command(definition)
 cli.add_command(process)
 cli.add_command(node)
 cli.add_command(engine)
+cli.add_command(pipeline)
+cli.add_command(queue_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

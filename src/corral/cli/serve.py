@@ -8,6 +8,7 @@ so the client and CLI find it) and the local nodes' directories.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -17,11 +18,11 @@ import click
 
 from corral import eventloop
 from corral.api.app import create_app
-from corral.api.auth import load_or_create_token
 from corral.api.server import open_api_server
 from corral.config import load_config
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.errors import CorralError
+from corral.secretfile import load_or_create_token
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 
@@ -35,6 +36,24 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, got {text!r}", param_hint=option)
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_remote(host: str, option: str, allowed: bool) -> None:
+    """The API and the queue carry bearer tokens in clear: off loopback only when asked."""
+    if not allowed and not is_loopback(host):
+        raise click.UsageError(
+            f"{option} {host}: refusing to listen beyond loopback, where tokens would travel"
+            " unencrypted; put a TLS proxy in front and pass --allow-remote to do it anyway"
+        )
 
 
 @click.command()
@@ -66,6 +85,17 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     "--store", "store_url", default=None, help="Store URL (default sqlite:///HOME/corral.db)."
 )
 @click.option(
+    "--queue",
+    "queue_listen",
+    default=None,
+    help="HOST:PORT to host the pipelines' shared event queue on (secret in HOME/queue_secret).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Let --listen and --queue bind beyond loopback (tokens travel unencrypted).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -77,6 +107,8 @@ def serve(
     agent_listen: str | None,
     config_path: Path | None,
     store_url: str | None,
+    queue_listen: str | None,
+    allow_remote: bool,
     log_level: str,
 ) -> None:
     """Run the dispatcher, its local nodes and its HTTP API until interrupted."""
@@ -86,6 +118,10 @@ def serve(
     home = (home or default_home()).expanduser().resolve()
     host, port = parse_address(listen, "--listen")
     agents = parse_address(agent_listen, "--agent-listen") if agent_listen else None
+    queue = parse_address(queue_listen, "--queue") if queue_listen else None
+    refuse_remote(host, "--listen", allow_remote)
+    if queue is not None:
+        refuse_remote(queue[0], "--queue", allow_remote)
     try:
         if config_path is None and (home / "corral.toml").exists():
             config_path = home / "corral.toml"
@@ -95,7 +131,7 @@ def serve(
         agent_token = load_or_create_token(home / "agent_token")
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
-    settings = RuntimeSettings(home, config, agent_token, agents, store_url)
+    settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
     code = eventloop.run(_serve(settings, token, host, port))
     sys.exit(code)
 

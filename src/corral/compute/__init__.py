@@ -21,7 +21,6 @@ worker process) and ``computation`` (the client); ``placement`` is pure.
 
 from corral.compute.computation import Computation
 from corral.compute.errors import (
-    AuthenticationFailed,
     ComputationClosed,
     ComputeError,
     RemoteError,
@@ -30,6 +29,7 @@ from corral.compute.errors import (
 from corral.compute.handles import Location, MailboxHandle, TaskHandle
 from corral.compute.status import Status, StatusMessage
 from corral.compute.tasks import RemoteTask, TaskOptions, task
+from corral.wire.handshake import AuthenticationFailed
 
 __all__ = [
     "AuthenticationFailed",

@@ -19,7 +19,7 @@ import pickle
 import sys
 import sysconfig
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -79,6 +79,36 @@ def dumps(obj: Any) -> bytes:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
         return cloudpickle.dumps(obj)  # type: ignore[no-any-return]
+
+
+class CodeTable:
+    """The client's functions and classes by code id, each pickled once.
+
+    The components are numbered first and travel in every worker's Setup; a function first
+    run later gets the next id and travels once per worker, in a Code message.
+    """
+
+    def __init__(self, components: Iterable[Any]) -> None:
+        self._ids: dict[int, int] = {}
+        self._objects: dict[int, Any] = {}  # strong references keep the id()s unique
+        self._blobs: dict[int, bytes] = {}
+        for component in components:
+            self.id_of(component)
+        self.setup_ids = frozenset(self._objects)
+        self.setup_blob = dumps_code(dict(self._objects))
+
+    def id_of(self, func: Any) -> int:
+        code_id = self._ids.get(id(func))
+        if code_id is None:
+            code_id = self._ids[id(func)] = len(self._objects) + 1
+            self._objects[code_id] = func
+        return code_id
+
+    def blob(self, code_id: int) -> bytes:
+        blob = self._blobs.get(code_id)
+        if blob is None:
+            blob = self._blobs[code_id] = dumps_code({code_id: self._objects[code_id]})
+        return blob
 
 
 class Shipped:

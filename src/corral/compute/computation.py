@@ -23,9 +23,8 @@ from typing import Any, Final
 
 from corral.client import AsyncClient
 from corral.compute import code as codec
-from corral.compute.auth import ComputeConnection, new_secret, prove_client, server_context
+from corral.compute.auth import ComputeConnection, server_context
 from corral.compute.errors import (
-    AuthenticationFailed,
     ComputationClosed,
     ComputeError,
     RemoteError,
@@ -34,6 +33,7 @@ from corral.compute.errors import (
 from corral.compute.handles import Location, MailboxHandle, TaskHandle, register_endpoint
 from corral.compute.messages import (
     COMPUTE_MESSAGES,
+    PROTOCOL_VERSION,
     Cancel,
     Close,
     Code,
@@ -53,6 +53,7 @@ from corral.compute.status import Status, StatusCallback, StatusFeed, StatusMess
 from corral.compute.tasks import RemoteTask, TaskOptions
 from corral.errors import WaitTimeout
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
+from corral.wire.handshake import AuthenticationFailed, answer_hello, new_secret
 
 log = logging.getLogger("corral.compute")
 
@@ -92,17 +93,7 @@ class Computation:
         self.pulse_interval = pulse_interval
         self.components = list(components)
         self._files, self._modules = codec.component_files(self.components, max_file_size)
-        self._code_ids: dict[int, int] = {}
-        self._code_objects: dict[int, Any] = {}  # strong references keep the id()s unique
-        self._blobs: dict[int, bytes] = {}
-        self._next_code = itertools.count(1)
-        for component in self.components:
-            if codec.is_code(component):
-                self._code_id(component)
-        self._setup_codes = set(self._code_ids.values())
-        self._setup_blob = codec.dumps_code(
-            {cid: self._code_objects[cid] for cid in self._setup_codes}
-        )
+        self._code = codec.CodeTable(c for c in self.components if codec.is_code(c))
         self._status = StatusFeed(status)
         self._dispatcher = dispatcher
         self._own_dispatcher = dispatcher is None
@@ -306,29 +297,17 @@ class Computation:
             raise TypeError(f"a task must be a function, not {type(func).__name__}")
         options = getattr(func, "__corral_task__", None) or TaskOptions()
         run = Run(
-            next(self._next_task), self._code_id(func), codec.dumps((args, kwargs)), options.io
+            next(self._next_task), self._code.id_of(func), codec.dumps((args, kwargs)), options.io
         )
         remote = RemoteTask(self.id, run, options)
         self._tasks[run.task] = remote
         self._send_run(process, remote)
         return remote
 
-    def _code_id(self, func: Any) -> int:
-        code_id = self._code_ids.get(id(func))
-        if code_id is None:
-            code_id = self._code_ids[id(func)] = next(self._next_code)
-            self._code_objects[code_id] = func
-        return code_id
-
     def _send_run(self, process: WorkerProcess, remote: RemoteTask) -> None:
         code_id = remote.run.code
         if code_id not in process.codes:
-            blob = self._blobs.get(code_id)
-            if blob is None:
-                blob = self._blobs[code_id] = codec.dumps_code(
-                    {code_id: self._code_objects[code_id]}
-                )
-            process.send(Code(blob))
+            process.send(Code(self._code.blob(code_id)))
             process.codes.add(code_id)
         remote.process, remote.location = process, process.location
         process.tasks[remote.task] = remote
@@ -391,12 +370,13 @@ class Computation:
         """Serve a connection to a worker, whichever side dialled, until it ends."""
         try:
             async with asyncio.timeout(self.timeout):
-                hello = await prove_client(conn, self._secret, self._pool or self.id)
+                realm = self._pool or self.id
+                hello = await answer_hello(conn, self._secret, realm, PROTOCOL_VERSION)
         except (AuthenticationFailed, ProtocolError, ConnectionClosed, TimeoutError) as exc:
             log.warning("refused a worker from %s: %s", conn.peer, exc)
             await conn.aclose()
             return
-        process = await self._attach(hello.worker, conn)
+        process = await self._attach(hello.peer, conn)
         try:
             await self._serve(process, conn)
         except (ConnectionClosed, ProtocolError) as exc:
@@ -427,10 +407,15 @@ class Computation:
             if process.conn is not None:
                 process.conn.close()  # the newer connection wins
         process.conn = conn
-        process.codes = set(self._setup_codes)
+        process.codes = set(self._code.setup_ids)
         process.last_heard = time.monotonic()
         setup = Setup(
-            self.id, process.node, self._files, self._modules, self._setup_blob, self.pulse_interval
+            self.id,
+            process.node,
+            self._files,
+            self._modules,
+            self._code.setup_blob,
+            self.pulse_interval,
         )
         conn.send(setup)
         return process

@@ -1,8 +1,10 @@
 """What a computation raises, classified by what its user should do::
 
     CorralError
+     ├── Unauthorized
+     │    └── AuthenticationFailed   a peer did not prove it knows the secret: dropped
+     │                               (``corral.wire.handshake``)
      └── ComputeError            base of the computation errors
-          ├── AuthenticationFailed   a peer did not prove it knows the secret: dropped
           ├── TaskAbandoned          the task's worker died or went silent; not retried
           ├── ComputationClosed      the computation closed before the task ended
           └── RemoteError            the task raised an exception that cannot travel back
@@ -18,10 +20,6 @@ from corral.errors import CorralError
 
 class ComputeError(CorralError):
     """Base of the errors of ``corral.compute``."""
-
-
-class AuthenticationFailed(ComputeError):
-    """The peer could not prove it holds the computation's secret."""
 
 
 class TaskAbandoned(ComputeError):

@@ -3,7 +3,8 @@
 Framed and batched like the agent protocol (``corral.wire.codec``), with a message set of its
 own. Fields of type ``bytes`` named ``blob``, ``call`` or ``payload`` hold pickles: they are
 decoded only after both ends proved they know the computation's secret (``Hello``,
-``Challenge``, ``Proof``; see ``corral.compute.auth``). Before that, a frame holds plain
+``Challenge``, ``Proof``; see ``corral.wire.handshake``; the realm is the computation, or the
+shared pool, and the peer the worker). Before that, a frame holds plain
 msgpack values only and is at most ``MAX_FRAME_BEFORE_AUTH`` bytes.
 
 Worker → client: ``Hello`` (first frame), ``Proof``, ``Ready``, ``Done``, ``ToTask``,
@@ -17,35 +18,9 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from corral.wire.codec import MessageSet
+from corral.wire.handshake import Challenge, Hello, Proof
 
 PROTOCOL_VERSION: Final = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """A worker introduces itself; ``nonce`` is its half of the challenge."""
-
-    version: int
-    computation: str
-    worker: str
-    node: str
-    pid: int
-    nonce: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """The client's nonce, and its proof that it knows the secret (checked by the worker)."""
-
-    nonce: bytes
-    proof: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Proof:
-    """The worker's proof that it knows the secret (checked by the client)."""
-
-    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)

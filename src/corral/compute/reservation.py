@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from corral.client import AsyncClient
-from corral.compute.auth import new_secret
 from corral.compute.errors import ComputeError
 from corral.compute.placement import worker_slots
 from corral.compute.worker import LISTENING
+from corral.wire.handshake import new_secret
 
 log = logging.getLogger("corral.compute")
 

@@ -11,7 +11,7 @@ says which of two ways it serves:
   dispatcher, and serves every client that proves the pool's secret, each in a session of its
   own that ends when its client closes it or stays away for five pulses.
 
-Either way, each connection proves the secret (``corral.compute.auth``) before a pickle is
+Either way, each connection proves the secret (``corral.wire.handshake``) before a pickle is
 read. CPU-bound tasks run one at a time, on a thread with an event loop of its own, so that
 pulses and messages keep flowing while a task computes; I/O-bound tasks run concurrently on
 the connection's loop (``corral.compute.session``).
@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -37,11 +38,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from corral import eventloop
-from corral.compute.auth import ComputeConnection, new_hello, pinned_context, prove_worker
-from corral.compute.errors import AuthenticationFailed
-from corral.compute.messages import COMPUTE_MESSAGES, ComputeMessage, Setup
+from corral.compute.auth import ComputeConnection, pinned_context
+from corral.compute.messages import COMPUTE_MESSAGES, PROTOCOL_VERSION, ComputeMessage, Setup
 from corral.compute.session import MISSED_PULSES, Session, Task
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
+from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
 
 log = logging.getLogger("corral.compute.worker")
 
@@ -164,7 +165,8 @@ class _CpuRunner:
         for task in self._queue:
             task.cancelled = True
         self.loop.call_soon_threadsafe(self._wake.set)
-        self._thread.join(5)
+        # a task computing cannot be interrupted: the process exits without it
+        self._thread.join(1)
 
 
 class Worker:
@@ -214,9 +216,9 @@ class Worker:
 
     async def _handshake(self, conn: ComputeConnection, name: str) -> tuple[Setup, list[Any]]:
         """Prove the secret and take the client's Setup (the first frame after the proofs)."""
-        hello = new_hello(name, self.settings.worker, socket.gethostname())
+        hello = new_hello(PROTOCOL_VERSION, name, self.settings.worker, socket.gethostname())
         async with asyncio.timeout(MISSED_PULSES * self.settings.pulse_interval + 5):
-            await prove_worker(conn, self.settings.secret, hello)
+            await send_hello(conn, self.settings.secret, hello)
             batch = await conn.read_batch()
         if not batch or not isinstance(batch[0], Setup):
             raise ProtocolError("expected Setup after the proofs")
@@ -322,6 +324,13 @@ def main() -> int:
         return EXIT_USAGE
 
     async def work() -> int:
-        return await Worker(settings).run()
+        # terminated by the dispatcher: end as on Close, so the working directory goes too
+        task = asyncio.current_task()
+        if task is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await Worker(settings).run()
+        except asyncio.CancelledError:
+            return 0
 
     return eventloop.run(work())

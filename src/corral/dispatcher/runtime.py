@@ -38,6 +38,8 @@ from corral.drivers.ssh import SSHDriver, SSHOptions
 from corral.errors import Conflict
 from corral.hub import Hub
 from corral.pool import NodePool
+from corral.queue import QueueServer
+from corral.secretfile import load_or_create_token
 from corral.store import GroupCommitter, Put, Store, Table, open_store
 
 log = logging.getLogger("corral.runtime")
@@ -56,6 +58,8 @@ class RuntimeSettings:
     store_url: str | None = None
     #: drivers made beforehand, by engine (a test's fake cloud that outlives one run)
     drivers: Mapping[EngineId, Driver] | None = None
+    #: where to host the pipelines' shared event queue, in this dispatcher's store
+    queue_listen: tuple[str, int] | None = None
 
 
 class Runtime:
@@ -74,6 +78,7 @@ class Runtime:
         self.agent_address: tuple[str, int] | None = None
         self._lock: int | None = None
         self._fakes: list[FakeDriver] = []
+        self.queue: QueueServer | None = None
 
     async def start(self) -> Dispatcher:
         settings = self.settings
@@ -92,6 +97,11 @@ class Runtime:
             # boot_timeout (from now), and one being retired goes on being retired.
             if node.state not in (NodeState.BOOTING, NodeState.SHUTTING_DOWN):
                 state.nodes[node.node_id] = replace(node, state=NodeState.UNKNOWN)
+        if settings.queue_listen is not None:
+            secret = await asyncio.to_thread(load_or_create_token, home / "queue_secret")
+            self.queue = QueueServer(committer, secret)
+            await self.queue.start(*settings.queue_listen, loaded.tables[Table.EVENTS])
+            log.info("event queue on %s:%d", *self.queue.address)
         pool_id = loaded.tables[Table.META].get("pool", {}).get("id")
         if pool_id is None:
             pool_id = secrets.token_hex(6)
@@ -216,6 +226,8 @@ class Runtime:
             await self._nodes.aclose()
         if self._events is not None:
             await self._events.aclose()
+        if self.queue is not None:
+            await self.queue.aclose()
         if self._committer is not None:
             await self._committer.aclose()
         if self._store is not None:

@@ -2,8 +2,8 @@
 
 The store owns persistence only: tables, keys, documents, all-or-nothing transactions, the
 schema and its migrations, and group commit. It knows nothing of processes or nodes and
-imports nothing from corral but `corral.errors`, so that any backend (SQLite now, PostgreSQL
-later) can be tested alone. `open_store(url)` picks the backend from the URL.
+imports nothing from corral but `corral.errors`, so that each backend (SQLite, PostgreSQL)
+is tested alone, against one conformance suite. `open_store(url)` picks the backend from the URL.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from corral.errors import InvalidRequest
 from corral.store.base import Change, Convert, Delete, Loaded, Put, Store, Table
 from corral.store.group_commit import CommitStatistics, GroupCommitter
+from corral.store.postgres import PostgresStore
 from corral.store.sqlite import SQLiteStore, Synchronous
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Delete",
     "GroupCommitter",
     "Loaded",
+    "PostgresStore",
     "Put",
     "SQLiteStore",
     "Store",
@@ -34,7 +36,7 @@ _SYNCHRONOUS: dict[str, Synchronous] = {"FULL": "FULL", "NORMAL": "NORMAL"}
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _SUPPORTED = (
     "supported: sqlite:///absolute/path.db, sqlite:relative/path.db,"
-    " or a plain path ending in .db or .sqlite"
+    " a plain path ending in .db or .sqlite, or postgresql://user@host:port/database"
 )
 
 
@@ -49,11 +51,7 @@ def open_store(url: str) -> Store:
     """
     scheme, sep, rest = url.partition(":")
     if scheme.lower() in ("postgresql", "postgres"):
-        raise InvalidRequest(
-            f"store {url!r}: the PostgreSQL backend is not implemented yet (it is planned for a"
-            f" later issue); {_SUPPORTED}",
-            field="store",
-        )
+        return PostgresStore(url)
     if sep and scheme.lower() == "sqlite":
         return _open_sqlite(url, rest)
     if url.lower().endswith(_SQLITE_SUFFIXES) and "://" not in url:

@@ -20,6 +20,8 @@ class Table(StrEnum):
     PROCESSES = "processes"
     NODES = "nodes"
     META = "meta"
+    #: the shared event queues (``corral.queue``), keyed by zero-padded event id
+    EVENTS = "events"
 
 
 @dataclass(frozen=True, slots=True)

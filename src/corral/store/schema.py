@@ -36,6 +36,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE nodes (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",
         "CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",
     ),
+    # 2: the shared event queues
+    ("CREATE TABLE events (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",),
 )
 
 #: the version a database has once every migration has run
@@ -62,6 +64,7 @@ INDEXED_COLUMNS: Mapping[Table, tuple[IndexedColumn, ...]] = {
     ),
     Table.NODES: (),
     Table.META: (),
+    Table.EVENTS: (),
 }
 
 

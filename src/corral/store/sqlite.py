@@ -11,7 +11,6 @@ transaction is rolled back first, so nothing of it is applied.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -19,15 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from corral.errors import StoreError
-from corral.store import schema
-from corral.store.base import Change, Convert, Loaded, Put, Table
+from corral.store import rows
+from corral.store.base import Change, Convert, Loaded, Table
 
 Synchronous = Literal["FULL", "NORMAL"]
 
-_PARAM = "?"
-_UPSERT = {table: schema.upsert_sql(table, _PARAM) for table in Table}
-_DELETE = {table: schema.delete_sql(table, _PARAM) for table in Table}
-_SELECT = {table: schema.select_sql(table) for table in Table}
+_SQL = rows.SQL("?")
 
 # sqlite's own messages say what broke, not what to do; these say the second half
 _HINTS = {
@@ -48,11 +44,6 @@ def _explain(exc: BaseException) -> str:
         if needle in text:
             return f"{text} ({hint})"
     return text
-
-
-def _dumps(doc: object) -> str:
-    # allow_nan=False: NaN is not JSON, and PostgreSQL's json types would refuse it
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
 class SQLiteStore:
@@ -115,21 +106,7 @@ class SQLiteStore:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(schema.CREATE_VERSION_TABLE)
-            row = conn.execute(schema.READ_VERSION).fetchone()
-            current = 0 if row is None else int(row[0])
-            if current > schema.SCHEMA_VERSION:
-                raise StoreError(
-                    f"cannot open store {self.path}: its schema version is {current}, newer"
-                    f" than this corral's {schema.SCHEMA_VERSION}; upgrade corral"
-                )
-            for migration in schema.MIGRATIONS[current:]:
-                for statement in migration:
-                    conn.execute(statement)
-            if current != schema.SCHEMA_VERSION:
-                clear, insert = schema.set_version_sql(_PARAM)
-                conn.execute(clear)
-                conn.execute(insert, (schema.SCHEMA_VERSION,))
+            rows.migrate(conn, str(self.path), _SQL)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -155,10 +132,10 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN")
             for table in Table:
-                rows = tables[table] = {}
-                for key, text in conn.execute(_SELECT[table]):
-                    doc = self._loads(table, key, text)
-                    rows[key] = doc if convert is None else convert(table, doc)
+                found = tables[table] = {}
+                for key, text in conn.execute(_SQL.select[table]):
+                    doc = rows.loads(str(self.path), table, key, text)
+                    found[key] = doc if convert is None else convert(table, doc)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
@@ -168,31 +145,16 @@ class SQLiteStore:
             raise
         return Loaded(tables=tables)
 
-    def _loads(self, table: Table, key: str, text: str) -> dict[str, Any]:
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise StoreError(
-                f"store {self.path}: {table.value}/{key!r} holds invalid JSON ({exc});"
-                " the file was changed outside corral"
-            ) from exc
-        if not isinstance(doc, dict):
-            raise StoreError(
-                f"store {self.path}: {table.value}/{key!r} holds a JSON {type(doc).__name__},"
-                " not an object; the file was changed outside corral"
-            )
-        return doc
-
     def apply(self, changes: Sequence[Change]) -> None:
         """Apply ``changes`` in one transaction; see `corral.store.Store.apply`."""
         if not changes:
             return
         conn = self._connection()
-        statements = self._prepare(changes)
+        statements = rows.prepare(str(self.path), _SQL, changes)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for sql, rows in statements:
-                conn.executemany(sql, rows)
+            for sql, values in statements:
+                conn.executemany(sql, values)
             conn.execute("COMMIT")
         except BaseException as exc:
             self._rollback(conn)
@@ -202,35 +164,6 @@ class SQLiteStore:
                 f"store {self.path}: a transaction of {len(changes)} changes failed and was"
                 f" rolled back, nothing of it applied: {_explain(exc)}"
             ) from exc
-
-    def _prepare(self, changes: Sequence[Change]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        """Group ``changes`` by statement, so that each statement runs once with executemany.
-
-        Grouping reorders the changes, which is only sound when each key appears once, so
-        the last change to a key is kept first; changes to different keys commute.
-        """
-        latest: dict[tuple[Table, str], Change] = {}
-        for change in changes:
-            latest[change.table, change.key] = change
-        upserts: dict[Table, list[tuple[Any, ...]]] = {}
-        deletes: dict[Table, list[tuple[Any, ...]]] = {}
-        for change in latest.values():
-            table, key = change.table, change.key
-            if isinstance(change, Put):
-                try:
-                    text = _dumps(change.doc)
-                except (TypeError, ValueError) as exc:
-                    raise StoreError(
-                        f"store {self.path}: the document for {table.value}/{key!r} is not"
-                        f" JSON-serialisable ({exc}); nothing of the transaction was applied"
-                    ) from exc
-                row = (key, text, *schema.indexed_values(table, key, change.doc))
-                upserts.setdefault(table, []).append(row)
-            else:
-                deletes.setdefault(table, []).append((key,))
-        return [(_UPSERT[table], rows) for table, rows in upserts.items()] + [
-            (_DELETE[table], rows) for table, rows in deletes.items()
-        ]
 
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the main file."""

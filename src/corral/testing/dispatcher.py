@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.api.app import create_app
-from corral.api.auth import load_or_create_token
 from corral.api.server import APIServer, open_api_server
 from corral.client import Client
 from corral.config import Config, parse_config
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.drivers.local import LocalDriver
+from corral.secretfile import load_or_create_token
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Example pipelines, runnable with ``corral pipeline run``."""

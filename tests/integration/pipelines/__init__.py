@@ -1,0 +1,1 @@
+"""Pipelines the framework tests run (importable by the worker processes they start)."""

@@ -1,0 +1,110 @@
+"""The queue server on real stores (SQLite and PostgreSQL) and real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from corral.queue import OwnQueueServer, QueueClient
+from corral.store import open_store
+from corral.wire.handshake import AuthenticationFailed
+
+pytestmark = pytest.mark.anyio
+SECRET = "the queue's secret"
+
+
+class Running:
+    """A queue server on a store file, stopped and started again at will; its clients
+    outlive a restart (they reconnect on their next request)."""
+
+    def __init__(self, store_url: str, visibility: float) -> None:
+        self.store_url = store_url
+        self.visibility = visibility
+        self.server: OwnQueueServer | None = None
+        self.clients: list[QueueClient] = []
+
+    async def start(self) -> None:
+        port = self.server.address[1] if self.server is not None else 0  # the same, again
+        self.server = OwnQueueServer(open_store(self.store_url), SECRET, self.visibility)
+        await self.server.listen("127.0.0.1", port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.aclose()
+
+    async def close(self) -> None:
+        await self.stop()
+        for client in self.clients:
+            await client.aclose()
+
+    async def client(self, name: str, secret: str = SECRET) -> QueueClient:
+        assert self.server is not None
+        client = QueueClient(*self.server.address, secret, name)
+        self.clients.append(client)
+        await client.connect()
+        return client
+
+
+@pytest.fixture
+async def queue(store_url: str) -> AsyncIterator[Running]:
+    running = Running(store_url, visibility=0.5)
+    await running.start()
+    yield running
+    await running.close()
+
+
+async def test_a_client_with_a_wrong_secret_is_refused_and_changes_nothing(queue: Running) -> None:
+    with pytest.raises(AuthenticationFailed, match="has a wrong secret"):
+        await queue.client("intruder", secret="guess")
+    good = await queue.client("producer")
+    assert await good.listing("main") == ([], [])
+
+
+async def test_events_survive_a_restart_and_held_ones_wait_for_their_holder(
+    queue: Running,
+) -> None:
+    producer = await queue.client("producer")
+    await producer.put("main", [("a", {"n": 1}, False), ("b", {"n": 2}, False)])
+    worker = await queue.client("worker")
+    (held,) = await worker.take("main", limit=1)
+    await queue.stop()
+    await queue.start()
+    other = await queue.client("other")
+    assert await other.take("main") == []  # nothing is given before the holders had a chance
+    # the worker, idle, dialled back by itself and claimed its event: only the rest is given
+    (left,) = await other.take("main", wait=5)
+    assert (left.name, left.attempts) == ("b", 0)
+    pending, now_held = await other.listing("main")
+    assert (pending, [(e.name, e.holder) for e in now_held]) == (
+        [],
+        [("a", "worker"), ("b", "other")],
+    )
+    assert await worker.ack([held.id]) == []
+
+
+async def test_a_vanished_holder_loses_its_events_to_another_client(queue: Running) -> None:
+    producer = await queue.client("producer")
+    await producer.put("main", [("a", {}, False)])
+    first = await queue.client("first")
+    (event,) = await first.take("main")
+    await first.aclose()
+    second = await queue.client("second")
+    (again,) = await second.take("main", wait=5)  # after the visibility timeout
+    assert (again.id, again.attempts) == (event.id, 1)
+    late = await queue.client("first")
+    assert await late.ack([event.id]) == [event.id]  # refused: second holds it now
+    assert await second.ack([event.id]) == []
+
+
+async def test_a_waiting_take_is_answered_by_the_next_put(queue: Running) -> None:
+    worker = await queue.client("worker")
+    producer = await queue.client("producer")
+    waiting = asyncio.ensure_future(worker.take("main", wait=10))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await producer.put("main", [("late", {"x": [1, 2]}, False)])
+    (event,) = await waiting
+    assert (event.name, event.args) == ("late", '{"x": [1, 2]}')
+    assert await worker.take("main", wait=0.2) == []
