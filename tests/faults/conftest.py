@@ -14,9 +14,10 @@ dispatcher's own bookkeeping.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,8 +67,8 @@ class Served(ServeProcess):
     SLOTS = SLOTS
     HEARTBEAT_MISSING = HEARTBEAT_MISSING
 
-    def __init__(self, home: Path, config: str = CONFIG) -> None:
-        super().__init__(home, config)
+    def __init__(self, home: Path, config: str = CONFIG, store_url: str | None = None) -> None:
+        super().__init__(home, config, store_url=store_url)
         self.starts_file = home / "starts.txt"
         self._clients: list[Client] = []
 
@@ -137,8 +138,11 @@ class Served(ServeProcess):
 
 
 @contextlib.contextmanager
-def _serving(home: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
-    server = Served(home)
+def serving(
+    home: Path, request: pytest.FixtureRequest, config: str = CONFIG, store_url: str | None = None
+) -> Iterator[Served]:
+    """A ``Served`` on ``home``, stopped (and its log shown if the test failed) at the end."""
+    server = Served(home, config, store_url)
     try:
         yield server
     finally:
@@ -152,16 +156,32 @@ def _serving(home: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
 @pytest.fixture
 def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     """A started ``corral serve`` with its one node connected."""
-    with _serving(tmp_path / "home", request) as server:
+    with serving(tmp_path / "home", request) as server:
         server.start()
         server.wait_node()
         yield server
 
 
 @pytest.fixture
+def make_served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
+    """``make_served(config, store_url)``: a started ``corral serve`` with its node connected."""
+    homes = itertools.count()
+    with contextlib.ExitStack() as stack:
+
+        def make(config: str = CONFIG, store_url: str | None = None) -> Served:
+            home = tmp_path / f"home-{next(homes)}"
+            server = stack.enter_context(serving(home, request, config, store_url))
+            server.start()
+            server.wait_node()
+            return server
+
+        yield make
+
+
+@pytest.fixture
 def unstarted(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     """A ``Served`` on a fresh home, not started yet (``unstarted.start()``)."""
-    with _serving(tmp_path / "home", request) as server:
+    with serving(tmp_path / "home", request) as server:
         yield server
 
 
