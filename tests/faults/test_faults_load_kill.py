@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,7 +31,6 @@ from typing import Any
 import pytest
 
 from corral import Client
-from corral.errors import CorralError
 from corral.testing.postgres import PostgresServer
 
 SEED_ENV = "CORRAL_FAULTS_SEED"
@@ -84,30 +82,6 @@ def _load() -> list[dict[str, Any]]:
     return processes
 
 
-class _Submitter(threading.Thread):
-    """Schedules the load in batches; a batch is retried until the dispatcher answers."""
-
-    def __init__(self, served: Any, processes: list[dict[str, Any]]) -> None:
-        super().__init__(daemon=True)
-        self._served = served
-        self._batches = [processes[i : i + BATCH] for i in range(0, len(processes), BATCH)]
-        self.acknowledged: list[str] = []
-        self.retries = 0
-
-    def run(self) -> None:
-        for batch in self._batches:
-            while True:
-                try:
-                    with Client(self._served.url, self._served.token, timeout=5.0) as client:
-                        client.schedule_processes(batch)
-                    break
-                except (CorralError, OSError):
-                    self.retries += 1
-                    time.sleep(0.05)
-            self.acknowledged.extend(p["upid"] for p in batch)
-            time.sleep(0.02)
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def load_served(request: pytest.FixtureRequest, make_served: Callable[..., Any]) -> Any:
     """``corral serve`` on each store backend, with eight slots."""
@@ -130,8 +104,7 @@ def test_twenty_dispatcher_sigkills_under_a_load_of_mixed_modes(load_served: Any
     served.define("svc", "exec sleep 600")
     processes = _load()
 
-    submitter = _Submitter(served, processes)
-    submitter.start()
+    submitter = served.submitter(processes, BATCH)
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.05, 0.6))
         served.kill()

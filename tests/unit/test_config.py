@@ -249,3 +249,17 @@ def test_instance_types_are_read_and_an_engine_lists_them_cheapest_first():
 )
 def test_bad_instance_types_and_driver_options_are_refused_naming_the_key(raw, field):
     assert _error(raw).field == field
+
+
+def test_the_store_reserve_is_read_from_the_top_level_and_defaults_to_64_mib():
+    assert parse_config({}).store_reserve_mb == 64
+    assert parse_config({"store_reserve_mb": 0}).store_reserve_mb == 0
+    engines = [{"id": "e", "driver": "local"}]
+    assert parse_config({"store_reserve_mb": 8, "engines": engines}).store_reserve_mb == 8
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64", True])
+def test_a_store_reserve_that_is_not_a_whole_number_of_mib_is_refused(bad: Any):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_config({"store_reserve_mb": bad})
+    assert caught.value.field == "store_reserve_mb"
