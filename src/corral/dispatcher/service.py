@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -508,8 +507,8 @@ class Dispatcher:
         ]
 
     def dump(self) -> dict[str, Any]:
-        counts = Counter(record.state for record in self._state.processes.values())
-        by_state = {str(state): counts[state] for state in sorted(counts)}
+        counts = self._state.by_state
+        by_state = {str(state): counts[state] for state in sorted(counts) if counts[state]}
         return {
             "engines": self.list_engines(),
             "nodes": self.list_nodes(),

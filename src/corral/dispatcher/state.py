@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,9 @@ class State:
         self._on_fatal = on_fatal
         self.definitions: dict[DefinitionId, Definition] = {}
         self.processes: dict[Upid, ProcessRecord] = {}
+        #: how many processes are in each state, kept as they change (read by every dump
+        #: and metrics scrape, which must not walk a store of 100,000 processes)
+        self.by_state: Counter[ProcessState] = Counter()
         self.nodes: dict[NodeId, NodeRecord] = {}
         #: matchable processes in the order they are served (dicts keep insertion order)
         self.queue: dict[Upid, Pending] = {}
@@ -181,6 +185,9 @@ class State:
     def _index(self, previous: ProcessRecord | None, record: ProcessRecord) -> None:
         upid = record.upid
         self.processes[upid] = record
+        if previous is not None:
+            self.by_state[previous.state] -= 1
+        self.by_state[record.state] += 1
         if (
             previous is not None
             and previous.assigned is not None
