@@ -125,8 +125,10 @@ ROUTES = {
 }
 
 
-async def test_openapi_is_served_without_a_token_and_lists_every_route() -> None:
+async def test_openapi_is_served_with_the_token_and_lists_every_route() -> None:
     async with client(FakeService(), headers=None) as http:
+        assert (await http.get("/openapi.json")).status_code == 401
+    async with client(FakeService()) as http:
         schema = (await http.get("/openapi.json")).json()
     assert {path: set(ops) for path, ops in schema["paths"].items()} == ROUTES
     assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}

@@ -25,9 +25,8 @@ def create_app(
 ) -> FastAPI:
     """Build the HTTP API over ``service``, guarded by the bearer ``token``.
 
-    ``/health`` and ``/openapi.json`` answer without a token (they describe the
-    API, not the dispatcher's contents). ``sse_keepalive`` is the quiet period, in seconds,
-    after which ``/events`` sends a keep-alive comment.
+    Only ``/health`` answers without a token (see ``api.auth``). ``sse_keepalive`` is the
+    quiet period, in seconds, after which ``/events`` sends a keep-alive comment.
     """
     app = FastAPI(
         title=title,
