@@ -8,12 +8,12 @@ without a token learns nothing, not even whether a route exists; then FastAPI.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.api import auth, errors
+from corral.api import auth, errors, responses
 from corral.api._service import DispatcherService
-from corral.api.routes import definitions, events, processes, system
+from corral.api.routes import definitions, events, one_value_each, processes, system
 
 
 def create_app(
@@ -37,6 +37,7 @@ def create_app(
         # closed network cannot reach: serve the schema only.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(one_value_each)],
     )
     app.state.service = service
     app.state.sse_keepalive = sse_keepalive
@@ -45,4 +46,5 @@ def create_app(
     # added in this order so the catch-all ends up outermost (Starlette wraps the last added)
     auth.install(app, token)
     errors.install(app)
+    responses.install(app)
     return app

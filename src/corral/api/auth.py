@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.errors import error_response
+from corral.api.responses import ERROR_BODY_REF, ERROR_MEANINGS
 from corral.errors import CorralError, Unauthorized
 
 #: routes served without a token; everything else, unknown paths included, needs one
@@ -80,10 +81,16 @@ def _documented(app: FastAPI, build: Callable[[], dict[str, Any]]) -> Callable[[
         schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
         schemes["bearer"] = {"type": "http", "scheme": "bearer"}
         schema["security"] = [{"bearer": []}]
+        unauthorized = {
+            "description": ERROR_MEANINGS[401],
+            "content": {"application/json": {"schema": {"$ref": ERROR_BODY_REF}}},
+        }
         for path, operations in schema.get("paths", {}).items():
-            if path in OPEN_PATHS:
-                for operation in operations.values():
+            for operation in operations.values():
+                if path in OPEN_PATHS:
                     operation["security"] = []
+                else:
+                    operation.setdefault("responses", {})["401"] = unauthorized
         return schema
 
     return openapi

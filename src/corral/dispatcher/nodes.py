@@ -301,27 +301,27 @@ class Nodes:
         return self._pool.trouble(engine_id)
 
     def describe_nodes(self) -> list[dict[str, Any]]:
-        described = []
-        now = self._clock.monotonic()
-        for node in self._state.nodes.values():
-            used = self.used_slots(node.node_id)
-            state = node.state
-            if state in (NodeState.IDLE, NodeState.BUSY):
-                state = NodeState.BUSY if used else NodeState.IDLE
-            live = self._live.get(node.node_id)
-            doc = node.as_doc()
-            engine = self._engines.get(node.engine)
-            kind = engine.instance_type(node.instance_type) if engine is not None else None
-            doc.update(
-                price=kind.price if kind is not None else None,
-                state=state.value,
-                health=self.health(node).value,
-                used=used,
-                connected=bool(live and live.session),
-                last_heard=round(now - live.heard, 3) if live else None,
-            )
-            described.append(doc)
-        return described
+        return [self.describe(node) for node in self._state.nodes.values()]
+
+    def describe(self, node: NodeRecord) -> dict[str, Any]:
+        """A node as the API shows it (also one already forgotten, which is just gone)."""
+        used = self.used_slots(node.node_id)
+        state = node.state
+        if state in (NodeState.IDLE, NodeState.BUSY):
+            state = NodeState.BUSY if used else NodeState.IDLE
+        live = self._live.get(node.node_id)
+        doc = node.as_doc()
+        engine = self._engines.get(node.engine)
+        kind = engine.instance_type(node.instance_type) if engine is not None else None
+        doc.update(
+            price=kind.price if kind is not None else None,
+            state=state.value,
+            health=self.health(node).value,
+            used=used,
+            connected=bool(live and live.session),
+            last_heard=round(self._clock.monotonic() - live.heard, 3) if live else None,
+        )
+        return doc
 
     def statistics(self) -> dict[str, Any]:
         return {
