@@ -48,12 +48,26 @@ def is_loopback(host: str) -> bool:
 
 
 def refuse_remote(host: str, option: str, allowed: bool) -> None:
-    """The API and the queue carry bearer tokens in clear: off loopback only when asked."""
+    """The API, the queue and the agent port carry tokens in clear (none of them speaks
+    TLS): off loopback only when asked."""
     if not allowed and not is_loopback(host):
         raise click.UsageError(
             f"{option} {host}: refusing to listen beyond loopback, where tokens would travel"
-            " unencrypted; put a TLS proxy in front and pass --allow-remote to do it anyway"
+            " unencrypted; put a TLS proxy or tunnel in front and pass --allow-remote to do"
+            " it anyway"
         )
+
+
+def agent_host(home: Path, asked: tuple[str, int] | None) -> str:
+    """Where the agent port will listen: as asked, else where the last run's did (the
+    runtime reopens it there, so agents find it), else loopback."""
+    if asked is not None:
+        return asked[0]
+    try:
+        remembered = (home / "agent_address").read_text().strip()
+    except OSError:
+        return "127.0.0.1"
+    return remembered.rpartition(":")[0].strip("[]") or "127.0.0.1"
 
 
 @click.command()
@@ -93,7 +107,8 @@ def refuse_remote(host: str, option: str, allowed: bool) -> None:
 @click.option(
     "--allow-remote",
     is_flag=True,
-    help="Let --listen and --queue bind beyond loopback (tokens travel unencrypted).",
+    help="Let --listen, --queue and --agent-listen bind beyond loopback (tokens travel"
+    " unencrypted).",
 )
 @click.option(
     "--log-level",
@@ -122,6 +137,8 @@ def serve(
     refuse_remote(host, "--listen", allow_remote)
     if queue is not None:
         refuse_remote(queue[0], "--queue", allow_remote)
+    where = "--agent-listen" if agents else f"the agent port of the last run ({home}/agent_address)"
+    refuse_remote(agent_host(home, agents), where, allow_remote)
     try:
         if config_path is None and (home / "corral.toml").exists():
             config_path = home / "corral.toml"
