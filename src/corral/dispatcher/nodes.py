@@ -82,7 +82,8 @@ class Nodes:
         self._wake_mapper = wake_mapper
         self._started = clock.monotonic()
         self._live: dict[NodeId, _Live] = {}
-        self._log_requests: dict[int, asyncio.Future[LogChunk]] = {}
+        #: log reads awaiting an answer, with the node asked: only that node may answer
+        self._log_requests: dict[int, tuple[NodeId, asyncio.Future[LogChunk]]] = {}
         self._request_ids = itertools.count(1)
         self._ticks = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,13 +157,21 @@ class Nodes:
                 live.version += 1
                 reports.append(msg)
             elif isinstance(msg, LogChunk):
-                waiter = self._log_requests.pop(msg.request_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(msg)
+                self._log_answered(session.node_id, msg)
             elif not isinstance(msg, Heartbeat):
                 log.warning("unexpected %s from agent %s", type(msg).__name__, session.node_id)
         if reports:
             self.syncer.reports(session.node_id, reports)
+
+    def _log_answered(self, node_id: NodeId, chunk: LogChunk) -> None:
+        asked = self._log_requests.get(chunk.request_id)
+        if asked is None or asked[0] != node_id:
+            # an answer to no question of ours, or to one asked of another node
+            log.warning("log chunk %d from %s ignored: not asked of it", chunk.request_id, node_id)
+            return
+        del self._log_requests[chunk.request_id]
+        if not asked[1].done():
+            asked[1].set_result(chunk)
 
     def agent_left(self, session: AgentSession) -> None:
         live = self._live.get(session.node_id)
@@ -232,7 +241,7 @@ class Nodes:
             raise Unavailable(f"node {node_id} is not connected; its logs cannot be read now")
         request_id = next(self._request_ids)
         waiter: asyncio.Future[LogChunk] = asyncio.get_running_loop().create_future()
-        self._log_requests[request_id] = waiter
+        self._log_requests[request_id] = (node_id, waiter)
         which: LogStream = "stderr" if stream == "stderr" else "stdout"
         live.session.send(ReadLog(request_id, upid, which, offset, limit))
         try:
