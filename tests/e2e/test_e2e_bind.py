@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,14 @@ def test_the_flag_lets_agents_dial_from_beyond_loopback(tmp_path: Path) -> None:
         assert (served.home / "agent_address").read_text().startswith("0.0.0.0:")
     finally:
         served.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is for a dispatcher running as root")
+def test_as_root_a_local_engine_must_say_who_its_processes_run_as(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text('[[engines]]\nid = "plain"\n')
+    done = serve(tmp_path, "--listen", "127.0.0.1:0")
+    assert done.returncode == 2
+    assert "engine 'plain'" in done.stderr
+    assert "run_as" in done.stderr
+    assert "allow_root" in done.stderr
+    assert not (tmp_path / "url").exists()

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(30)
 ONE_NODE = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 4
 base_need = 1
 maximum_vms = 1

@@ -83,6 +83,7 @@ def test_a_second_dispatcher_on_the_same_home_is_refused(tmp_path: Path) -> None
 HAND_STARTED = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 0
 maximum_vms = 1
@@ -125,6 +126,7 @@ def test_an_agent_started_by_hand_joins_stays_and_runs_work(tmp_path: Path) -> N
                 str(tmp_path / "agent"),
                 "--heartbeat-period",
                 "0.2",
+                "--allow-root",  # the tests may run as root
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.timeout(30)
 _ENGINE = """
 [[engines]]
 id = "{id}"
+allow_root = true  # the tests may run as root
 slots = {slots}
 base_need = {nodes}
 maximum_vms = {nodes}

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 ELASTIC = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 1
 base_need = 1
 maximum_vms = 3
@@ -59,6 +60,7 @@ def test_a_queue_grows_the_pool_which_shrinks_back_newest_first(
 TWO_NODES = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 1
 base_need = 2
 maximum_vms = 2

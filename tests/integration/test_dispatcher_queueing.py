@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(30)
 TWO_SLOTS = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 1
 maximum_vms = 1

@@ -93,6 +93,7 @@ def test_the_user_data_script_starts_an_agent_that_joins(tmp_path: Path) -> None
     config = """
 [[engines]]
 id = "cloud"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 0
 maximum_vms = 2

@@ -120,6 +120,7 @@ def test_a_node_is_a_batch_job_whose_agent_joins_and_runs_a_process(
     config = f"""
 [[engines]]
 id = "hpc"
+allow_root = true  # the tests may run as root
 driver = "slurm"
 slots = 1
 base_need = 1

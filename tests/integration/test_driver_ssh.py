@@ -111,6 +111,7 @@ def test_a_dispatcher_boots_an_agent_over_ssh_runs_a_process_and_retires_it(
     config = f"""
 [[engines]]
 id = "remote"
+allow_root = true  # the tests may run as root
 driver = "ssh"
 slots = 2
 base_need = 1

@@ -19,7 +19,7 @@ import click
 from corral import eventloop
 from corral.api.app import create_app
 from corral.api.server import open_api_server
-from corral.config import load_config
+from corral.config import Config, load_config, refusing_root
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.errors import CorralError
 from corral.secretfile import load_or_create_token
@@ -68,6 +68,18 @@ def agent_host(home: Path, asked: tuple[str, int] | None) -> str:
     except OSError:
         return "127.0.0.1"
     return remembered.rpartition(":")[0].strip("[]") or "127.0.0.1"
+
+
+def refuse_root(config: Config) -> None:
+    """Local agents run as this dispatcher's user: as root, an engine must say who its
+    processes run as, or every one of them would be refused (see ``agent.identity``)."""
+    refused = refusing_root(config)
+    if refused:
+        raise click.UsageError(
+            f"engine {refused[0]!r}: this dispatcher runs as root, so its local agents do, and"
+            ' they never run processes as root unless told: set run_as = "USER" (who its'
+            " processes run as) or allow_root = true in its [[engines]] table"
+        )
 
 
 @click.command()
@@ -148,6 +160,7 @@ def serve(
         agent_token = load_or_create_token(home / "agent_token")
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
+    refuse_root(config)
     settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
     code = eventloop.run(_serve(settings, token, host, port))
     sys.exit(code)

@@ -117,6 +117,10 @@ class Engine:
     max_dispatch_attempts: int = MAX_DISPATCH_ATTEMPTS
     #: the kinds of machine its nodes may be, cheapest first; none: nodes are slots only
     instance_types: tuple[InstanceType, ...] = ()
+    #: the user its processes run as (the agent must be root to switch); None: the agent's
+    run_as: str | None = None
+    #: let its processes run as root when the agent is root and run_as is not set
+    allow_root: bool = False
 
     def instance_type(self, name: str | None) -> InstanceType | None:
         return next((t for t in self.instance_types if t.name == name), None)

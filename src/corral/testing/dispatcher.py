@@ -124,6 +124,8 @@ def _small_default() -> Config:
                     "heartbeat_warning": 1.0,
                     "heartbeat_missing": 2.0,
                     "terminate_grace": 2.0,
+                    # a test's processes run as the test does, root included
+                    "allow_root": True,
                 }
             ]
         }
