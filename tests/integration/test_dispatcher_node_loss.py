@@ -22,6 +22,7 @@ ONE_NODE = """
 id = "default"
 allow_root = true  # the tests may run as root
 slots = 4
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
 maximum_vms = 1
 heartbeat_period = 0.2

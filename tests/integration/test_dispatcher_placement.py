@@ -20,6 +20,7 @@ _ENGINE = """
 id = "{id}"
 allow_root = true  # the tests may run as root
 slots = {slots}
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = {nodes}
 maximum_vms = {nodes}
 labels = {{ zone = "{zone}", tier = "{tier}" }}
