@@ -109,6 +109,9 @@ async def run(args: argparse.Namespace) -> None:
     slots = 2 * cores()
     served = Served(
         f"[[engines]]\nid = 'default'\nslots = {slots}\nbase_need = 1\nmaximum_vms = 1\n"
+        # processes run as whoever runs the benchmark, root included: the launcher's fast
+        # path (posix_spawn), which a run_as engine would leave for a fork
+        "allow_root = true\n"
     )
     try:
         served.wait_nodes()

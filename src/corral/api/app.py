@@ -8,12 +8,12 @@ without a token learns nothing, not even whether a route exists; then FastAPI.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.api import auth, errors
+from corral.api import auth, errors, responses
 from corral.api._service import DispatcherService
-from corral.api.routes import definitions, events, processes, system
+from corral.api.routes import definitions, events, one_value_each, processes, system
 
 
 def create_app(
@@ -25,9 +25,8 @@ def create_app(
 ) -> FastAPI:
     """Build the HTTP API over ``service``, guarded by the bearer ``token``.
 
-    ``/health`` and ``/openapi.json`` answer without a token (they describe the
-    API, not the dispatcher's contents). ``sse_keepalive`` is the quiet period, in seconds,
-    after which ``/events`` sends a keep-alive comment.
+    Only ``/health`` answers without a token (see ``api.auth``). ``sse_keepalive`` is the
+    quiet period, in seconds, after which ``/events`` sends a keep-alive comment.
     """
     app = FastAPI(
         title=title,
@@ -38,6 +37,7 @@ def create_app(
         # closed network cannot reach: serve the schema only.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(one_value_each)],
     )
     app.state.service = service
     app.state.sse_keepalive = sse_keepalive
@@ -46,4 +46,5 @@ def create_app(
     # added in this order so the catch-all ends up outermost (Starlette wraps the last added)
     auth.install(app, token)
     errors.install(app)
+    responses.install(app)
     return app

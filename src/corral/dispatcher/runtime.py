@@ -187,7 +187,7 @@ class Runtime:
                 )
             else:
                 if local is None:
-                    local = LocalDriver(settings.home, agent_address, settings.home / "agent_token")
+                    local = LocalDriver(settings.home, agent_address, settings.agent_token)
                 drivers[engine.engine_id] = local
         return drivers
 

@@ -7,17 +7,20 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, Response
 
+from corral.api.responses import DumpOut, EngineOut, HealthOut, NodeOut, answers
 from corral.api.routes import Service
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/health", summary="health (no token needed)")
+@router.get(
+    "/health", summary="health (no token needed)", response_model=None, responses=answers(HealthOut)
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/dump", summary="dump")
+@router.get("/dump", summary="dump", response_model=None, responses=answers(DumpOut))
 async def dump(service: Service) -> dict[str, Any]:
     return service.dump()
 
@@ -26,22 +29,33 @@ async def dump(service: Service) -> dict[str, Any]:
     "/metrics",
     summary="metrics (Prometheus text format)",
     response_class=PlainTextResponse,
+    responses=answers(None, 503),
 )
 async def metrics(service: Service) -> Response:
     return Response(service.metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@router.get("/nodes", summary="list_nodes")
+@router.get("/nodes", summary="list_nodes", response_model=None, responses=answers(list[NodeOut]))
 async def list_nodes(service: Service) -> list[dict[str, Any]]:
     return service.list_nodes()
 
 
-@router.get("/nodes/{node_id}", summary="describe_node")
+@router.get(
+    "/nodes/{node_id}",
+    summary="describe_node",
+    response_model=None,
+    responses=answers(NodeOut, 404, 422),
+)
 async def describe_node(service: Service, node_id: str) -> dict[str, Any]:
     return service.describe_node(node_id)
 
 
-@router.post("/nodes/{node_id}/{action}", summary="node_action (hold, drain, run, kill)")
+@router.post(
+    "/nodes/{node_id}/{action}",
+    summary="node_action (hold, drain, run, kill)",
+    response_model=None,
+    responses=answers(NodeOut, 404, 409, 422),
+)
 async def node_action(
     service: Service, node_id: str, action: Literal["hold", "drain", "run", "kill"]
 ) -> dict[str, Any]:
@@ -51,6 +65,8 @@ async def node_action(
     return await service.node_action(node_id, action)
 
 
-@router.get("/engines", summary="list_engines")
+@router.get(
+    "/engines", summary="list_engines", response_model=None, responses=answers(list[EngineOut])
+)
 async def list_engines(service: Service) -> list[dict[str, Any]]:
     return service.list_engines()
