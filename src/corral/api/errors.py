@@ -7,6 +7,7 @@ Every error leaves as ``{"error": {"type", "message", "field"?}}`` with one stat
 ``NotFound``          404
 ``Conflict``          409
 ``Unauthorized``      401
+``Forbidden``         403
 ``WaitTimeout``       408
 ``Unavailable``       503
 other ``CorralError`` 500, with its message
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.errors import (
     Conflict,
     CorralError,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Unauthorized,
@@ -47,6 +49,7 @@ STATUS: dict[type[CorralError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    Forbidden: 403,
     WaitTimeout: 408,
     Unavailable: 503,
 }
