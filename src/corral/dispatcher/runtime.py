@@ -137,7 +137,7 @@ class Runtime:
         for fake in self._fakes:
             fake.bind(hub.attach)
         self.dispatcher = Dispatcher(
-            state, settings.config, self.clock, nodes, events, mapper.wake, metrics
+            state, settings.config, self.clock, nodes, events, mapper.wake, metrics, self.queue
         )
         loop = asyncio.get_running_loop()
         self._tasks = [
