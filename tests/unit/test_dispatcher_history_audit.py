@@ -99,7 +99,8 @@ def test_an_audit_entry_is_committed_with_who_what_and_when() -> None:
     entry = log.note("api token from 127.0.0.1", "terminate_process", "p1", 5.0, {"state": "x"})
     assert entry.id == 1
     [[put]] = committed
-    assert isinstance(put, Put) and put.table is Table.AUDIT
+    assert isinstance(put, Put)
+    assert put.table is Table.AUDIT
     assert put.doc == {
         "id": 1,
         "time": 5.0,

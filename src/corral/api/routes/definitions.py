@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from corral.api.routes import Service
+from corral.api import redact
+from corral.api.routes import Actor, Caller, Service
 from corral.api.schemas import DefinitionBody, DefinitionCreate
 from corral.errors import InvalidRequest
 
@@ -14,29 +15,34 @@ router = APIRouter(prefix="/definitions", tags=["definitions"])
 
 
 @router.post("", summary="create_definition")
-async def create_definition(body: DefinitionCreate, service: Service) -> dict[str, Any]:
+async def create_definition(
+    body: DefinitionCreate, service: Service, actor: Actor
+) -> dict[str, Any]:
     return await service.create_definition(
         body.definition_id,
         body.definition_type,
         body.executable.model_dump(),
         body.name,
         body.description,
+        actor=actor,
     )
 
 
 @router.get("", summary="list_definitions")
-async def list_definitions(service: Service) -> list[dict[str, Any]]:
-    return service.list_definitions()
+async def list_definitions(service: Service, caller: Caller) -> list[dict[str, Any]]:
+    return redact.definitions(caller, service.list_definitions())
 
 
 @router.get("/{definition_id}", summary="describe_definition")
-async def describe_definition(definition_id: str, service: Service) -> dict[str, Any]:
-    return service.describe_definition(definition_id)
+async def describe_definition(
+    definition_id: str, service: Service, caller: Caller
+) -> dict[str, Any]:
+    return redact.definition(caller, service.describe_definition(definition_id))
 
 
 @router.put("/{definition_id}", summary="update_definition")
 async def update_definition(
-    definition_id: str, body: DefinitionBody, service: Service
+    definition_id: str, body: DefinitionBody, service: Service, actor: Actor
 ) -> dict[str, Any]:
     # the body may repeat the id (a describe_definition result sent back as is), not change it
     if body.definition_id not in (None, definition_id):
@@ -51,12 +57,13 @@ async def update_definition(
         body.executable.model_dump(),
         body.name,
         body.description,
+        actor=actor,
     )
 
 
 @router.delete(
     "/{definition_id}", summary="remove_definition", status_code=204, response_class=Response
 )
-async def remove_definition(definition_id: str, service: Service) -> Response:
-    await service.remove_definition(definition_id)
+async def remove_definition(definition_id: str, service: Service, actor: Actor) -> Response:
+    await service.remove_definition(definition_id, actor=actor)
     return Response(status_code=204)

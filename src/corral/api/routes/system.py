@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, Response
 
-from corral.api.routes import Service
+from corral.api.routes import Actor, Service
 
 router = APIRouter(tags=["system"])
 
@@ -43,12 +43,12 @@ async def describe_node(service: Service, node_id: str) -> dict[str, Any]:
 
 @router.post("/nodes/{node_id}/{action}", summary="node_action (hold, drain, run, kill)")
 async def node_action(
-    service: Service, node_id: str, action: Literal["hold", "drain", "run", "kill"]
+    service: Service, actor: Actor, node_id: str, action: Literal["hold", "drain", "run", "kill"]
 ) -> dict[str, Any]:
     """``hold``: keep it, place nothing new; ``drain``: place nothing new, retire it once
     empty; ``run``: back to normal; ``kill``: retire it now, its processes following their
     restart modes."""
-    return await service.node_action(node_id, action)
+    return await service.node_action(node_id, action, actor=actor)
 
 
 @router.get("/engines", summary="list_engines")
