@@ -14,7 +14,7 @@ function svg(tag, attrs, ...children) {
 
 // One bar per minute, the newest on the right; each bar says its count when hovered.
 export function launchChart(minutes) {
-  const width = 600;
+  const width = 1180;
   const height = 140;
   const top = 12;
   const bottom = 20;

@@ -40,7 +40,7 @@ export function mountComputations(main) {
           h(
             "section",
             { class: "card wide" },
-            h("h2", null, `${c.kind} ${c.name}`, h("small", null, ` · ${c.live} live of ${c.workers.length}`)),
+            h("h2", null, `${c.kind}: ${c.name}`, h("small", null, ` · ${c.live} live of ${c.workers.length}`)),
             workers(c.workers),
           ),
         ),
