@@ -13,7 +13,7 @@ import pytest
 from fastapi.routing import APIRoute
 from test_api_fake_service import TOKEN, FakeService
 
-from corral.api import create_app
+from corral.api import assets, create_app
 from corral.api.access import Sessions
 from corral.api.auth import OPEN_PATHS, OPEN_UI
 from corral.api.redact import HIDDEN
@@ -133,7 +133,7 @@ def ui_routes() -> list[tuple[str, str]]:
     routes = []
     for route in ui.router.routes + dashboard.router.routes:
         if isinstance(route, APIRoute) and route.path.startswith("/ui"):
-            path = route.path.replace("{name:path}", "app.js")
+            path = route.path.replace("{version}/{name:path}", f"{assets.VERSION}/app.js")
             routes += [(method, path) for method in route.methods - {"HEAD"}]
     return sorted(routes)
 
@@ -158,11 +158,14 @@ async def test_without_a_session_every_ui_route_and_method_is_refused() -> None:
 
 
 async def test_only_the_log_in_page_and_its_stylesheet_open_without_a_session() -> None:
-    assert {path for _, path in OPEN_UI} == {"/ui/login", "/ui/static/app.css"}
+    stylesheet = f"/ui/static/{assets.VERSION}/app.css"
+    assert {path for _, path in OPEN_UI} == {"/ui/login", stylesheet}
     assert {"/health", "/openapi.json"} == OPEN_PATHS
     async with browser(FakeService()) as http:
-        assert (await http.get("/ui/login")).status_code == 200
-        assert (await http.get("/ui/static/app.css")).status_code == 200
+        login = await http.get("/ui/login")
+        assert login.status_code == 200
+        assert f'href="{stylesheet}"' in login.text
+        assert (await http.get(stylesheet)).status_code == 200
 
 
 async def test_an_unknown_session_cookie_opens_nothing() -> None:
@@ -339,12 +342,19 @@ async def test_the_processes_route_passes_filters_and_refuses_bad_ones() -> None
     assert bad_limit.json()["error"]["field"] == "limit"
 
 
-async def test_static_files_are_served_from_the_package_only() -> None:
+async def test_static_files_are_served_from_the_package_only_and_kept_by_version() -> None:
+    static = f"/ui/static/{assets.VERSION}"
     async with browser(FakeService()) as http:
         await log_in(http)
-        script = await http.get("/ui/static/app.js")
-        escape = await http.get("/ui/static/../../errors.py")
-        missing = await http.get("/ui/static/nope.js")
+        page = await http.get("/ui/")
+        script = await http.get(f"{static}/app.js")
+        escape = await http.get(f"{static}/../../errors.py")
+        missing = await http.get(f"{static}/nope.js")
+        stale = await http.get("/ui/static/0123456789ab/app.js")
+    assert f'src="{static}/app.js"' in page.text
+    assert page.headers["cache-control"] == "no-store"
     assert script.status_code == 200
     assert script.headers["content-type"].startswith("text/javascript")
-    assert escape.status_code == missing.status_code == 404
+    assert script.headers["cache-control"] == assets.CACHE_FOREVER
+    assert escape.status_code == 404
+    assert missing.status_code == stale.status_code == 404

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from corral.api import assets
 from corral.api.access import CSRF_HEADER, Principal, Sessions, Tokens, csrf_matches
 from corral.api.errors import error_response
 from corral.errors import Forbidden, Unauthorized
@@ -35,7 +36,7 @@ OPEN_UI = frozenset(
         ("GET", "/ui/login"),
         ("HEAD", "/ui/login"),
         ("POST", "/ui/login"),
-        ("GET", "/ui/static/app.css"),
+        ("GET", assets.STYLESHEET),
     }
 )
 SAFE_METHODS = frozenset({"GET", "HEAD"})

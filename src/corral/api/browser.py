@@ -13,8 +13,9 @@ the session cookie, or one with an ``Origin`` header —
 
 Dashboard responses also carry a strict Content-Security-Policy (scripts, styles and data
 from the dispatcher only: the dashboard fetches nothing from elsewhere), forbid framing,
-send a referrer to the dispatcher only and are not cached. (``no-referrer`` would make the
-browser send ``Origin: null`` with the log-in form, which the Origin check refuses.)
+send a referrer to the dispatcher only (``no-referrer`` would make the browser send
+``Origin: null`` with the log-in form, which the Origin check refuses) and are not cached,
+but for the versioned files, which say so themselves.
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ class BrowserGuard:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *UI_HEADERS]
+                headers = list(message.get("headers", []))
+                cached = any(k.lower() == b"cache-control" for k, _ in headers)
+                # a response that says how to cache it (a versioned file) keeps its say
+                headers += [h for h in UI_HEADERS if not (cached and h[0] == b"cache-control")]
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -1,22 +1,23 @@
 """``/ui``: the operators' dashboard: its page, log-in and log-out, and its static files.
 
 The dashboard is plain HTML, CSS and JavaScript modules shipped inside the package
-(``corral/api/ui``): no build step, nothing fetched from elsewhere. One page (``/ui/``)
-holds the whole dashboard; it reads the JSON routes (``routes.dashboard`` and the API's
-own) with the session cookie, and follows ``/events`` for live updates. The log-in page is
-rendered here, without scripts, and opens a session (``api.access``) for either token.
+(``corral/api/ui``, served from memory by ``api.assets``): no build step, nothing fetched
+from elsewhere. One page (``/ui/``) holds the whole dashboard; it reads the JSON routes
+(``routes.dashboard`` and the API's own) with the session cookie, and follows ``/events``
+for live updates. The log-in page is rendered here, without scripts, and opens a session
+(``api.access``) for either token.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from pathlib import Path
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from corral.api import assets
 from corral.api.access import Principal, Sessions, Tokens
 from corral.api.routes import Caller, Service
 from corral.errors import InvalidRequest, NotFound
@@ -25,42 +26,23 @@ log = logging.getLogger("corral.api")
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-UI_DIR = Path(__file__).resolve().parent.parent / "ui"
-_TYPES = {
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-}
 #: a log-in form is a token and a path: anything longer is not one
 MAX_FORM = 4096
 
 
-def _assets() -> dict[str, Path]:
-    """Every file under ``ui/static``, by its path there: nothing else is ever served."""
-    root = UI_DIR / "static"
-    return {
-        path.relative_to(root).as_posix(): path
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and path.suffix in _TYPES
-    }
-
-
-ASSETS = _assets()
-
-
 @router.get("/")
 @router.get("")
-async def index() -> FileResponse:
-    return FileResponse(UI_DIR / "index.html", media_type="text/html; charset=utf-8")
+async def index() -> HTMLResponse:
+    return HTMLResponse(assets.INDEX)
 
 
-@router.get("/static/{name:path}")
-async def asset(name: str) -> FileResponse:
-    path = ASSETS.get(name)
-    if path is None:
-        raise NotFound(f"no dashboard file {name!r}")
-    return FileResponse(path, media_type=_TYPES[path.suffix])
+@router.get("/static/{version}/{name:path}")
+async def asset(version: str, name: str) -> Response:
+    found = assets.FILES.get(name)
+    if found is None or version != assets.VERSION:
+        raise NotFound(f"no dashboard file {name!r} in version {version!r}")
+    headers = {"Cache-Control": assets.CACHE_FOREVER}
+    return Response(found.body, media_type=found.media_type, headers=headers)
 
 
 @router.get("/login")
@@ -131,7 +113,6 @@ def _safe_next(target: str) -> str:
 
 
 def _login_page(target: str, message: str = "", status: int = 200) -> HTMLResponse:
-    page = (UI_DIR / "login.html").read_text()
-    page = page.replace("{{next}}", html.escape(target, quote=True))
+    page = assets.LOGIN.replace("{{next}}", html.escape(target, quote=True))
     shown = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
     return HTMLResponse(page.replace("{{message}}", shown), status_code=status)

@@ -55,6 +55,7 @@ class Mounted {
     this.busy = true;
     try {
       await this.page.refresh();
+      if (!document.body.dataset.loaded) performance.mark("corral:data-shown");
       document.body.dataset.loaded = "1";
     } catch (error) {
       if (error.status !== 401) toast(error.message, "error");
