@@ -80,6 +80,7 @@ def test_quickstart_runs_a_first_process(tmp_path: Path) -> None:
         assert "800-EXITED" in done.stdout, output
         assert (home / "serve.pid").exists(), output
         assert (home / "url").read_text().strip() == f"http://127.0.0.1:{DEFAULT_PORT}"
+        assert f"http://127.0.0.1:{DEFAULT_PORT}/ui/" in done.stdout, output
     finally:
         _stop(home)
     assert not _alive(int((home / "serve.pid").read_text()))
