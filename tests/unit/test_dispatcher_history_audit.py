@@ -131,3 +131,11 @@ def test_a_batch_entry_is_found_by_any_of_its_processes() -> None:
     log.note("me", "terminate_process", "a", 2.0)
     assert [e.action for e in log.entries(10, target="b")] == ["schedule_processes"]
     assert len(log.entries(10, target="a")) == 2
+
+
+def test_a_repeated_detail_is_said_once() -> None:
+    # the node of a round shows at ASSIGNED; PENDING and RUNNING do not repeat it
+    history = History()
+    for state in (ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING):
+        history.noted(record(state, 1.0, assigned=NodeId("n1")))
+    assert [s.detail for s in history.of(Upid("p1"))] == ["on node n1", None, None]
