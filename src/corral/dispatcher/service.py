@@ -37,6 +37,8 @@ from corral.dispatcher.state import State
 from corral.dispatcher.views import QueueView, Views
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, Unavailable, WaitTimeout
 
+#: processes of a batch named in its audit entry (the entry stays small)
+BATCH_NAMED = 1000
 _STARTABLE = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
 
 
@@ -256,8 +258,9 @@ class Dispatcher:
             if is_new:
                 changed.append(record)
         if changed:
-            upids = [r.upid for r in changed]
-            self._note(actor, "schedule_processes", f"{len(upids)} processes", upids=upids)
+            # a batch is one entry; the first BATCH_NAMED of its processes are named in it
+            upids = [r.upid for r in changed[:BATCH_NAMED]]
+            self._note(actor, "schedule_processes", f"{len(changed)} processes", upids=upids)
             await self._state.save_processes(changed)
             self._wake_mapper()
         for record in records:
