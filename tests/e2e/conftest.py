@@ -136,9 +136,13 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium, through Playwright, for the whole session."""
+    """Debian's headless Chromium, through Playwright, for one test module.
+
+    Not for the session: Playwright's synchronous API keeps an event loop running on the
+    main thread while it is open, and later tests that call ``asyncio.run`` would fail.
+    """
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI") == "true":
             pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
