@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from corral.testing.postgres import PostgresServer
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime_dir() -> Iterator[str]:
@@ -30,3 +32,14 @@ def private_runtime_dir() -> Iterator[str]:
         else:
             os.environ["XDG_RUNTIME_DIR"] = saved
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run, on loopback (Debian's ``postgresql``)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

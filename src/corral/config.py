@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,14 @@ from corral.errors import InvalidRequest
 DRIVERS = ("local", "fake", "ssh", "slurm", "libcloud")
 
 
+#: free space kept on the store's disk for the work already accepted (see StoreFull)
+STORE_RESERVE_MB = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     engines: tuple[Engine, ...]
+    store_reserve_mb: int = STORE_RESERVE_MB
 
     @property
     def default_engine(self) -> Engine:
@@ -61,16 +66,24 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    unknown = set(raw) - {"engines", "instance_types"}
+    unknown = set(raw) - {"engines", "instance_types", "store_reserve_mb"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidRequest(
-            f"{source}: unknown key {key!r}; expected 'engines' or 'instance_types'", field=key
+            f"{source}: unknown key {key!r}; expected 'engines', 'instance_types' or"
+            " 'store_reserve_mb'",
+            field=key,
+        )
+    reserve = raw.get("store_reserve_mb", STORE_RESERVE_MB)
+    if not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0:
+        raise InvalidRequest(
+            f"{source}: store_reserve_mb must be a whole number of MiB, 0 or more",
+            field="store_reserve_mb",
         )
     types = _instance_types(raw.get("instance_types", []), source)
     items = raw.get("engines")
     if items is None:
-        return default_config()
+        return replace(default_config(), store_reserve_mb=reserve)
     if not isinstance(items, list) or not items:
         raise InvalidRequest(
             f"{source}: 'engines' must be a non-empty array of tables", field="engines"
@@ -84,10 +97,17 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
                 field=f"engines[{i}].id",
             )
         seen.add(engine.engine_id)
-    return Config(tuple(engines))
+    return Config(tuple(engines), store_reserve_mb=reserve)
 
 
-_INTS = ("slots", "base_need", "maximum_vms", "spare_slots", "max_dispatch_attempts")
+_INTS = (
+    "slots",
+    "base_need",
+    "maximum_vms",
+    "spare_slots",
+    "max_dispatch_attempts",
+    "launch_ahead",
+)
 _FLOATS = (
     "heartbeat_period",
     "heartbeat_warning",

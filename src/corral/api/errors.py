@@ -10,6 +10,7 @@ Every error leaves as ``{"error": {"type", "message", "field"?}}`` with one stat
 ``Forbidden``         403
 ``WaitTimeout``       408
 ``Unavailable``       503
+``StoreFull``         507
 other ``CorralError`` 500, with its message
 anything else         500, a generic message; the traceback goes to the log only
 ====================  ======
@@ -37,6 +38,7 @@ from corral.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    StoreFull,
     Unauthorized,
     Unavailable,
     WaitTimeout,
@@ -52,6 +54,7 @@ STATUS: dict[type[CorralError], int] = {
     Forbidden: 403,
     WaitTimeout: 408,
     Unavailable: 503,
+    StoreFull: 507,
 }
 #: a validation failure lists at most this many problems, so a huge bad body stays short
 MAX_PROBLEMS = 5

@@ -132,7 +132,7 @@ class _Levels(Collector):
         self._longest_wait = longest_wait
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        by_state = Counter(r.state for r in self._state.processes.values())
+        by_state = self._state.by_state
         processes = GaugeMetricFamily("corral_processes", "Processes by state.", labels=["state"])
         for state in ProcessState:
             processes.add_metric([str(state)], by_state.get(state, 0))

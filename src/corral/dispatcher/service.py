@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ from corral.dispatcher.audit import IN_PROCESS
 from corral.dispatcher.events import EventBus, public_process
 from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.rounds import moved
+from corral.dispatcher.space import SpaceGuard
 from corral.dispatcher.state import State
 from corral.dispatcher.views import QueueView, Views
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, Unavailable, WaitTimeout
@@ -70,9 +70,11 @@ class Dispatcher:
         events: EventBus,
         wake_mapper: Callable[[], None],
         metrics: Metrics | None = None,
+        space: SpaceGuard | None = None,
         queue: QueueView | None = None,
     ) -> None:
         self._metrics = metrics
+        self._space = space
         self._state = state
         self._config = config
         self._clock = clock
@@ -86,6 +88,10 @@ class Dispatcher:
     def _note(self, actor: str, action: str, target: str, /, **detail: Any) -> None:
         """Note an action in the audit log; it commits with what this loop turn saves."""
         self._state.audit.note(actor, action, target, self._clock.time(), detail or None)
+
+    def _check_space(self) -> None:
+        if self._space is not None:
+            self._space.check()
 
     # -- definitions ----------------------------------------------------------
 
@@ -109,6 +115,7 @@ class Dispatcher:
                 "use update_definition to change it",
                 field="definition_id",
             )
+        self._check_space()
         self._note(actor, "create_definition", definition_id)
         await self._state.save_definition(definition)
         return definition.as_doc()
@@ -125,6 +132,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         existing = self._definition(definition_id)
         definition = check.definition(definition_id, definition_type, executable, name, description)
+        self._check_space()
         if definition != existing:
             self._note(actor, "update_definition", definition_id)
         await self._state.save_definition(definition)
@@ -194,6 +202,7 @@ class Dispatcher:
             created_at=now,
             updated_at=now,
         )
+        self._check_space()
         self._note(actor, "create_process", upid, definition_id=definition)
         await self._state.save_processes([record])
         return public_process(record)
@@ -226,6 +235,7 @@ class Dispatcher:
             name=name,
         )
         if changed:
+            self._check_space()
             self._note(actor, "schedule_process", upid, round=record.round)
             await self._state.save_processes([record])
             self._wake_mapper()
@@ -258,6 +268,7 @@ class Dispatcher:
             if is_new:
                 changed.append(record)
         if changed:
+            self._check_space()
             # a batch is one entry; the first BATCH_NAMED of its processes are named in it
             upids = [r.upid for r in changed[:BATCH_NAMED]]
             self._note(actor, "schedule_processes", f"{len(changed)} processes", upids=upids)
@@ -532,8 +543,8 @@ class Dispatcher:
         ]
 
     def dump(self) -> dict[str, Any]:
-        counts = Counter(record.state for record in self._state.processes.values())
-        by_state = {str(state): counts[state] for state in sorted(counts)}
+        counts = self._state.by_state
+        by_state = {str(state): counts[state] for state in sorted(counts) if counts[state]}
         return {
             "engines": self.list_engines(),
             "nodes": self.list_nodes(),

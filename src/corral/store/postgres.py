@@ -5,12 +5,20 @@ connection, used by one caller at a time, as the `Store` protocol says. A transa
 `apply` returned from is committed by the server, so it survives the dispatcher; a lost
 connection is opened again on the next call, and a failed transaction is rolled back first,
 so nothing of it is applied. Needs the ``postgres`` extra (psycopg 3).
+
+A server that goes away (restarted, failed over, the network cut) does not stop the
+dispatcher at once: `apply` reconnects and runs the same transaction again for up to
+``outage_grace`` seconds. That is safe because every change is a whole-row upsert or a
+delete, so a transaction whose COMMIT was lost with the connection may run twice and leave
+the same rows. Past the grace the error stands, and the dispatcher stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +26,11 @@ from corral.errors import StoreError
 from corral.store import rows
 from corral.store.base import Change, Convert, Loaded, Table
 
+log = logging.getLogger("corral.store")
+
 _SQL = rows.SQL("%s")
+#: how long `apply` keeps trying to reach a server that went away
+OUTAGE_GRACE = 30.0
 _SECRET = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
@@ -30,7 +42,9 @@ def _redacted(url: str) -> str:
 class PostgresStore:
     """A `corral.store.Store` in a PostgreSQL database."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 10.0, outage_grace: float = OUTAGE_GRACE
+    ) -> None:
         try:
             import psycopg
         except ImportError:
@@ -41,6 +55,7 @@ class PostgresStore:
         self.url = url
         self._where = _redacted(url)
         self._timeout = connect_timeout
+        self._outage_grace = outage_grace
         self._conn: Any = None
         self._closed = False
         conn = self._connection()
@@ -95,20 +110,52 @@ class PostgresStore:
         if not changes:
             return
         statements = rows.prepare(self._where, _SQL, changes)
-        conn = self._connection()
-        try:
-            with conn.transaction(), conn.cursor() as cursor:
-                for sql, values in statements:
-                    cursor.executemany(sql, values)
-        except Exception as exc:  # the driver's, or an encoding error of a value
-            raise StoreError(
-                f"store {self._where}: a transaction of {len(changes)} changes failed and was"
-                f" rolled back, nothing of it applied: {exc}"
-            ) from exc
+        deadline = time.monotonic() + self._outage_grace
+        delay = 0.05
+        while True:
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cursor:
+                    for sql, values in statements:
+                        cursor.executemany(sql, values)
+            except (self._psycopg.OperationalError, StoreError) as exc:
+                # The server is unreachable or went away mid-transaction: try again on a
+                # new connection until the grace runs out.
+                if self._closed:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"store {self._where}: unreachable for {self._outage_grace:g} s, a"
+                        f" transaction of {len(changes)} changes is not committed: {exc}"
+                    ) from exc
+                if delay == 0.05:
+                    log.warning("store %s unreachable, retrying: %s", self._where, exc)
+                self._drop_connection()
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:  # the driver's, or an encoding error of a value
+                raise self._failed(changes, exc) from exc
+            else:
+                if delay > 0.05:
+                    log.warning("store %s reachable again", self._where)
+                return
 
-    def close(self) -> None:
-        self._closed = True
+    def _failed(self, changes: Sequence[Change], exc: BaseException) -> StoreError:
+        return StoreError(
+            f"store {self._where}: a transaction of {len(changes)} changes failed and was"
+            f" rolled back, nothing of it applied: {exc}"
+        )
+
+    def _drop_connection(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def free_space(self) -> int | None:
+        """Unknown: the database's disk belongs to its server."""
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop_connection()

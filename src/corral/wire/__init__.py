@@ -35,6 +35,7 @@ from corral.wire.messages import (
     Refused,
     Shutdown,
     Welcome,
+    Withdraw,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "Refused",
     "Shutdown",
     "Welcome",
+    "Withdraw",
     "decode_frame",
     "encode_frame",
     "open_connection",

@@ -7,7 +7,7 @@ what travels on the wire (see ``corral.wire.codec``), after a small integer that
 
 Agent → dispatcher: ``Hello`` (first frame), ``ProcessReport``, ``Heartbeat``, ``LogChunk``.
 Dispatcher → agent: ``Welcome`` or ``Refused`` (answers to Hello), ``Launch``, ``Kill``,
-``Forget``, ``ReadLog``, ``Shutdown``.
+``Withdraw``, ``Forget``, ``ReadLog``, ``Shutdown``.
 
 Every command names a process by ``(upid, round)``, so a repeated command is harmless and a
 command for an older round can be told apart from the current one.
@@ -18,17 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 """Sent in ``Hello.version``; the hub refuses agents that speak another version."""
 
-ReportStatus: TypeAlias = Literal["running", "exited", "spawn_failed"]
-"""What the agent observed; the dispatcher turns it into EXITED or FAILED."""
+ReportStatus: TypeAlias = Literal["queued", "running", "exited", "spawn_failed", "not_started"]
+"""What the agent observed. ``queued``: received while every slot was busy, it starts when
+one frees; ``not_started``: dropped from that queue (killed, withdrawn, shut down) before
+it ever ran. The dispatcher turns the ends into EXITED, FAILED or TERMINATED."""
 
 LogStream: TypeAlias = Literal["stdout", "stderr"]
 
+QUEUED: Final = "queued"
 RUNNING: Final = "running"
 EXITED: Final = "exited"
 SPAWN_FAILED: Final = "spawn_failed"
+NOT_STARTED: Final = "not_started"
 
 
 # --- agent → dispatcher -----------------------------------------------------------------------
@@ -142,6 +146,15 @@ class Kill:
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Drop that round from the queue if it has not started (answered by a ``not_started``
+    report, so the dispatcher can place it elsewhere); a round that started is left alone."""
+
+    upid: str
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
 class Forget:
     """The dispatcher has durably recorded that round's end: drop it from the inventory."""
 
@@ -168,7 +181,9 @@ class Shutdown:
 
 
 AgentMessage: TypeAlias = Hello | ProcessReport | Heartbeat | LogChunk
-DispatcherMessage: TypeAlias = Welcome | Refused | Launch | Kill | Forget | ReadLog | Shutdown
+DispatcherMessage: TypeAlias = (
+    Welcome | Refused | Launch | Kill | Withdraw | Forget | ReadLog | Shutdown
+)
 Message: TypeAlias = AgentMessage | DispatcherMessage
 
 TYPE_CODES: Final[dict[type[Message], int]] = {
@@ -183,5 +198,6 @@ TYPE_CODES: Final[dict[type[Message], int]] = {
     Forget: 20,
     ReadLog: 21,
     Shutdown: 22,
+    Withdraw: 23,
 }
 """The number that leads each message on the wire. Never reuse a retired number."""
