@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from corral.errors import (
     Conflict,
     CorralError,
+    Forbidden,
     IllegalTransition,
     InvalidRequest,
     NotFound,
@@ -35,6 +36,7 @@ __all__ = [
     "Client",
     "Conflict",
     "CorralError",
+    "Forbidden",
     "IllegalTransition",
     "InvalidRequest",
     "NotFound",

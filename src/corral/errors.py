@@ -8,6 +8,8 @@ Errors are classified by what the caller should do, not by where they arose::
      ├── Conflict              the request contradicts the current state (same id, other
      │                         parameters; a definition still in use)
      ├── Unauthorized          no token, or a wrong one
+     ├── Forbidden             the caller is known but may not do this (a read-only token, a
+     │                         missing CSRF token, a foreign Host or Origin)
      ├── WaitTimeout           a wait ran out of time before the condition held
      ├── Unavailable           the dispatcher cannot be reached or is shutting down: retry later
      │    └── StoreFull        the store's disk is nearly full: new work waits for free space
@@ -56,6 +58,10 @@ class Unauthorized(CorralError):
     """The request carried no token or a wrong one."""
 
 
+class Forbidden(CorralError):
+    """The caller is authenticated, or needs no authentication, but may not do this."""
+
+
 class WaitTimeout(CorralError):
     """A wait ended before its condition held."""
 
@@ -88,6 +94,7 @@ ERROR_CLASSES: dict[str, type[CorralError]] = {
         NotFound,
         Conflict,
         Unauthorized,
+        Forbidden,
         WaitTimeout,
         Unavailable,
         StoreFull,

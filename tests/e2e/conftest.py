@@ -4,6 +4,11 @@
 local node; ``cli`` runs ``python -m corral ...`` against it with only ``CORRAL_HOME`` set, so
 the CLI finds the URL and the token by itself, as it does for a user. Teardown stops the
 dispatcher and destroys every local agent and what it runs.
+
+``browser`` is Debian's headless Chromium driven by Playwright (never a browser Playwright
+downloads); ``dashboard`` opens logged-in pages in it. Without ``/usr/bin/chromium`` the
+browser tests are skipped, except in CI (``CI=true``), where ``.ci/run`` installs it and
+its absence is a failure.
 """
 
 from __future__ import annotations
@@ -12,16 +17,21 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from corral.testing.serve import ServeProcess, pid_alive, wait_until
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 T = TypeVar("T")
 
@@ -111,3 +121,93 @@ def cli(served: Served) -> Cli:
         return Run(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+CHROMIUM = "/usr/bin/chromium"
+#: the dashboard's pages are shot at this size (docs/screenshots)
+VIEWPORT = {"width": 1280, "height": 800}
+#: flags that keep Chromium off the network it has no business with
+CHROMIUM_FLAGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-gpu",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, through Playwright, for one test module.
+
+    Not for the session: Playwright's synchronous API keeps an event loop running on the
+    main thread while it is open, and later tests that call ``asyncio.run`` would fail.
+    """
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Chromium's own scratch files go to a directory this fixture removes
+    scratch = tempfile.mkdtemp(prefix="corral-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_FLAGS, env={**os.environ, "TMPDIR": scratch}
+            )
+            try:
+                yield launched
+            finally:
+                launched.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class Dashboard:
+    """Opens pages of a served dispatcher's dashboard, each in a browser context of its own
+    (its own cookies), logged in with a token or not at all; closes them all at the end."""
+
+    def __init__(self, browser: Browser, served: ServeProcess) -> None:
+        self.browser = browser
+        self.served = served
+        self._contexts: list[Any] = []
+
+    def anonymous(self) -> Page:
+        context = self.browser.new_context(viewport=VIEWPORT)
+        self._contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(DEADLINE * 1000)
+        return page
+
+    def log_in(self, token: str | None = None, route: str = "") -> Page:
+        """A page logged in with ``token`` (the API token by default), at ``#/route``."""
+        page = self.anonymous()
+        page.goto(f"{self.served.url}/ui/")
+        page.fill("#token", token or self.served.token)
+        page.click("button[type=submit]")
+        page.wait_for_selector("body[data-loaded]", state="attached")
+        if route:
+            self.go(page, route)
+        return page
+
+    def go(self, page: Page, route: str) -> None:
+        """Show ``#/route`` and wait until its data is on the page."""
+        page.evaluate("delete document.body.dataset.loaded")
+        page.goto(f"{self.served.url}/ui/#/{route}")
+        page.wait_for_selector("body[data-loaded]", state="attached")
+
+    def close(self) -> None:
+        for context in self._contexts:
+            with contextlib.suppress(Exception):
+                context.close()
+
+
+@pytest.fixture
+def dashboard(browser: Browser, served: Served) -> Iterator[Dashboard]:
+    opened = Dashboard(browser, served)
+    try:
+        yield opened
+    finally:
+        opened.close()

@@ -82,6 +82,7 @@ def test_quickstart_runs_a_first_process(tmp_path: Path) -> None:
         assert "800-EXITED" in done.stdout, output
         assert (home / "serve.pid").exists(), output
         assert (home / "url").read_text().strip() == f"http://127.0.0.1:{DEFAULT_PORT}"
+        assert f"http://127.0.0.1:{DEFAULT_PORT}/ui/" in done.stdout, output
         # on embedded defaults, processes run as the user who started corral, but never
         # as root: a root dispatcher runs them as nobody
         corral = [sys.executable, "-m", "corral", "process"]

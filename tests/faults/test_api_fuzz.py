@@ -62,7 +62,7 @@ T = TypeVar("T")
 
 TOKEN = "fuzz-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-BASE_URL = "http://corral.test"
+BASE_URL = "http://127.0.0.1:7480"  # a Host the dashboard's browser guard takes
 #: generated requests per operation and pass, at most: 22 operations × 3 passes × 60 = 3,960;
 #: operations with few possible inputs (GET /dump takes nothing) run out before that
 EXAMPLES = 60

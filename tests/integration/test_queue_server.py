@@ -108,3 +108,23 @@ async def test_a_waiting_take_is_answered_by_the_next_put(queue: Running) -> Non
     (event,) = await waiting
     assert (event.name, event.args) == ("late", '{"x": [1, 2]}')
     assert await worker.take("main", wait=0.2) == []
+
+
+async def test_operators_see_what_is_pending_and_what_is_in_progress(queue: Running) -> None:
+    producer = await queue.client("producer")
+    await producer.put("main", [("a", {}, False), ("b", {"n": 2}, True), ("c", {}, False)])
+    await producer.put("other", [("d", {}, False)])
+    worker = await queue.client("worker")
+    (held,) = await worker.take("main")
+    assert queue.server is not None
+    described = queue.server.describe(limit=1)
+    assert described["clients"] == 2
+    assert described["address"].startswith("127.0.0.1:")
+    main, other = described["queues"]
+    assert (main["queue"], main["pending"], main["in_progress"]) == ("main", 2, 1)
+    assert [(e["name"], e["holder"]) for e in main["held"]] == [("a", "worker")]
+    assert [(e["name"], e["args"], e["recurrent"]) for e in main["next"]] == [
+        ("b", '{"n": 2}', True)
+    ]  # the first of the pending only: limit=1
+    assert (other["queue"], other["pending"], other["in_progress"]) == ("other", 1, 0)
+    assert await worker.ack([held.id]) == []

@@ -36,6 +36,8 @@ EVERY_TABLE = [
     Put(Table.NODES, "node-1", {"state": "busy", "labels": {"zone": "é-ünïcode"}}),
     Put(Table.META, "epoch", {"value": 7}),
     Put(Table.EVENTS, "00000000000000000001", {"q": "main", "n": "next_file", "a": "{}"}),
+    Put(Table.HISTORY, "p-1 2 500", {"u": "p-1", "r": 2, "s": 500, "t": 1.5}),
+    Put(Table.AUDIT, "00000000000000000001", {"actor": "api token", "action": "x"}),
 ]
 
 
@@ -93,6 +95,8 @@ def test_a_document_that_is_not_json_leaves_the_whole_batch_unapplied(store: Sto
         Table.NODES: {},
         Table.META: {"kept": {"v": 0}},
         Table.EVENTS: {},
+        Table.HISTORY: {},
+        Table.AUDIT: {},
     }
 
 
@@ -253,3 +257,27 @@ def test_a_writer_lock_held_elsewhere_fails_with_a_hint(tmp_path: Path) -> None:
     finally:
         other.close()
         store.close()
+
+
+def test_a_store_of_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    # a store as corral left it before the history and audit tables existed (version 2)
+    with sqlite3.connect(sqlite_file(tmp_path)) as conn:
+        conn.execute(schema.CREATE_VERSION_TABLE)
+        for migration in schema.MIGRATIONS[:2]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+        conn.execute("INSERT INTO meta (key, doc) VALUES ('pool', '{\"id\":\"abc\"}')")
+    conn.close()
+    store = SQLiteStore(sqlite_file(tmp_path))
+    store.apply([Put(Table.AUDIT, "00000000000000000001", {"actor": "api token"})])
+    tables = store.load().tables
+    store.close()
+    assert tables[Table.META] == {"pool": {"id": "abc"}}
+    assert tables[Table.HISTORY] == {}
+    assert tables[Table.AUDIT] == {"00000000000000000001": {"actor": "api token"}}
+    with sqlite3.connect(sqlite_file(tmp_path)) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (schema.SCHEMA_VERSION,)
+        ]
+    conn.close()

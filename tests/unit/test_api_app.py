@@ -122,6 +122,13 @@ ROUTES = {
     "/engines": {"get"},
     "/events": {"get"},
     "/processes/schedule": {"post"},
+    "/processes/{upid}/history": {"get"},
+    "/audit": {"get"},
+    "/ui/api/session": {"get"},
+    "/ui/api/overview": {"get"},
+    "/ui/api/processes": {"get"},
+    "/ui/api/computations": {"get"},
+    "/ui/api/pipelines": {"get"},
 }
 
 

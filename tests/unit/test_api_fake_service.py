@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio.from_thread
@@ -45,6 +46,9 @@ class FakeService:
         self.event_delay = 0.0
         self.scheduled_state = "500-RUNNING"
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        #: the actor each call that may change something was made for
+        self.actors: list[str] = []
+        self.views = FakeViews(self)
 
     # -- definitions -------------------------------------------------------------------
 
@@ -55,9 +59,12 @@ class FakeService:
         executable: dict[str, Any],
         name: str | None = None,
         description: str | None = None,
+        *,
+        actor: str = "",
     ) -> dict[str, Any]:
         doc = _definition(definition_id, definition_type, executable, name, description)
         self.calls.append(("create_definition", (definition_id,)))
+        self.actors.append(actor)
         existing = self.definitions.get(definition_id)
         if existing is not None and existing != doc:
             raise Conflict(f"definition {definition_id} exists with other parameters")
@@ -71,10 +78,13 @@ class FakeService:
         executable: dict[str, Any],
         name: str | None = None,
         description: str | None = None,
+        *,
+        actor: str = "",
     ) -> dict[str, Any]:
         self.describe_definition(definition_id)
         doc = _definition(definition_id, definition_type, executable, name, description)
         self.calls.append(("update_definition", (definition_id,)))
+        self.actors.append(actor)
         self.definitions[definition_id] = doc
         return doc
 
@@ -84,7 +94,8 @@ class FakeService:
         except KeyError:
             raise NotFound(f"no definition {definition_id!r}", field="definition_id") from None
 
-    async def remove_definition(self, definition_id: str) -> None:
+    async def remove_definition(self, definition_id: str, *, actor: str = "") -> None:
+        self.actors.append(actor)
         self.describe_definition(definition_id)
         users = [p["upid"] for p in self.processes.values() if p["definition_id"] == definition_id]
         if users:
@@ -98,8 +109,9 @@ class FakeService:
     # -- processes ---------------------------------------------------------------------
 
     async def create_process(
-        self, upid: str, definition_id: str, name: str | None = None
+        self, upid: str, definition_id: str, name: str | None = None, *, actor: str = ""
     ) -> dict[str, Any]:
+        self.actors.append(actor)
         self.describe_definition(definition_id)
         if upid in self.processes:
             return self.processes[upid]
@@ -118,7 +130,10 @@ class FakeService:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        *,
+        actor: str = "",
     ) -> dict[str, Any]:
+        self.actors.append(actor)
         existing = self.processes.get(upid)
         definition_id = definition_id or (existing or {}).get("definition_id")
         if definition_id is None:
@@ -151,12 +166,14 @@ class FakeService:
     def describe_processes(self) -> list[dict[str, Any]]:
         return list(self.processes.values())
 
-    async def restart_process(self, upid: str) -> dict[str, Any]:
+    async def restart_process(self, upid: str, *, actor: str = "") -> dict[str, Any]:
+        self.actors.append(actor)
         process = self.describe_process(upid)
         process.update(round=process["round"] + 1, state="500-RUNNING")
         return process
 
-    async def terminate_process(self, upid: str) -> dict[str, Any]:
+    async def terminate_process(self, upid: str, *, actor: str = "") -> dict[str, Any]:
+        self.actors.append(actor)
         process = self.describe_process(upid)
         process.update(state="700-TERMINATED", end_reason="terminated on request")
         return process
@@ -211,7 +228,8 @@ class FakeService:
                 return node
         raise NotFound(f"no node {node_id!r}", field="node_id")
 
-    async def node_action(self, node_id: str, action: str) -> dict[str, Any]:
+    async def node_action(self, node_id: str, action: str, *, actor: str = "") -> dict[str, Any]:
+        self.actors.append(actor)
         self.describe_node(node_id)
         self.idle_behavior = action
         return self.describe_node(node_id)
@@ -244,6 +262,65 @@ class FakeService:
                 yield event
         if self.event_error is not None:
             raise self.event_error
+
+
+class FakeViews:
+    """The read models, over the fake's processes; ``record`` keeps what it is told."""
+
+    def __init__(self, service: FakeService) -> None:
+        self._service = service
+        self.recorded: list[tuple[str, str, str]] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def overview(self) -> dict[str, Any]:
+        states = [p["state"] for p in self._service.processes.values()]
+        return {"processes": {"total": len(states), "by_state": dict(Counter(states))}}
+
+    def processes(
+        self,
+        *,
+        states: Iterable[str] = (),
+        engine: str | None = None,
+        node: str | None = None,
+        definition: str | None = None,
+        text: str | None = None,
+        sort: str = "created",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> dict[str, Any]:
+        self.calls.append(
+            {"states": list(states), "engine": engine, "node": node, "text": text, "sort": sort}
+        )
+        items = sorted(self._service.processes.values(), key=lambda p: str(p[sort]))
+        if descending:
+            items.reverse()
+        if states:
+            items = [p for p in items if p["state"] in states]
+        return {"total": len(items), "offset": offset, "limit": limit, "items": items}
+
+    def history(self, upid: str) -> dict[str, Any]:
+        process = self._service.describe_process(upid)
+        return {"upid": upid, "steps": [{"state": process["state"], "time": 1.0}], "kept": 32}
+
+    def audit_log(
+        self, limit: int = 100, before: int | None = None, target: str | None = None
+    ) -> dict[str, Any]:
+        entries = [
+            {"actor": actor, "action": action, "target": what}
+            for actor, action, what in self.recorded
+            if target is None or what == target
+        ]
+        return {"entries": entries[-limit:], "next_before": None, "kept": 100}
+
+    async def record(self, actor: str, action: str, target: str) -> None:
+        self.recorded.append((actor, action, target))
+
+    def computations(self) -> dict[str, Any]:
+        return {"computations": []}
+
+    def pipelines(self, limit: int = 50) -> dict[str, Any]:
+        return {"queue": None, "pipelines": []}
 
 
 def _definition(

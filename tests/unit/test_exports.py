@@ -16,6 +16,7 @@ PUBLIC = [
     "Client",
     "Conflict",
     "CorralError",
+    "Forbidden",
     "IllegalTransition",
     "InvalidRequest",
     "NotFound",

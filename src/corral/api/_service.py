@@ -5,12 +5,49 @@ mypy checks both. Every method raises only ``corral.errors`` classes on purpose
 (``InvalidRequest`` with ``field``, ``NotFound``, ``Conflict``, ``WaitTimeout``,
 ``Unavailable``). The service owns the semantics (idempotency, conflicts, unknown
 definitions or engines, executable validation); the API only checks the shape of requests.
+Each operation that may change something takes the ``actor`` the audit log names for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
+
+
+class OperatorViews(Protocol):
+    """What operators read: the dispatcher's ``views`` (``dispatcher.views.Views``)."""
+
+    def overview(self) -> dict[str, Any]: ...
+
+    def processes(
+        self,
+        *,
+        states: Iterable[str] = (),
+        engine: str | None = None,
+        node: str | None = None,
+        definition: str | None = None,
+        text: str | None = None,
+        sort: str = "created",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> dict[str, Any]:
+        """``{"total", "offset", "limit", "items", ...}``: one page of matching processes."""
+        ...
+
+    def history(self, upid: str) -> dict[str, Any]: ...
+
+    def audit_log(
+        self, limit: int = 100, before: int | None = None, target: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def record(self, actor: str, action: str, target: str) -> None:
+        """Note an action that changes no table (a log-in) in the audit log."""
+        ...
+
+    def computations(self) -> dict[str, Any]: ...
+
+    def pipelines(self, limit: int = 50) -> dict[str, Any]: ...
 
 
 class DispatcherService(Protocol):
@@ -23,6 +60,8 @@ class DispatcherService(Protocol):
         executable: dict[str, Any],
         name: str | None = None,
         description: str | None = None,
+        *,
+        actor: str = ...,
     ) -> dict[str, Any]: ...
 
     async def update_definition(
@@ -32,16 +71,18 @@ class DispatcherService(Protocol):
         executable: dict[str, Any],
         name: str | None = None,
         description: str | None = None,
+        *,
+        actor: str = ...,
     ) -> dict[str, Any]: ...
 
     def describe_definition(self, definition_id: str) -> dict[str, Any]: ...
 
-    async def remove_definition(self, definition_id: str) -> None: ...
+    async def remove_definition(self, definition_id: str, *, actor: str = ...) -> None: ...
 
     def list_definitions(self) -> list[dict[str, Any]]: ...
 
     async def create_process(
-        self, upid: str, definition_id: str, name: str | None = None
+        self, upid: str, definition_id: str, name: str | None = None, *, actor: str = ...
     ) -> dict[str, Any]: ...
 
     async def schedule_process(
@@ -56,9 +97,13 @@ class DispatcherService(Protocol):
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        *,
+        actor: str = ...,
     ) -> dict[str, Any]: ...
 
-    async def schedule_processes(self, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def schedule_processes(
+        self, processes: list[dict[str, Any]], *, actor: str = ...
+    ) -> list[dict[str, Any]]:
         """Each item: ``upid`` plus schedule_process's parameters; all or none."""
         ...
 
@@ -66,9 +111,9 @@ class DispatcherService(Protocol):
 
     def describe_processes(self) -> list[dict[str, Any]]: ...
 
-    async def restart_process(self, upid: str) -> dict[str, Any]: ...
+    async def restart_process(self, upid: str, *, actor: str = ...) -> dict[str, Any]: ...
 
-    async def terminate_process(self, upid: str) -> dict[str, Any]: ...
+    async def terminate_process(self, upid: str, *, actor: str = ...) -> dict[str, Any]: ...
 
     async def wait_process(
         self,
@@ -90,7 +135,9 @@ class DispatcherService(Protocol):
 
     def describe_node(self, node_id: str) -> dict[str, Any]: ...
 
-    async def node_action(self, node_id: str, action: str) -> dict[str, Any]: ...
+    async def node_action(
+        self, node_id: str, action: str, *, actor: str = ...
+    ) -> dict[str, Any]: ...
 
     def list_engines(self) -> list[dict[str, Any]]: ...
 
@@ -100,4 +147,9 @@ class DispatcherService(Protocol):
 
     def events(self, upid: str | None) -> AsyncIterator[dict[str, Any]]:
         """State-change events as they happen, forever (all processes, or one)."""
+        ...
+
+    @property
+    def views(self) -> OperatorViews:
+        """The read models for operators (the dashboard, ``/audit``, histories)."""
         ...

@@ -7,6 +7,7 @@ Every error leaves as ``{"error": {"type", "message", "field"?}}`` with one stat
 ``NotFound``          404
 ``Conflict``          409
 ``Unauthorized``      401
+``Forbidden``         403
 ``WaitTimeout``       408
 ``Unavailable``       503
 ``StoreFull``         507
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.errors import (
     Conflict,
     CorralError,
+    Forbidden,
     InvalidRequest,
     NotFound,
     StoreFull,
@@ -49,6 +51,7 @@ STATUS: dict[type[CorralError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    Forbidden: 403,
     WaitTimeout: 408,
     Unavailable: 503,
     StoreFull: 507,

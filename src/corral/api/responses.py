@@ -22,11 +22,14 @@ ERROR_BODY_REF = "#/components/schemas/ErrorBody"
 #: what an error status means, in every route's description
 ERROR_MEANINGS = {
     401: "the bearer token is missing or wrong",
+    403: "the caller may not do this: a read-only token, a dashboard action without its CSRF"
+    " token, or a browser on a foreign Host or Origin",
     404: "no such definition, process, node, log or route",
     408: "the wait ended before the process reached the state",
     409: "the request conflicts with what exists (an id taken by something else)",
     422: "the request is invalid; `field` names the part at fault",
     503: "the dispatcher cannot answer now (a node that holds a log is away)",
+    507: "the store's disk is nearly full: new work waits until space is freed",
 }
 
 

@@ -1,8 +1,9 @@
 """``corral serve``: run a dispatcher with its HTTP API (the only CLI module that builds one).
 
 State lives under ``--home`` (default ``$CORRAL_HOME``, else ``~/.corral``): the SQLite
-store, the API token (``token``, mode 0600), the agents' token, the API's address (``url``,
-so the client and CLI find it) and the local nodes' directories.
+store, the API token (``token``, mode 0600), the read-only token (``readonly_token``), the
+agents' token, the API's address (``url``, so the client and CLI find it) and the local
+nodes' directories. The dashboard is served at ``/ui/`` of the API's address.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ipaddress
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -123,6 +125,14 @@ def refuse_root(config: Config) -> None:
     " unencrypted).",
 )
 @click.option(
+    "--ui-host",
+    "ui_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A host name browsers reach the dashboard by, besides IP addresses and localhost "
+    "(repeatable); requests for other names are refused.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -136,6 +146,7 @@ def serve(
     store_url: str | None,
     queue_listen: str | None,
     allow_remote: bool,
+    ui_hosts: tuple[str, ...],
     log_level: str,
 ) -> None:
     """Run the dispatcher, its local nodes and its HTTP API until interrupted."""
@@ -157,16 +168,25 @@ def serve(
         config = load_config(config_path)
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = load_or_create_token(home / "token")
+        readonly_token = load_or_create_token(home / "readonly_token")
         agent_token = load_or_create_token(home / "agent_token")
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
     refuse_root(config)
     settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
-    code = eventloop.run(_serve(settings, token, host, port))
+    tokens = _Tokens(token, readonly_token, ui_hosts)
+    code = eventloop.run(_serve(settings, tokens, host, port))
     sys.exit(code)
 
 
-async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) -> int:
+@dataclass(frozen=True)
+class _Tokens:
+    token: str
+    readonly_token: str
+    ui_hosts: tuple[str, ...]
+
+
+async def _serve(settings: RuntimeSettings, tokens: _Tokens, host: str, port: int) -> int:
     runtime = Runtime(settings)
     try:
         dispatcher = await runtime.start()
@@ -174,7 +194,13 @@ async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) ->
         click.echo(f"error: {exc.message}", err=True)
         await runtime.aclose()
         return 1
-    api = await open_api_server(create_app(dispatcher, token), host, port)
+    app = create_app(
+        dispatcher,
+        tokens.token,
+        readonly_token=tokens.readonly_token,
+        ui_hosts=tokens.ui_hosts,
+    )
+    api = await open_api_server(app, host, port)
     if api is None:
         await runtime.aclose()
         return 1
@@ -182,7 +208,9 @@ async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) ->
     partial = settings.home / "url.tmp"
     partial.write_text(api.url + "\n")
     partial.replace(settings.home / "url")
-    logging.getLogger("corral").info("API on %s; token in %s", api.url, settings.home / "token")
+    logging.getLogger("corral").info(
+        "API on %s, dashboard on %s/ui/; token in %s", api.url, api.url, settings.home / "token"
+    )
     stopped = asyncio.get_running_loop().create_task(runtime.stopped.wait())
     await asyncio.wait({api.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     api.stop()

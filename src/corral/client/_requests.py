@@ -41,6 +41,7 @@ EVENTS_READ_TIMEOUT = 60.0
 Params = list[tuple[str, str | int | float | bool | None]]
 _BY_STATUS: dict[int, type[CorralError]] = {
     401: Unauthorized,
+    403: ERROR_CLASSES["Forbidden"],
     404: NotFound,
     408: ERROR_CLASSES["WaitTimeout"],
     409: ERROR_CLASSES["Conflict"],

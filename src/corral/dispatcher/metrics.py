@@ -4,7 +4,7 @@ Levels (processes by state, queue length and longest wait, nodes by state) are r
 the live tables at scrape time, so they cannot drift; what happens over time (time from
 queue to running, boots and their outcomes, driver calls and errors) is counted as it
 happens: process changes through the state listener, the rest through the hooks the
-node side calls.
+node side calls. The dashboard reads the same figures (``longest_wait``, ``launches``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
 _BOOT_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+#: minutes of launch counts kept for the dashboard's chart
+LAUNCH_MINUTES = 60
 
 
 class Metrics:
@@ -39,7 +41,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         #: when each queued process entered the queue, by the dispatcher's wall clock
         self._queued_since: dict[Upid, float] = {}
-        self.registry.register(_Levels(state, nodes, self._queued_since, clock))
+        #: processes that went RUNNING, by minute of the wall clock (minute = time // 60)
+        self._launches: dict[int, int] = {}
+        self.registry.register(_Levels(state, nodes, self.longest_wait))
         self.queue_to_running = Histogram(
             "corral_queue_to_running_seconds",
             "Time from entering the queue to RUNNING, per round.",
@@ -76,12 +80,31 @@ class Metrics:
             if record.state in MATCHABLE_STATES:
                 self._queued_since.setdefault(record.upid, record.updated_at)
             elif record.state is ProcessState.RUNNING:
+                self._launched(record.started_at or record.updated_at)
                 since = self._queued_since.pop(record.upid, None)
                 if since is not None:
                     started = record.started_at or record.updated_at
                     self.queue_to_running.observe(max(0.0, started - since))
             elif not record.state.holds_slot:
                 self._queued_since.pop(record.upid, None)  # ended before it ran
+
+    def _launched(self, when: float) -> None:
+        minute = int(when // 60)
+        self._launches[minute] = self._launches.get(minute, 0) + 1
+        if len(self._launches) > LAUNCH_MINUTES:
+            for old in sorted(self._launches)[:-LAUNCH_MINUTES]:
+                del self._launches[old]
+
+    def launches(self, now: float, minutes: int = 30) -> list[tuple[float, int]]:
+        """``(start of the minute, processes that went RUNNING in it)``, the oldest first,
+        ending with the current minute."""
+        last = int(now // 60)
+        return [(m * 60.0, self._launches.get(m, 0)) for m in range(last - minutes + 1, last + 1)]
+
+    def longest_wait(self) -> float:
+        """How long the process that has waited longest in the queue has waited (0: none)."""
+        oldest = min(self._queued_since.values(), default=None)
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     def driver_call(self, engine: str, operation: str, ok: bool) -> None:
         self.driver_calls.labels(engine, operation, "ok" if ok else "error").inc()
@@ -102,13 +125,11 @@ class _Levels(Collector):
         self,
         state: State,
         nodes: Callable[[], list[dict[str, Any]]],
-        queued_since: dict[Upid, float],
-        clock: Callable[[], float],
+        longest_wait: Callable[[], float],
     ) -> None:
         self._state = state
         self._nodes = nodes
-        self._queued_since = queued_since
-        self._clock = clock
+        self._longest_wait = longest_wait
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         by_state = self._state.by_state
@@ -119,11 +140,10 @@ class _Levels(Collector):
         yield GaugeMetricFamily(
             "corral_queue_length", "Processes waiting for a slot.", value=len(self._state.queue)
         )
-        oldest = min(self._queued_since.values(), default=None)
         yield GaugeMetricFamily(
             "corral_queue_longest_wait_seconds",
             "How long the process that has waited longest has waited.",
-            value=0.0 if oldest is None else max(0.0, self._clock() - oldest),
+            value=self._longest_wait(),
         )
         nodes = GaugeMetricFamily(
             "corral_nodes",

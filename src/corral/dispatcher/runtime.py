@@ -146,6 +146,7 @@ class Runtime:
             mapper.wake,
             metrics,
             SpaceGuard(store, settings.config.store_reserve_mb),
+            queue=self.queue,
         )
         loop = asyncio.get_running_loop()
         self._tasks = [

@@ -2,7 +2,8 @@
 
 Each operation validates its request, builds the next records through ``rounds``, saves
 them through ``State`` and returns once they are durable. Results are plain dicts in the
-public form (states as ``"500-RUNNING"``).
+public form (states as ``"500-RUNNING"``). An operation that changes something notes it in
+the audit log with its ``actor`` (named by the API layer), in the same commit.
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ from corral.core.model import (
 from corral.core.node_states import IdleBehavior
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher import validation as check
+from corral.dispatcher.audit import IN_PROCESS
 from corral.dispatcher.events import EventBus, public_process
 from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.rounds import moved
 from corral.dispatcher.space import SpaceGuard
 from corral.dispatcher.state import State
+from corral.dispatcher.views import QueueView, Views
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, Unavailable, WaitTimeout
 
+#: processes of a batch named in its audit entry (the entry stays small)
+BATCH_NAMED = 1000
 _STARTABLE = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
 
 
@@ -68,6 +73,7 @@ class Dispatcher:
         wake_mapper: Callable[[], None],
         metrics: Metrics | None = None,
         space: SpaceGuard | None = None,
+        queue: QueueView | None = None,
     ) -> None:
         self._metrics = metrics
         self._space = space
@@ -78,6 +84,12 @@ class Dispatcher:
         self._events = events
         self._wake_mapper = wake_mapper
         self._engines = {e.engine_id: e for e in config.engines}
+        #: what operators read: the overview, pages of processes, histories, the audit log
+        self.views = Views(state, config, clock, nodes, metrics, queue)
+
+    def _note(self, actor: str, action: str, target: str, /, **detail: Any) -> None:
+        """Note an action in the audit log; it commits with what this loop turn saves."""
+        self._state.audit.note(actor, action, target, self._clock.time(), detail or None)
 
     def _check_space(self) -> None:
         if self._space is not None:
@@ -92,6 +104,8 @@ class Dispatcher:
         executable: dict[str, Any],
         name: str | None = None,
         description: str | None = None,
+        *,
+        actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
         definition = check.definition(definition_id, definition_type, executable, name, description)
         existing = self._state.definitions.get(definition.definition_id)
@@ -104,6 +118,7 @@ class Dispatcher:
                 field="definition_id",
             )
         self._check_space()
+        self._note(actor, "create_definition", definition_id)
         await self._state.save_definition(definition)
         return definition.as_doc()
 
@@ -114,17 +129,21 @@ class Dispatcher:
         executable: dict[str, Any],
         name: str | None = None,
         description: str | None = None,
+        *,
+        actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
-        self._definition(definition_id)
+        existing = self._definition(definition_id)
         definition = check.definition(definition_id, definition_type, executable, name, description)
         self._check_space()
+        if definition != existing:
+            self._note(actor, "update_definition", definition_id)
         await self._state.save_definition(definition)
         return definition.as_doc()
 
     def describe_definition(self, definition_id: str) -> dict[str, Any]:
         return self._definition(definition_id).as_doc()
 
-    async def remove_definition(self, definition_id: str) -> None:
+    async def remove_definition(self, definition_id: str, *, actor: str = IN_PROCESS) -> None:
         self._definition(definition_id)
         users = [
             r.upid
@@ -138,6 +157,7 @@ class Dispatcher:
                 f"process(es): {shown}; terminate them first",
                 field="definition_id",
             )
+        self._note(actor, "remove_definition", definition_id)
         await self._state.delete_definition(DefinitionId(definition_id))
 
     def list_definitions(self) -> list[dict[str, Any]]:
@@ -161,7 +181,7 @@ class Dispatcher:
     # -- processes ------------------------------------------------------------
 
     async def create_process(
-        self, upid: str, definition_id: str, name: str | None = None
+        self, upid: str, definition_id: str, name: str | None = None, *, actor: str = IN_PROCESS
     ) -> dict[str, Any]:
         check.check_id(upid, "upid")
         definition = self._known_definition(definition_id)
@@ -185,6 +205,7 @@ class Dispatcher:
             updated_at=now,
         )
         self._check_space()
+        self._note(actor, "create_process", upid, definition_id=definition)
         await self._state.save_processes([record])
         return public_process(record)
 
@@ -200,6 +221,8 @@ class Dispatcher:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        *,
+        actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
         record, changed = self._scheduled(
             upid,
@@ -215,13 +238,16 @@ class Dispatcher:
         )
         if changed:
             self._check_space()
+            self._note(actor, "schedule_process", upid, round=record.round)
             await self._state.save_processes([record])
             self._wake_mapper()
         else:
             await self._state.durable(record.upid)
         return public_process(self._state.processes[record.upid])
 
-    async def schedule_processes(self, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def schedule_processes(
+        self, processes: list[dict[str, Any]], *, actor: str = IN_PROCESS
+    ) -> list[dict[str, Any]]:
         """Schedule many processes at once: all are accepted, or none (the error names the
         item). Each item holds ``upid`` and the parameters of ``schedule_process``."""
         records: list[ProcessRecord] = []
@@ -245,6 +271,9 @@ class Dispatcher:
                 changed.append(record)
         if changed:
             self._check_space()
+            # a batch is one entry; the first BATCH_NAMED of its processes are named in it
+            upids = [r.upid for r in changed[:BATCH_NAMED]]
+            self._note(actor, "schedule_processes", f"{len(changed)} processes", upids=upids)
             await self._state.save_processes(changed)
             self._wake_mapper()
         for record in records:
@@ -350,12 +379,13 @@ class Dispatcher:
             raise NotFound(f"no process {upid!r}", field="upid")
         return record
 
-    async def terminate_process(self, upid: str) -> dict[str, Any]:
+    async def terminate_process(self, upid: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
         record = self._process(upid)
         now = self._clock.time()
         if record.state.is_terminal or record.state is ProcessState.TERMINATING:
             await self._state.durable(record.upid)
             return public_process(record)
+        self._note(actor, "terminate_process", upid, state=str(record.state))
         if record.state in (ProcessState.PENDING, ProcessState.RUNNING):
             new = moved(record, ProcessEvent.TERMINATE, now, end_reason="terminate requested")
             await self._state.save_processes([new])
@@ -367,7 +397,7 @@ class Dispatcher:
             self._wake_mapper()
         return public_process(new)
 
-    async def restart_process(self, upid: str) -> dict[str, Any]:
+    async def restart_process(self, upid: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
         record = self._process(upid)
         now = self._clock.time()
         if record.state is ProcessState.UNSCHEDULED:
@@ -387,6 +417,7 @@ class Dispatcher:
                 end_reason="restart requested",
                 waiting_reason="restart requested",
             )
+        self._note(actor, "restart_process", upid, state=str(record.state), round=new.round)
         await self._state.save_processes([new])
         if record.state in _STARTABLE or record.state is ProcessState.TERMINATING:
             assert record.assigned is not None
@@ -477,9 +508,12 @@ class Dispatcher:
                 return node
         raise NotFound(f"no node {node_id!r}", field="node_id")
 
-    async def node_action(self, node_id: str, action: str) -> dict[str, Any]:
+    async def node_action(
+        self, node_id: str, action: str, *, actor: str = IN_PROCESS
+    ) -> dict[str, Any]:
         """``hold``, ``drain`` or ``run`` set the node's idle behaviour; ``kill`` retires it
         now, its processes following their restart modes."""
+        before = self._state.nodes.get(NodeId(node_id))
         if action == "kill":
             record = self._nodes.kill_node(NodeId(node_id))
         else:
@@ -491,6 +525,8 @@ class Dispatcher:
                     field="action",
                 ) from None
             record = self._nodes.set_idle_behavior(NodeId(node_id), behavior)
+        if before is None or record != before:
+            self._note(actor, "node_action", node_id, action=action)
         await self._state.flush()
         # a killed node may be forgotten already: describe the record it left
         return self._nodes.describe(self._state.nodes.get(record.node_id, record))

@@ -3,7 +3,9 @@
 Every change goes through ``save_*``: the in-memory record changes at once (so the loops
 see it), the store commits it in the next group commit, and only then are waiters,
 event streams and subscribers told. Commands to agents are sent from a commit's
-callback, so an agent never acts on a decision the store could lose.
+callback, so an agent never acts on a decision the store could lose. Each change of a
+process's state also adds a step to its ``history``, in the same transaction; the
+``audit`` log's entries commit with the changes they record.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from corral.core.matchmaker import may_go_ahead
 from corral.core.model import Definition, Engine, NodeRecord, ProcessRecord, Resources
 from corral.core.process_states import MATCHABLE_STATES, ProcessState, QueueingMode
 from corral.core.snapshot import Pending
+from corral.dispatcher.audit import AuditLog
+from corral.dispatcher.history import History
 from corral.store import Change, Delete, GroupCommitter, Loaded, Put, Table
 
 log = logging.getLogger("corral.dispatcher")
@@ -63,6 +67,10 @@ class State:
         self.delayed: list[tuple[float, Upid, Round]] = []
         self._last_commit: dict[Upid, asyncio.Future[None]] = {}
         self._listeners: list[Listener] = []
+        #: each process's last state changes, with their times
+        self.history = History()
+        #: who did what; entries commit with the changes of the same loop turn
+        self.audit = AuditLog(self._commit)
 
     @staticmethod
     def convert(table: Table, doc: dict[str, Any]) -> Any:
@@ -85,6 +93,8 @@ class State:
         records.sort(key=lambda r: r.updated_at)
         for record in records:
             self._index(None, record)
+        self.history.load(loaded.tables[Table.HISTORY])
+        self.audit.load(loaded.tables[Table.AUDIT])
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -93,6 +103,7 @@ class State:
 
     def save_processes(self, records: Iterable[ProcessRecord]) -> asyncio.Future[None]:
         changes: list[Change] = []
+        steps: list[Change] = []
         events: list[Change_] = []
         for record in records:
             previous = self.processes.get(record.upid)
@@ -100,7 +111,8 @@ class State:
             changes.append(Put(Table.PROCESSES, record.upid, record.as_doc()))
             if previous is None or (previous.round, previous.state) != (record.round, record.state):
                 events.append(Change_(previous, record))
-        future = self._commit(changes, events)
+                steps.extend(self.history.noted(record))
+        future = self._commit(changes + steps, events)
         for change in changes:
             self._last_commit[Upid(change.key)] = future
         return future

@@ -211,6 +211,10 @@ class QueueBook:
             self._requeue(events, count_attempt=holder != PREVIOUS)
         return queues
 
+    def queue_names(self) -> list[str]:
+        """Every queue that has pending or held events (and those that had some)."""
+        return sorted(set(self._pending) | {e.queue for e in self._held.values()})
+
     def listing(self, queue: str) -> tuple[list[Event], list[Event]]:
         held = sorted((e for e in self._held.values() if e.queue == queue), key=lambda e: e.id)
         return list(self._pending.get(queue, ())), held

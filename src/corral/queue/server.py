@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from corral.errors import CorralError
-from corral.queue.book import QueueBook
+from corral.queue.book import Event, QueueBook
 from corral.queue.messages import (
     PROTOCOL_VERSION,
     QUEUE_MESSAGES,
@@ -108,6 +108,24 @@ class QueueServer:
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
         self.stopped.set()
+
+    def describe(self, limit: int) -> dict[str, Any]:
+        """What the queues hold, for operators: per queue, the number of pending and of
+        in-progress (held) events, and the first ``limit`` of each."""
+        queues = []
+        for name in self._book.queue_names():
+            pending, held = self._book.listing(name)
+            queues.append(
+                {
+                    "queue": name,
+                    "pending": len(pending),
+                    "in_progress": len(held),
+                    "next": [_shown(e) for e in pending[:limit]],
+                    "held": [_shown(e) for e in held[:limit]],
+                }
+            )
+        host, port = self.address[:2]
+        return {"address": f"{host}:{port}", "clients": len(self._conns), "queues": queues}
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -250,6 +268,17 @@ class QueueServer:
                     conn.send(Pulse(time.time()))
             for queue in self._book.expire(now):
                 self._serve_waiters(queue)
+
+
+def _shown(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "args": event.args,
+        "recurrent": event.recurrent,
+        "attempts": event.attempts,
+        "holder": event.holder,
+    }
 
 
 class OwnQueueServer(QueueServer):

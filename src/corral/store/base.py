@@ -22,6 +22,10 @@ class Table(StrEnum):
     META = "meta"
     #: the shared event queues (``corral.queue``), keyed by zero-padded event id
     EVENTS = "events"
+    #: each process's last state changes, with their times, one row per change
+    HISTORY = "history"
+    #: who did what: operators' actions, keyed by zero-padded sequence number
+    AUDIT = "audit"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the shared event queues
     ("CREATE TABLE events (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",),
+    # 3: the state history of each process (bounded per process) and the audit log
+    (
+        "CREATE TABLE history (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",
+        "CREATE TABLE audit (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",
+    ),
 )
 
 #: the version a database has once every migration has run
@@ -65,6 +70,8 @@ INDEXED_COLUMNS: Mapping[Table, tuple[IndexedColumn, ...]] = {
     Table.NODES: (),
     Table.META: (),
     Table.EVENTS: (),
+    Table.HISTORY: (),
+    Table.AUDIT: (),
 }
 
 

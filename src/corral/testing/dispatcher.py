@@ -33,6 +33,8 @@ class TestDispatcher:
     token: str
     client: Client
     runtime: Runtime
+    #: opens the API for reading only (the dashboard's other log-in)
+    readonly_token: str
 
 
 @contextmanager
@@ -47,6 +49,7 @@ def open_test_dispatcher(
     own_home = home is None
     home = home or Path(tempfile.mkdtemp(prefix="corral-test-"))
     token = load_or_create_token(home / "token")
+    readonly_token = load_or_create_token(home / "readonly_token")
     agent_token = load_or_create_token(home / "agent_token")
     runtime = Runtime(RuntimeSettings(home, config or _small_default(), agent_token))
     ready = threading.Event()
@@ -55,7 +58,8 @@ def open_test_dispatcher(
     async def serve() -> None:
         try:
             dispatcher = await runtime.start()
-            api = await open_api_server(create_app(dispatcher, token), "127.0.0.1", 0)
+            app = create_app(dispatcher, token, readonly_token=readonly_token)
+            api = await open_api_server(app, "127.0.0.1", 0)
             if api is None:
                 raise RuntimeError("the API server did not start")
             box["api"] = api
@@ -75,7 +79,7 @@ def open_test_dispatcher(
             raise RuntimeError(f"test dispatcher did not start: {box.get('error')!r}")
         url = str(box["url"])
         with Client(url, token) as client:
-            yield TestDispatcher(home, url, token, client, runtime)
+            yield TestDispatcher(home, url, token, client, runtime, readonly_token)
     finally:
         api = box.get("api")
         if isinstance(api, APIServer):

@@ -72,6 +72,7 @@ class ServeProcess:
         self.runs = 0
         self.url = ""
         self.token = ""
+        self.readonly_token = ""
         #: seconds the last start took until the API answered
         self.started_in = 0.0
 
@@ -101,6 +102,7 @@ class ServeProcess:
         self.started_in = time.monotonic() - began
         self.url = url_file.read_text().strip()
         self.token = (self.home / "token").read_text().strip()
+        self.readonly_token = (self.home / "readonly_token").read_text().strip()
 
     def http(self, token: str | None = "") -> httpx.Client:
         """An httpx client of the API; ``token=None`` sends no Authorization header."""

@@ -1,7 +1,8 @@
 """The API's routes, one module per noun; each route is a few lines over one service call.
 
 Routes reach the service through :data:`Service`, a dependency reading ``app.state``, so
-the modules hold no globals and one process can serve several apps in tests.
+the modules hold no globals and one process can serve several apps in tests. :data:`Caller`
+is the principal the auth middleware found; :data:`Actor` names it for the audit log.
 :func:`one_value_each` runs before every route.
 """
 
@@ -12,7 +13,9 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from corral.api._service import DispatcherService
-from corral.errors import InvalidRequest
+from corral.api.access import Principal
+from corral.api.auth import principal_of
+from corral.errors import InvalidRequest, Unauthorized
 
 #: the query parameters a route reads as a list; any other must be given once
 REPEATABLE = frozenset({"state"})
@@ -24,7 +27,20 @@ async def _service(request: Request) -> DispatcherService:
     return cast(DispatcherService, request.app.state.service)
 
 
+async def _caller(request: Request) -> Principal:
+    principal = principal_of(request.scope)
+    if principal is None:  # only open routes lack one, and they do not ask
+        raise Unauthorized("this route needs a token")
+    return principal
+
+
+async def _actor(request: Request) -> str:
+    return (await _caller(request)).actor
+
+
 Service = Annotated[DispatcherService, Depends(_service)]
+Caller = Annotated[Principal, Depends(_caller)]
+Actor = Annotated[str, Depends(_actor)]
 
 
 async def one_value_each(request: Request) -> None:

@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from corral.api import redact
 from corral.api.responses import DefinitionOut, answers
-from corral.api.routes import Service
+from corral.api.routes import Actor, Caller, Service
 from corral.api.schemas import DefinitionBody, DefinitionCreate
 from corral.errors import InvalidRequest
 
@@ -15,23 +16,29 @@ router = APIRouter(prefix="/definitions", tags=["definitions"])
 
 
 @router.post(
-    "", summary="create_definition", response_model=None, responses=answers(DefinitionOut, 409, 422)
+    "",
+    summary="create_definition",
+    response_model=None,
+    responses=answers(DefinitionOut, 409, 422, 507),
 )
-async def create_definition(body: DefinitionCreate, service: Service) -> dict[str, Any]:
+async def create_definition(
+    body: DefinitionCreate, service: Service, actor: Actor
+) -> dict[str, Any]:
     return await service.create_definition(
         body.definition_id,
         body.definition_type,
         body.executable.as_doc(),
         body.name,
         body.description,
+        actor=actor,
     )
 
 
 @router.get(
     "", summary="list_definitions", response_model=None, responses=answers(list[DefinitionOut])
 )
-async def list_definitions(service: Service) -> list[dict[str, Any]]:
-    return service.list_definitions()
+async def list_definitions(service: Service, caller: Caller) -> list[dict[str, Any]]:
+    return redact.definitions(caller, service.list_definitions())
 
 
 @router.get(
@@ -40,18 +47,20 @@ async def list_definitions(service: Service) -> list[dict[str, Any]]:
     response_model=None,
     responses=answers(DefinitionOut, 404, 422),
 )
-async def describe_definition(definition_id: str, service: Service) -> dict[str, Any]:
-    return service.describe_definition(definition_id)
+async def describe_definition(
+    definition_id: str, service: Service, caller: Caller
+) -> dict[str, Any]:
+    return redact.definition(caller, service.describe_definition(definition_id))
 
 
 @router.put(
     "/{definition_id}",
     summary="update_definition",
     response_model=None,
-    responses=answers(DefinitionOut, 404, 422),
+    responses=answers(DefinitionOut, 404, 422, 507),
 )
 async def update_definition(
-    definition_id: str, body: DefinitionBody, service: Service
+    definition_id: str, body: DefinitionBody, service: Service, actor: Actor
 ) -> dict[str, Any]:
     # the body may repeat the id (a describe_definition result sent back as is), not change it
     if body.definition_id not in (None, definition_id):
@@ -66,6 +75,7 @@ async def update_definition(
         body.executable.as_doc(),
         body.name,
         body.description,
+        actor=actor,
     )
 
 
@@ -76,6 +86,6 @@ async def update_definition(
     response_class=Response,
     responses=answers(None, 404, 409, 422),
 )
-async def remove_definition(definition_id: str, service: Service) -> Response:
-    await service.remove_definition(definition_id)
+async def remove_definition(definition_id: str, service: Service, actor: Actor) -> Response:
+    await service.remove_definition(definition_id, actor=actor)
     return Response(status_code=204)

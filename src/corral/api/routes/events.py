@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from corral.api import redact
 from corral.api.errors import internal_error
 from corral.api.responses import answers
-from corral.api.routes import Service
+from corral.api.routes import Caller, Service
 from corral.errors import CorralError
 
 router = APIRouter(tags=["events"])
@@ -35,9 +36,13 @@ SUBSCRIBED_FRAME = b": subscribed\n\n"
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}, **answers(None, 404, 422)},
 )
-async def events(request: Request, service: Service, upid: str | None = None) -> StreamingResponse:
+async def events(
+    request: Request, service: Service, caller: Caller, upid: str | None = None
+) -> StreamingResponse:
     # called here, not in the generator, so an error raised at once still gets its status
     source = service.events(upid)
+    if not caller.can_act:
+        source = redact.events(caller, source)
     keepalive: float = request.app.state.sse_keepalive
     return StreamingResponse(
         frames(source, keepalive),

@@ -1,4 +1,5 @@
-"""``/processes``: create, schedule, describe, restart, terminate, wait for, and read logs."""
+"""``/processes``: create, schedule, describe, restart, terminate, wait for, read logs and
+histories."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from corral.api import redact
 from corral.api.responses import LogChunkOut, ProcessOut, answers
-from corral.api.routes import Service
+from corral.api.routes import Actor, Caller, Service
 from corral.api.schemas import ProcessCreate, ScheduleBatch, ScheduleBody
 
 router = APIRouter(prefix="/processes", tags=["processes"])
@@ -19,30 +21,32 @@ MAX_LOG_CHUNK = 4 * 1024 * 1024
 
 
 @router.post(
-    "", summary="create_process", response_model=None, responses=answers(ProcessOut, 409, 422)
+    "", summary="create_process", response_model=None, responses=answers(ProcessOut, 409, 422, 507)
 )
-async def create_process(body: ProcessCreate, service: Service) -> dict[str, Any]:
-    return await service.create_process(body.upid, body.definition_id, body.name)
+async def create_process(body: ProcessCreate, service: Service, actor: Actor) -> dict[str, Any]:
+    return await service.create_process(body.upid, body.definition_id, body.name, actor=actor)
 
 
 @router.get(
     "", summary="describe_processes", response_model=None, responses=answers(list[ProcessOut])
 )
-async def describe_processes(service: Service) -> list[dict[str, Any]]:
-    return service.describe_processes()
+async def describe_processes(service: Service, caller: Caller) -> list[dict[str, Any]]:
+    return redact.processes(caller, service.describe_processes())
 
 
 @router.post(
     "/schedule",
     summary="schedule_processes",
     response_model=None,
-    responses=answers(list[ProcessOut], 409, 422),
+    responses=answers(list[ProcessOut], 409, 422, 507),
     description="Schedule many processes in one request and one commit: every item is "
     "accepted, or none is (the error names the item).",
 )
-async def schedule_processes(body: ScheduleBatch, service: Service) -> list[dict[str, Any]]:
+async def schedule_processes(
+    body: ScheduleBatch, service: Service, actor: Actor
+) -> list[dict[str, Any]]:
     items = [item.model_dump() for item in body.processes]
-    return await service.schedule_processes(items)
+    return await service.schedule_processes(items, actor=actor)
 
 
 @router.get(
@@ -51,18 +55,20 @@ async def schedule_processes(body: ScheduleBatch, service: Service) -> list[dict
     response_model=None,
     responses=answers(ProcessOut, 404, 422),
 )
-async def describe_process(upid: str, service: Service) -> dict[str, Any]:
-    return service.describe_process(upid)
+async def describe_process(upid: str, service: Service, caller: Caller) -> dict[str, Any]:
+    return redact.process(caller, service.describe_process(upid))
 
 
 @router.post(
     "/{upid}/schedule",
     summary="schedule_process",
     response_model=None,
-    responses=answers(ProcessOut, 409, 422),
+    responses=answers(ProcessOut, 409, 422, 507),
 )
-async def schedule_process(upid: str, body: ScheduleBody, service: Service) -> dict[str, Any]:
-    return await service.schedule_process(upid, **body.model_dump())
+async def schedule_process(
+    upid: str, body: ScheduleBody, service: Service, actor: Actor
+) -> dict[str, Any]:
+    return await service.schedule_process(upid, **body.model_dump(), actor=actor)
 
 
 @router.post(
@@ -71,8 +77,8 @@ async def schedule_process(upid: str, body: ScheduleBody, service: Service) -> d
     response_model=None,
     responses=answers(ProcessOut, 404, 409, 422),
 )
-async def restart_process(upid: str, service: Service) -> dict[str, Any]:
-    return await service.restart_process(upid)
+async def restart_process(upid: str, service: Service, actor: Actor) -> dict[str, Any]:
+    return await service.restart_process(upid, actor=actor)
 
 
 @router.post(
@@ -81,8 +87,8 @@ async def restart_process(upid: str, service: Service) -> dict[str, Any]:
     response_model=None,
     responses=answers(ProcessOut, 404, 422),
 )
-async def terminate_process(upid: str, service: Service) -> dict[str, Any]:
-    return await service.terminate_process(upid)
+async def terminate_process(upid: str, service: Service, actor: Actor) -> dict[str, Any]:
+    return await service.terminate_process(upid, actor=actor)
 
 
 @router.get(
@@ -99,10 +105,11 @@ async def terminate_process(upid: str, service: Service) -> dict[str, Any]:
 async def wait_process(
     upid: str,
     service: Service,
+    caller: Caller,
     state: Annotated[list[str] | None, Query(description="a state to wait for; repeatable")] = None,
     timeout: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 30.0,  # noqa: ASYNC109
 ) -> dict[str, Any]:
-    return await service.wait_process(upid, state, min(timeout, MAX_WAIT))
+    return redact.process(caller, await service.wait_process(upid, state, min(timeout, MAX_WAIT)))
 
 
 @router.get(
@@ -119,3 +126,15 @@ async def read_log(
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_CHUNK)] = 65536,
 ) -> dict[str, Any]:
     return await service.read_log(upid, stream, offset, limit)
+
+
+@router.get(
+    "/{upid}/history",
+    summary="process_history",
+    response_model=None,
+    responses=answers(None, 404, 422),
+    description="The process's last state changes (round, state, time, why), oldest first; "
+    "the dispatcher keeps the last `kept` of them.",
+)
+async def process_history(upid: str, service: Service) -> dict[str, Any]:
+    return service.views.history(upid)

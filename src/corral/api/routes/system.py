@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse, Response
 
 from corral.api.responses import DumpOut, EngineOut, HealthOut, NodeOut, answers
-from corral.api.routes import Service
+from corral.api.routes import Actor, Service
 
 router = APIRouter(tags=["system"])
 
@@ -57,12 +57,12 @@ async def describe_node(service: Service, node_id: str) -> dict[str, Any]:
     responses=answers(NodeOut, 404, 409, 422),
 )
 async def node_action(
-    service: Service, node_id: str, action: Literal["hold", "drain", "run", "kill"]
+    service: Service, actor: Actor, node_id: str, action: Literal["hold", "drain", "run", "kill"]
 ) -> dict[str, Any]:
     """``hold``: keep it, place nothing new; ``drain``: place nothing new, retire it once
     empty; ``run``: back to normal; ``kill``: retire it now, its processes following their
     restart modes."""
-    return await service.node_action(node_id, action)
+    return await service.node_action(node_id, action, actor=actor)
 
 
 @router.get(
