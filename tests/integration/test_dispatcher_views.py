@@ -24,6 +24,7 @@ CONFIG = """
 [[engines]]
 id = "default"
 slots = 4
+allow_root = true  # the tests may run as root
 base_need = 1
 maximum_vms = 1
 heartbeat_period = 0.2
