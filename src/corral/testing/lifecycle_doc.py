@@ -125,7 +125,9 @@ def _node_transitions() -> str:
     return _section(
         "Node transitions",
         "A node may always stay in its state; heartbeats classify its health as "
-        "`ok`, `warning` (late) or `missing` by the dispatcher's own clock.",
+        "`ok`, `warning` (late) or `missing` by the dispatcher's own clock. A missing node "
+        "is `disconnected` while some process on it waits out its disconnect grace, and "
+        "lost (`gone`) once none does.",
         ["from", "may become"],
         rows,
     )
