@@ -305,6 +305,7 @@ class Dispatcher:
             if not existing.state.is_terminal:
                 return existing, False
             record = existing
+        check.disconnect_policy(record.request)
         record = replace(moved(record, ProcessEvent.SCHEDULE, now), scheduled=True, attempts=0)
         if record.round == 0:
             record = replace(record, round=Round(1))
