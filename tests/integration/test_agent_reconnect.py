@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -85,6 +86,45 @@ def test_after_the_dispatcher_comes_back_the_hello_carries_what_was_missed(
         run(scenario())
     finally:
         os.close(trigger)
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_alone_for_stop_after_disconnect_stops_its_processes_and_keeps_the_reports(
+    tmp_path: Path,
+) -> None:
+    alone = 1.0
+    options = ("--stop-after-disconnect", str(alone), "--stop-grace", "5")
+
+    async def scenario() -> None:
+        async with (
+            running_hub() as hub,
+            running_agent(hub.port, tmp_path, args=("--allow-root", *options)),
+        ):
+            session = await hub.next_session()
+            session.send(SLEEPER)
+            sleeper = await session.report("sleeper", "running")
+            port = hub.port
+
+            # a short absence: the agent is back within the time it allows itself
+            await hub.close()
+            async with running_hub(port) as new_hub:
+                session = await new_hub.next_session()
+                await asyncio.sleep(alone * 1.5)  # longer than alone, counted from the drop
+                assert is_alive(sleeper.pid)  # type: ignore[arg-type]
+                await new_hub.close()
+
+            # a long one: the agent stops the process itself
+            await asyncio.wait_for(wait_gone(sleeper.pid), alone + 5.0)  # type: ignore[arg-type]
+            async with running_hub(port) as last_hub:
+                session = await last_hub.next_session()
+                (report,) = session.hello.inventory
+                assert (report.upid, report.status, report.signal) == (
+                    "sleeper",
+                    "exited",
+                    signal.SIGTERM,
+                )
+
+    run(scenario())
 
 
 @pytest.mark.timeout(30)
