@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from corral.errors import Conflict
+
 pytestmark = pytest.mark.timeout(30)
 
 ONE_NODE = """
@@ -152,7 +154,14 @@ def test_a_frozen_agent_within_the_grace_keeps_its_process_in_the_same_round(
         restart_mode="ALWAYS",
         configuration={"corral": {"disconnect": {"grace": 30}}},
     )
+    once = corral.run(
+        FOREVER,
+        env={"PIDS": tmp_path / "once.pids"},
+        restart_mode="NEVER",
+        configuration={"corral": {"disconnect": {"grace": 30}}},
+    )
     before = corral.wait_state(upid, "500-RUNNING")
+    corral.wait_state(once, "500-RUNNING")
     agent = corral.agent_pid(frozen)
     os.kill(agent, signal.SIGSTOP)
     try:
@@ -163,13 +172,16 @@ def test_a_frozen_agent_within_the_grace_keeps_its_process_in_the_same_round(
         during = corral.describe(upid)
         assert (during["state"], during["round"]) == ("500-RUNNING", before["round"])
         assert during["disconnected_since"] is not None
+        # an at-most-once process that may still run there is not started again by hand
+        with pytest.raises(Conflict, match="at-most-once"):
+            corral.client.restart_process(once)
         time.sleep(0.5)  # proving a negative: nothing replaces it, no node boots
         assert [n["node_id"] for n in corral.nodes()] == [frozen]
     finally:
         os.kill(agent, signal.SIGCONT)
     corral.wait_until(
         lambda: [
-            n for n in corral.ready_nodes() if n["state"] in ("idle", "busy") and n["used"] == 1
+            n for n in corral.ready_nodes() if n["state"] in ("idle", "busy") and n["used"] == 2
         ],
         "the node to be back",
     )
@@ -177,3 +189,4 @@ def test_a_frozen_agent_within_the_grace_keeps_its_process_in_the_same_round(
     assert after["disconnected_since"] is None
     assert after["pid"] == before["pid"]
     assert pids(corral, path) == [before["pid"]]
+    assert len(pids(corral, tmp_path / "once.pids")) == 1

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from corral.clock import Clock
 from corral.config import Config
+from corral.core.disconnect import is_at_most_once
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
 from corral.core.model import (
     NO_RESOURCES,
@@ -377,6 +378,13 @@ class Dispatcher:
             )
         if record.state.is_queued:
             return public_process(record)
+        if record.disconnected_since is not None and is_at_most_once(record.request):
+            raise Conflict(
+                f"process {upid!r} is at-most-once and its node {record.assigned} is "
+                "disconnected: it may still run there, so it is not started again until the "
+                "node is back or its disconnect grace is over",
+                field="upid",
+            )
         if record.state.is_terminal:
             new = moved(record, ProcessEvent.SCHEDULE, now, attempts=0)
         else:
