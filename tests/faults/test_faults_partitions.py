@@ -42,7 +42,7 @@ from corral.testing.netns import NamespaceAgent, Network, open_network, unavaila
 
 pytestmark = pytest.mark.timeout(90)
 
-HEARTBEAT_MISSING = 1.0
+HEARTBEAT_MISSING = 2.0
 CONFIG = """
 [[engines]]
 id = "default"
@@ -53,8 +53,8 @@ base_need = 0
 maximum_vms = 0
 idle_timeout = 3600.0
 heartbeat_period = 0.2
-heartbeat_warning = 0.6
-heartbeat_missing = 1.0
+heartbeat_warning = 1.0
+heartbeat_missing = 2.0
 terminate_grace = 1.0
 # the tests run as root, as network namespaces need
 allow_root = true
@@ -430,8 +430,8 @@ def test_an_agent_alone_for_stop_after_disconnect_stops_its_processes(open_lab) 
         assert (during["state"], during["round"]) == ("500-RUNNING", before["round"])
     finally:
         a.host.heal()
-    # the link counts as gone after heartbeat_missing, then STOP_AFTER more
-    assert stopped_after >= STOP_AFTER
+    # the link counts as gone after heartbeat_missing unacknowledged, then STOP_AFTER more
+    assert stopped_after >= HEARTBEAT_MISSING + STOP_AFTER
     lab.wait_back("host-a")
     # the kept report says how it ended; ALWAYS starts it again
     again = lab.wait_state("svc", "500-RUNNING", before["round"] + 1)
