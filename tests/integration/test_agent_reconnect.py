@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,12 @@ def test_an_agent_alone_for_stop_after_disconnect_stops_its_processes_and_keeps_
             running_agent(hub.port, tmp_path, args=("--allow-root", *options)),
         ):
             session = await hub.next_session()
-            session.send(SLEEPER)
+            # four slots: three more sleepers fill them, and a fifth launch waits its turn
+            others = [replace(SLEEPER, upid=f"other-{i}") for i in range(4)]
+            session.send(SLEEPER, *others)
             sleeper = await session.report("sleeper", "running")
+            for launch in others[:3]:
+                await session.report(launch.upid, "running")
             port = hub.port
 
             # a short absence: the agent is back within the time it allows itself
@@ -117,12 +122,16 @@ def test_an_agent_alone_for_stop_after_disconnect_stops_its_processes_and_keeps_
             await asyncio.wait_for(wait_gone(sleeper.pid), alone + 5.0)  # type: ignore[arg-type]
             async with running_hub(port) as last_hub:
                 session = await last_hub.next_session()
-                (report,) = session.hello.inventory
-                assert (report.upid, report.status, report.signal) == (
-                    "sleeper",
-                    "exited",
-                    signal.SIGTERM,
-                )
+                inventory = {r.upid: r for r in session.hello.inventory}
+                stopped = ["sleeper", "other-0", "other-1", "other-2"]
+                for upid in stopped:
+                    assert (inventory[upid].status, inventory[upid].signal) == (
+                        "exited",
+                        signal.SIGTERM,
+                    )
+                # the queued launch never started in the slots the others freed
+                assert inventory["other-3"].status == "not_started"
+                assert inventory["other-3"].pid is None
 
     run(scenario())
 

@@ -255,6 +255,9 @@ class Agent:
             self._self_stop = None
 
     def _stop_alone(self) -> None:
+        # What waits for a slot must not start in the slots the stopped processes free.
+        for report in self._queue.drop_all():
+            self._inventory[(report.upid, report.round)] = report
         running = self.launcher.running
         if running:
             log.warning(
