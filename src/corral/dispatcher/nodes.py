@@ -373,7 +373,9 @@ class Nodes:
             if reason is not None:
                 self.lose(node.node_id, reason)
             elif node.state is not NodeState.BOOTING:
-                self._check_heard(node)
+                live = self._live.get(node.node_id)
+                session = live.session if live is not None else None
+                self.partitions.check(node, self._silent_for(node), session)
         healthy = {n.node_id for n in self._state.nodes.values() if self.health(n) is Health.OK}
         if healthy != self._healthy:
             self._healthy = healthy
@@ -423,18 +425,6 @@ class Nodes:
     def _silent_for(self, node: NodeRecord) -> float:
         live = self._live.get(node.node_id)
         return self._clock.monotonic() - (live.heard if live else self._started)
-
-    def _check_heard(self, node: NodeRecord) -> None:
-        """A silent node is disconnected or lost (``partitions``). A disconnected node
-        heard again on its old connection is asked to join again, so that its inventory
-        settles what changed while it was away."""
-        if self.health(node) is Health.MISSING:
-            self.partitions.missing(node, self._silent_for(node))
-            return
-        live = self._live.get(node.node_id)
-        if node.state is NodeState.DISCONNECTED and live is not None and live.session is not None:
-            log.info("node %s is heard again; asking its agent to join again", node.node_id)
-            live.session.close()
 
     async def _sync_instances(self) -> None:
         instances = await self._pool.instances()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from typing import Protocol
 
 from corral.clock import Clock
 from corral.core.disconnect import DisconnectPolicy, Fence, Verdict, describe, fence, verdict
@@ -27,6 +28,12 @@ from corral.dispatcher.state import State
 from corral.dispatcher.syncer import Syncer
 
 log = logging.getLogger("corral.nodes")
+
+
+class Closable(Protocol):
+    """A node's agent session, as far as this module needs it."""
+
+    def close(self) -> None: ...
 
 
 class Partitions:
@@ -46,6 +53,18 @@ class Partitions:
         self._clock = clock
         self._syncer = syncer
         self._lose_node = lose_node
+
+    def check(self, node: NodeRecord, silent_for: float, session: Closable | None) -> None:
+        """At each tick, for a node that is not booting: one silent for
+        ``heartbeat_missing`` is disconnected or lost; a disconnected one heard again on its
+        old connection is asked to join again (``session`` closed), so that its inventory
+        settles what changed while it was away."""
+        engine = self._engines[node.engine]
+        if silent_for >= engine.heartbeat_missing:
+            self.missing(node, silent_for)
+        elif node.state is NodeState.DISCONNECTED and session is not None:
+            log.info("node %s is heard again; asking its agent to join again", node.node_id)
+            session.close()
 
     def missing(self, node: NodeRecord, silent_for: float) -> None:
         """``node`` has not been heard from for ``silent_for`` seconds (at least
