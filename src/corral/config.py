@@ -123,6 +123,7 @@ _FLOATS = (
     "boot_timeout",
     "terminate_grace",
     "idle_timeout",
+    "stop_after_disconnect",
 )
 
 

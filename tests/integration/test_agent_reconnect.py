@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,53 @@ def test_after_the_dispatcher_comes_back_the_hello_carries_what_was_missed(
         run(scenario())
     finally:
         os.close(trigger)
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_alone_for_stop_after_disconnect_stops_its_processes_and_keeps_the_reports(
+    tmp_path: Path,
+) -> None:
+    alone = 1.0
+    options = ("--stop-after-disconnect", str(alone), "--stop-grace", "5")
+
+    async def scenario() -> None:
+        async with (
+            running_hub() as hub,
+            running_agent(hub.port, tmp_path, args=("--allow-root", *options)),
+        ):
+            session = await hub.next_session()
+            # four slots: three more sleepers fill them, and a fifth launch waits its turn
+            others = [replace(SLEEPER, upid=f"other-{i}") for i in range(4)]
+            session.send(SLEEPER, *others)
+            sleeper = await session.report("sleeper", "running")
+            for launch in others[:3]:
+                await session.report(launch.upid, "running")
+            port = hub.port
+
+            # a short absence: the agent is back within the time it allows itself
+            await hub.close()
+            async with running_hub(port) as new_hub:
+                session = await new_hub.next_session()
+                await asyncio.sleep(alone * 1.5)  # longer than alone, counted from the drop
+                assert is_alive(sleeper.pid)  # type: ignore[arg-type]
+                await new_hub.close()
+
+            # a long one: the agent stops the process itself
+            await asyncio.wait_for(wait_gone(sleeper.pid), alone + 5.0)  # type: ignore[arg-type]
+            async with running_hub(port) as last_hub:
+                session = await last_hub.next_session()
+                inventory = {r.upid: r for r in session.hello.inventory}
+                stopped = ["sleeper", "other-0", "other-1", "other-2"]
+                for upid in stopped:
+                    assert (inventory[upid].status, inventory[upid].signal) == (
+                        "exited",
+                        signal.SIGTERM,
+                    )
+                # the queued launch never started in the slots the others freed
+                assert inventory["other-3"].status == "not_started"
+                assert inventory["other-3"].pid is None
+
+    run(scenario())
 
 
 @pytest.mark.timeout(30)

@@ -204,6 +204,17 @@ def test_a_wrongly_typed_schedule_field_is_an_invalid_request_naming_it(
         ({"execution_engine_id": "no-such-engine"}, "execution_engine_id"),
         ({"subscribers": ["ftp://example.org/"]}, "subscribers.0"),
         ({"constraints": {"zone": []}}, "constraints.zone"),
+        (
+            {"configuration": {"corral": {"disconnect": {"grace": -1}}}},
+            "configuration.corral.disconnect.grace",
+        ),
+        (
+            {
+                "configuration": {"corral": {"disconnect": {"replace": True}}},
+                "restart_mode": "NEVER",
+            },
+            "configuration.corral.disconnect.replace",
+        ),
     ],
     ids=str,
 )

@@ -1,5 +1,6 @@
 """Heartbeats and node loss: an agent killed (SIGKILL) or frozen (SIGSTOP) loses its node;
-the node's processes follow their restart modes on a new node, and nothing runs twice.
+the node's processes follow their restart modes on a new node, and nothing runs twice. A
+process with a disconnect grace keeps its node through a freeze shorter than the grace.
 
 Each test has its own dispatcher (it kills the node); heartbeats are 0.2 s, warning after
 1 s and missing after 2 s of silence.
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from corral.errors import Conflict
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -135,3 +138,55 @@ def test_a_process_queued_behind_a_lost_node_runs_on_the_replacement(
     assert ended["assigned"] != node["node_id"]
     for upid in blockers:
         assert corral.wait_end(upid)["state"] == "850-FAILED"
+
+
+def test_a_frozen_agent_within_the_grace_keeps_its_process_in_the_same_round(
+    corral, tmp_path: Path
+) -> None:
+    # SIGSTOP stands in for a partition: the connection stays open, heartbeats stop, and
+    # after SIGCONT they arrive again on the same connection
+    (node,) = corral.ready_nodes()
+    frozen = node["node_id"]
+    path = tmp_path / "svc.pids"
+    upid = corral.run(
+        FOREVER,
+        env={"PIDS": path},
+        restart_mode="ALWAYS",
+        configuration={"corral": {"disconnect": {"grace": 30}}},
+    )
+    once = corral.run(
+        FOREVER,
+        env={"PIDS": tmp_path / "once.pids"},
+        restart_mode="NEVER",
+        configuration={"corral": {"disconnect": {"grace": 30}}},
+    )
+    before = corral.wait_state(upid, "500-RUNNING")
+    corral.wait_state(once, "500-RUNNING")
+    agent = corral.agent_pid(frozen)
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        corral.wait_until(
+            lambda: [n for n in corral.nodes() if n["state"] == "disconnected"],
+            "the node to be disconnected",
+        )
+        during = corral.describe(upid)
+        assert (during["state"], during["round"]) == ("500-RUNNING", before["round"])
+        assert during["disconnected_since"] is not None
+        # an at-most-once process that may still run there is not started again by hand
+        with pytest.raises(Conflict, match="at-most-once"):
+            corral.client.restart_process(once)
+        time.sleep(0.5)  # proving a negative: nothing replaces it, no node boots
+        assert [n["node_id"] for n in corral.nodes()] == [frozen]
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    corral.wait_until(
+        lambda: [
+            n for n in corral.ready_nodes() if n["state"] in ("idle", "busy") and n["used"] == 2
+        ],
+        "the node to be back",
+    )
+    after = corral.wait_state(upid, "500-RUNNING", round_=before["round"])
+    assert after["disconnected_since"] is None
+    assert after["pid"] == before["pid"]
+    assert pids(corral, path) == [before["pid"]]
+    assert len(pids(corral, tmp_path / "once.pids")) == 1

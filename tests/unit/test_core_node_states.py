@@ -64,10 +64,30 @@ def test_a_node_shutting_down_can_only_become_gone():
 
 
 def test_a_node_found_after_a_restart_joins_the_lifecycle_or_leaves_it():
-    assert NODE_TRANSITIONS[N.UNKNOWN] == {N.IDLE, N.BUSY, N.SHUTTING_DOWN, N.GONE}
+    assert NODE_TRANSITIONS[N.UNKNOWN] == {
+        N.IDLE,
+        N.BUSY,
+        N.SHUTTING_DOWN,
+        N.GONE,
+        N.DISCONNECTED,
+    }
     # and a connected node whose agent goes quiet becomes unknown again
     assert N.UNKNOWN in NODE_TRANSITIONS[N.IDLE]
     assert N.UNKNOWN in NODE_TRANSITIONS[N.BUSY]
+
+
+def test_a_silent_node_is_disconnected_and_then_comes_back_or_is_lost():
+    for state in (N.IDLE, N.BUSY, N.UNKNOWN):
+        assert N.DISCONNECTED in NODE_TRANSITIONS[state]
+    assert NODE_TRANSITIONS[N.DISCONNECTED] == {
+        N.IDLE,
+        N.BUSY,
+        N.SHUTTING_DOWN,
+        N.GONE,
+        N.UNKNOWN,
+    }
+    # a node still booting has run nothing: it times out, it is never disconnected
+    assert N.DISCONNECTED not in NODE_TRANSITIONS[N.BOOTING]
 
 
 def test_every_state_can_reach_gone():
@@ -81,7 +101,15 @@ def test_every_state_can_reach_gone():
 
 
 def test_node_states_and_idle_behaviours_are_spelled_in_lower_case():
-    assert [str(s) for s in N] == ["booting", "idle", "busy", "shutting_down", "gone", "unknown"]
+    assert [str(s) for s in N] == [
+        "booting",
+        "idle",
+        "busy",
+        "shutting_down",
+        "gone",
+        "unknown",
+        "disconnected",
+    ]
     assert [b.value for b in IdleBehavior] == ["run", "hold", "drain"]
 
 

@@ -113,6 +113,20 @@ def test_pinned_processes_grow_their_engine_and_others_the_first_that_fits():
     assert plan(engines, [], queued(1, zone="z")).boot == {}
 
 
+def test_a_disconnected_node_counts_against_maximum_vms_but_serves_nothing():
+    engines = (engine("a", slots=4, base_need=1, maximum_vms=2),)
+    away = node("n1", used=1, state=NodeState.DISCONNECTED)
+    # its replaced process waits: a node boots beside it, as maximum_vms allows
+    assert plan(engines, [away], queued(1)).boot == {"a": 1}
+    # two disconnected nodes fill maximum_vms: nothing more boots
+    both = [away, node("n2", used=1, state=NodeState.DISCONNECTED)]
+    assert plan(engines, both, queued(1)).boot == {}
+    # and it is never retired for being idle, nor drained away: the partition decides
+    idle = node("n3", state=NodeState.DISCONNECTED, idle_for=1e6)
+    drained = node("n4", state=NodeState.DISCONNECTED, behavior=IdleBehavior.DRAIN)
+    assert plan(engines, [idle, drained], []).retire == ()
+
+
 @st.composite
 def pools(draw: st.DrawFn) -> tuple[tuple[Engine, ...], list[PoolNode], list]:
     ids = draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=3, unique=True))
@@ -144,7 +158,13 @@ def pools(draw: st.DrawFn) -> tuple[tuple[Engine, ...], list[PoolNode], list]:
 
 
 def _live(nodes: list[PoolNode], engine_id: str) -> list[PoolNode]:
-    live = {NodeState.BOOTING, NodeState.UNKNOWN, NodeState.IDLE, NodeState.BUSY}
+    live = {
+        NodeState.BOOTING,
+        NodeState.UNKNOWN,
+        NodeState.IDLE,
+        NodeState.BUSY,
+        NodeState.DISCONNECTED,
+    }
     return [n for n in nodes if n.engine == engine_id and n.state in live]
 
 

@@ -46,6 +46,16 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)  # [::1]:7000 names an IPv6 host
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {text!r}")
+    return value
+
+
 def _label(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -83,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-root",
         action="store_true",
         help="let processes run as root when the agent is root and --run-as is not given",
+    )
+    add(
+        "--stop-after-disconnect",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop the processes after this long without a dispatcher (default: never)",
+    )
+    add(
+        "--stop-grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="between SIGTERM and SIGKILL when stopping them so (default: 10)",
+    )
+    add(
+        "--link-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="unacknowledged heartbeats after which the link counts as gone (default: 30)",
     )
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -165,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_period=args.heartbeat_period,
             environ=environ,
             identity=identity,
+            stop_after_disconnect=args.stop_after_disconnect,
+            stop_grace=args.stop_grace,
+            link_timeout=args.link_timeout,
         )
         log.info("agent %s starting; state in %s", config.node_id, state_dir)
         return eventloop.run(Agent(config).run())

@@ -11,6 +11,12 @@
    slots free; Kill or Withdraw drop a waiting launch, which is reported ``not_started``.
 5. On disconnection the processes keep running and their reports are kept; go back to 1.
 
+Asked to (``stop_after_disconnect``), an agent that has had no welcomed session for that
+long stops its processes itself (SIGTERM, then SIGKILL after ``stop_grace``) and keeps
+their final reports for the dispatcher it reaches next: a node cut off by a partition does
+not run its work forever beside the replacements made elsewhere. A silent link counts as
+gone after ``link_timeout`` seconds without an acknowledgement of its heartbeats.
+
 Shutdown stops every process and exits 0. SIGTERM and SIGINT stop the agent only: its
 processes keep running, and an agent restarted on the same state directory adopts them.
 """
@@ -83,6 +89,12 @@ class AgentConfig:
     """The environment every process starts from (the agent's, minus its token)."""
     identity: Identity | None = None
     """Who processes run as, when not as the agent's user (``identity.resolve``)."""
+    stop_after_disconnect: float | None = None
+    """Seconds without a dispatcher after which the processes are stopped (None: never)."""
+    stop_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when the agent stops them on its own."""
+    link_timeout: float = 30.0
+    """Seconds a link may leave the heartbeats unacknowledged before it counts as gone."""
 
 
 class Backoff:
@@ -122,6 +134,7 @@ class Agent:
         self._launcher: Launcher | None = None
         self._signalled = False
         self._unreachable = False
+        self._self_stop: asyncio.TimerHandle | None = None
 
     @property
     def launcher(self) -> Launcher:
@@ -140,6 +153,7 @@ class Agent:
         for report in self._launcher.adopt():
             self._inventory[(report.upid, report.round)] = report
             log.info("adopted %s round %s: %s", report.upid, report.round, report.status)
+        self._arm_self_stop()  # not connected yet: the clock runs from the start
         try:
             return await self._serve()
         except asyncio.CancelledError:
@@ -149,6 +163,8 @@ class Agent:
             self._launcher.detach()
             return EXIT_OK
         finally:
+            if self._self_stop is not None:
+                self._self_stop.cancel()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             if self._conn is not None:
@@ -184,7 +200,7 @@ class Agent:
             self._unreachable = True
             return _End.LOST
         self._unreachable = False
-        _tune_socket(conn)
+        _tune_socket(conn, cfg.link_timeout)
         log.info("connected to %s", conn.peer)
         heartbeats: asyncio.Task[None] | None = None
         try:
@@ -199,6 +215,7 @@ class Agent:
             if not isinstance(first, Welcome):
                 raise ProtocolError(f"expected Welcome or Refused, got {type(first).__name__}")
             conn.mark_authenticated()
+            self._disarm_self_stop()
             period = first.heartbeat_period if first.heartbeat_period > 0 else cfg.heartbeat_period
             heartbeats = asyncio.create_task(self._heartbeats(conn, max(period, 0.01)))
             log.info("welcomed by %s; heartbeat every %.3gs", conn.peer, period)
@@ -221,6 +238,36 @@ class Agent:
             if heartbeats is not None:
                 heartbeats.cancel()
             conn.close()
+            self._arm_self_stop()
+
+    # --- on its own ---------------------------------------------------------------------------
+
+    def _arm_self_stop(self) -> None:
+        """Start counting the time without a dispatcher, unless already counting."""
+        after = self._config.stop_after_disconnect
+        if after is None or self._self_stop is not None:
+            return
+        self._self_stop = asyncio.get_running_loop().call_later(after, self._stop_alone)
+
+    def _disarm_self_stop(self) -> None:
+        if self._self_stop is not None:
+            self._self_stop.cancel()
+            self._self_stop = None
+
+    def _stop_alone(self) -> None:
+        # What waits for a slot must not start in the slots the stopped processes free.
+        for report in self._queue.drop_all():
+            self._inventory[(report.upid, report.round)] = report
+        running = self.launcher.running
+        if running:
+            log.warning(
+                "no dispatcher for %gs: stopping %d process(es) (grace %gs); their reports "
+                "wait for the next dispatcher",
+                self._config.stop_after_disconnect,
+                running,
+                self._config.stop_grace,
+            )
+            self.launcher.terminate_all(self._config.stop_grace)
 
     def _hello(self) -> Hello:
         cfg = self._config
@@ -389,8 +436,9 @@ class Agent:
             await conn.drain()
 
 
-def _tune_socket(conn: Connection) -> None:
-    """Notice a silently vanished dispatcher within about a minute instead of many."""
+def _tune_socket(conn: Connection, link_timeout: float) -> None:
+    """Notice a silently vanished dispatcher within ``link_timeout`` (heartbeats always
+    wait for an acknowledgement) or about a minute when idle, instead of many."""
     sock = conn.get_extra_info("socket")
     if sock is None:
         return
@@ -400,4 +448,4 @@ def _tune_socket(conn: Connection) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
         # Unacknowledged data (heartbeats to a dead peer) also fails the connection in time.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(link_timeout * 1000))

@@ -101,6 +101,8 @@ class ProcessOut(BaseModel):
     updated_at: float
     started_at: float | None
     ended_at: float | None
+    #: while it waits out its disconnect grace on a disconnected node: since when (wall time)
+    disconnected_since: float | None = None
 
 
 class NodeOut(BaseModel):

@@ -124,6 +124,9 @@ class Engine:
     run_as: str | None = None
     #: let its processes run as root when the agent is root and run_as is not set
     allow_root: bool = False
+    #: seconds an agent cut off from the dispatcher waits before stopping its processes
+    #: (None: it never does); lets an at-most-once process be started again safely
+    stop_after_disconnect: float | None = None
 
     @property
     def ahead(self) -> int:
@@ -274,6 +277,9 @@ class ProcessRecord:
     updated_at: float = 0.0
     started_at: float | None = None
     ended_at: float | None = None
+    #: wall-clock time its node was disconnected (heartbeats missing), while it waits out
+    #: its disconnect grace there; None once the node is back or the round ends
+    disconnected_since: float | None = None
 
     def as_doc(self) -> dict[str, Any]:
         doc = self.request.as_doc()
@@ -298,6 +304,7 @@ class ProcessRecord:
             updated_at=self.updated_at,
             started_at=self.started_at,
             ended_at=self.ended_at,
+            disconnected_since=self.disconnected_since,
         )
         return doc
 
@@ -326,6 +333,7 @@ class ProcessRecord:
             updated_at=doc.get("updated_at", 0.0),
             started_at=doc.get("started_at"),
             ended_at=doc.get("ended_at"),
+            disconnected_since=doc.get("disconnected_since"),
         )
 
 

@@ -3,12 +3,17 @@
 ::
 
     booting ──► idle ⇄ busy ──► shutting_down ──► gone
-       │          ▲                  ▲
-       ▼          │                  │
-     (boot timeout)   unknown ───────┘   (found after a restart, not yet heard from)
+       │          ▲  ▲ │             ▲
+       ▼          │  │ ▼             │
+     (boot timeout)  disconnected ───┤   (heartbeats missing: maybe partitioned)
+                  │                  │
+                  unknown ───────────┘   (found after a restart, not yet heard from)
 
 A node is idle or busy only while its agent is connected and healthy; the mapper places
-work only on nodes whose idle behaviour is ``run``.
+work only on nodes whose idle behaviour is ``run``. A node whose heartbeats are missing is
+*disconnected*: it takes no work, its processes wait out their disconnect grace
+(``core.disconnect``), and it is lost (gone) once none of them waits any more, or back to
+idle or busy when its agent joins again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class NodeState(Enum):
     SHUTTING_DOWN = "shutting_down"
     GONE = "gone"
     UNKNOWN = "unknown"
+    DISCONNECTED = "disconnected"
 
     def __str__(self) -> str:
         return self.value
@@ -52,9 +58,10 @@ class Health(Enum):
 _N = NodeState
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     _N.BOOTING: frozenset({_N.IDLE, _N.BUSY, _N.SHUTTING_DOWN, _N.GONE}),
-    _N.UNKNOWN: frozenset({_N.IDLE, _N.BUSY, _N.SHUTTING_DOWN, _N.GONE}),
-    _N.IDLE: frozenset({_N.BUSY, _N.SHUTTING_DOWN, _N.GONE, _N.UNKNOWN}),
-    _N.BUSY: frozenset({_N.IDLE, _N.SHUTTING_DOWN, _N.GONE, _N.UNKNOWN}),
+    _N.UNKNOWN: frozenset({_N.IDLE, _N.BUSY, _N.SHUTTING_DOWN, _N.GONE, _N.DISCONNECTED}),
+    _N.IDLE: frozenset({_N.BUSY, _N.SHUTTING_DOWN, _N.GONE, _N.UNKNOWN, _N.DISCONNECTED}),
+    _N.BUSY: frozenset({_N.IDLE, _N.SHUTTING_DOWN, _N.GONE, _N.UNKNOWN, _N.DISCONNECTED}),
+    _N.DISCONNECTED: frozenset({_N.IDLE, _N.BUSY, _N.SHUTTING_DOWN, _N.GONE, _N.UNKNOWN}),
     _N.SHUTTING_DOWN: frozenset({_N.GONE}),
     _N.GONE: frozenset(),
 }

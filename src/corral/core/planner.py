@@ -28,7 +28,15 @@ from corral.core.model import ConstraintValue, Engine, InstanceType, Resources
 from corral.core.node_states import IdleBehavior, NodeState
 
 #: node states that count as an instance of the engine (booked against maximum_vms)
-LIVE_STATES = frozenset({NodeState.BOOTING, NodeState.UNKNOWN, NodeState.IDLE, NodeState.BUSY})
+LIVE_STATES = frozenset(
+    {
+        NodeState.BOOTING,
+        NodeState.UNKNOWN,
+        NodeState.IDLE,
+        NodeState.BUSY,
+        NodeState.DISCONNECTED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +101,13 @@ def plan(
     need: dict[EngineId, int] = {}
     for engine in engines:
         live = by_engine[engine.engine_id]
-        running = [n for n in live if n.idle_behavior is IdleBehavior.RUN]
+        # A disconnected node still costs its instance but serves nothing: the work it held
+        # may need a node elsewhere, and it is never retired for being idle.
+        running = [
+            n
+            for n in live
+            if n.idle_behavior is IdleBehavior.RUN and n.state is not NodeState.DISCONNECTED
+        ]
         occupied = sum(1 for n in running if n.used > 0)
         demands = waiting[engine.engine_id]
         if engine.instance_types:
@@ -125,7 +139,7 @@ def plan(
             for n in live
             if n.idle_behavior is IdleBehavior.DRAIN
             and n.used == 0
-            and n.state is not NodeState.BOOTING
+            and n.state not in (NodeState.BOOTING, NodeState.DISCONNECTED)
         ]
     return Plan(boot, tuple(retire), need, boot_types)
 
@@ -197,7 +211,9 @@ def _attribute(
         e.engine_id: sum(
             e.slots - n.used
             for n in by_engine[e.engine_id]
-            if n.used < e.slots and n.idle_behavior is IdleBehavior.RUN
+            if n.used < e.slots
+            and n.idle_behavior is IdleBehavior.RUN
+            and n.state is not NodeState.DISCONNECTED
         )
         + e.slots * max(0, e.maximum_vms - len(by_engine[e.engine_id]))
         for e in engines

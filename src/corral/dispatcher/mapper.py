@@ -155,6 +155,10 @@ class Mapper:
     def _view(self, node: NodeRecord, asked: int) -> NodeView:
         processes = self._state.processes
         held = [processes[u].request for u in self._state.by_node.get(node.node_id, ())]
+        # A stale round still running there (a node back from a partition, its old copies
+        # being killed) keeps its node_exclusive tag until its agent reports it gone.
+        stale = self._nodes.stale_running(node.node_id)
+        held += [processes[u].request for u in stale if u in processes]
         engine = self._engines.get(node.engine)
         used = self._nodes.used_slots(node.node_id)
         # beyond its slots: launches its agent queues (or will), unless being withdrawn

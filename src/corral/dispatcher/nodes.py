@@ -25,6 +25,7 @@ from corral.core.model import Engine, InstanceType, NodeRecord, ProcessRecord
 from corral.core.node_states import Health, IdleBehavior, NodeState, classify_health
 from corral.core.planner import PoolNode, plan
 from corral.core.process_states import ProcessEvent, ProcessState
+from corral.dispatcher.partitions import Partitions
 from corral.dispatcher.rounds import moved
 from corral.dispatcher.state import State
 from corral.dispatcher.syncer import Syncer
@@ -98,6 +99,7 @@ class Nodes:
         self.syncer = Syncer(
             state, clock, self.send, self.kill, self.launch_one, wake_mapper, None, self._engines
         )
+        self.partitions = Partitions(state, self._engines, clock, self.syncer, self.lose)
 
     # -- agents (the hub's handler) -------------------------------------------
 
@@ -142,6 +144,7 @@ class Nodes:
             session.peer,
             len(hello.inventory),
         )
+        self.partitions.returned(session.node_id)
         self.syncer.reconcile(session.node_id, list(hello.inventory))
         self._wake_mapper()
         return None
@@ -278,16 +281,21 @@ class Nodes:
     # -- views ------------------------------------------------------------------
 
     def used_slots(self, node_id: NodeId) -> int:
+        return len(self._state.by_node.get(node_id, ())) + len(self.stale_running(node_id))
+
+    def stale_running(self, node_id: NodeId) -> list[Upid]:
+        """Processes whose agent on the node still runs a round the store no longer wants
+        there (being killed): they hold a slot, and their node_exclusive tag, until gone."""
         held = self._state.by_node.get(node_id, ())
         live = self._live.get(node_id)
-        stale = 0
+        stale: list[Upid] = []
         if live is not None:
             for (upid, round_), status in live.instances.items():
                 if status == RUNNING:
                     record = self._state.processes.get(Upid(upid))
                     if record is None or record.round != round_ or upid not in held:
-                        stale += 1
-        return len(held) + stale
+                        stale.append(Upid(upid))
+        return stale
 
     def view_version(self, node_id: NodeId) -> tuple[int, int]:
         """Changes whenever what the mapper sees of the node may have: its held processes
@@ -364,6 +372,10 @@ class Nodes:
             reason = self._failure(node)
             if reason is not None:
                 self.lose(node.node_id, reason)
+            elif node.state is not NodeState.BOOTING:
+                live = self._live.get(node.node_id)
+                session = live.session if live is not None else None
+                self.partitions.check(node, self._silent_for(node), session)
         healthy = {n.node_id for n in self._state.nodes.values() if self.health(n) is Health.OK}
         if healthy != self._healthy:
             self._healthy = healthy
@@ -380,7 +392,12 @@ class Nodes:
         for node_id, held in self._state.by_node.items():
             node = self._state.nodes.get(node_id)
             engine = self._engines.get(node.engine) if node is not None else None
-            if node is None or engine is None or node.idle_behavior is not IdleBehavior.RUN:
+            if (
+                node is None
+                or engine is None
+                or node.idle_behavior is not IdleBehavior.RUN
+                or node.state is NodeState.DISCONNECTED  # its reports cannot arrive
+            ):
                 continue
             limit = engine.terminate_grace + engine.heartbeat_missing
             for upid in held:
@@ -399,19 +416,15 @@ class Nodes:
         engine = self._engines.get(node.engine)
         if engine is None:
             return f"engine {node.engine!r} is no longer configured"
-        live = self._live.get(node.node_id)
-        since = self._clock.monotonic() - (live.heard if live else self._started)
-        if node.state is NodeState.BOOTING:
-            if since >= engine.boot_timeout:
-                if self._booted_at.pop(node.node_id, None) is not None:
-                    self._on_boot(engine.engine_id, "timed_out", None)
-                return f"its agent did not join within boot_timeout ({engine.boot_timeout:g} s)"
-            return None
-        if self.health(node) is Health.MISSING:
-            return (
-                f"no heartbeat for {since:.1f} s (heartbeat_missing {engine.heartbeat_missing:g} s)"
-            )
+        if node.state is NodeState.BOOTING and self._silent_for(node) >= engine.boot_timeout:
+            if self._booted_at.pop(node.node_id, None) is not None:
+                self._on_boot(engine.engine_id, "timed_out", None)
+            return f"its agent did not join within boot_timeout ({engine.boot_timeout:g} s)"
         return None
+
+    def _silent_for(self, node: NodeRecord) -> float:
+        live = self._live.get(node.node_id)
+        return self._clock.monotonic() - (live.heard if live else self._started)
 
     async def _sync_instances(self) -> None:
         instances = await self._pool.instances()
@@ -482,7 +495,8 @@ class Nodes:
         node = self._known(node_id)
         held = [self._state.processes[u] for u in self._state.by_node.get(node_id, ())]
         if held:
-            self.syncer.lose(held, f"node {node_id} was killed by an operator")
+            fence = self.partitions.fence_of(node, held)
+            self.syncer.lose(held, f"node {node_id} was killed by an operator", fence)
         self.retire(node_id)
         return self._state.nodes.get(node_id, node)
 

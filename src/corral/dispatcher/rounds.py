@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import cast
 
+from corral.core.disconnect import Fence, is_at_most_once
 from corral.core.ids import NodeId, Round
 from corral.core.model import MAX_DISPATCH_ATTEMPTS, ProcessRecord
 from corral.core.process_states import ProcessEvent, ProcessState, advance
@@ -22,7 +23,14 @@ def moved(
     """``record`` after ``event``; a new round starts with a clean placement."""
     round_, state = advance(record.state, record.round, event)
     if round_ != record.round:
-        fields = {"assigned": None, "hostname": None, "engine": None, "pid": None, **fields}
+        fields = {
+            "assigned": None,
+            "hostname": None,
+            "engine": None,
+            "pid": None,
+            "disconnected_since": None,
+            **fields,
+        }
     waiting = cast(str | None, fields.pop("waiting_reason", None))
     return replace(
         record,
@@ -76,6 +84,7 @@ def ended(
     reason: str,
     ended_at: float | None = None,
     max_dispatch_attempts: int = MAX_DISPATCH_ATTEMPTS,
+    fence: Fence | None = None,
 ) -> ProcessRecord:
     """The record after its round ended on its own (or its node was lost).
 
@@ -83,7 +92,66 @@ def ended(
     before it started never ran, so its restart mode does not apply: it is placed again,
     until ``max_dispatch_attempts`` placements in a row have been lost. Otherwise the
     restart policy picks between a terminal state and a new round.
+
+    ``fence`` is given when the round may still run on a node nobody can reach: an
+    at-most-once process then gets no new round before the fence (see
+    ``core.disconnect``), or fails if the fence is unknown.
     """
+    result = _ended(
+        record, outcome, now, rand, exit_code, signal, reason, ended_at, max_dispatch_attempts
+    )
+    if fence is None or result.round == record.round or not is_at_most_once(record.request):
+        return result
+    return _fenced(record, result, fence, now)
+
+
+def _fenced(
+    record: ProcessRecord, result: ProcessRecord, fence: Fence, now: float
+) -> ProcessRecord:
+    """``result`` (a new round of an at-most-once process), held back by ``fence``."""
+    facts: dict[str, object] = {
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "ended_at": result.ended_at,
+        "attempts": result.attempts,
+    }
+    where = f"node {record.assigned}" if record.assigned else "its node"
+    if fence.until is None:
+        return moved(
+            record,
+            ProcessEvent.FAIL,
+            now,
+            end_reason=f"{result.end_reason}; not started again: it is at-most-once and may "
+            f"still run on {where}, whose agent does not stop on its own "
+            "(its engine sets no stop_after_disconnect)",
+            **facts,
+        )
+    if (result.not_before or now) >= fence.until:
+        return result
+    return moved(
+        record,
+        ProcessEvent.RESTART_LATER,
+        now,
+        end_reason=result.end_reason,
+        not_before=fence.until,
+        waiting_reason=f"{result.end_reason}; at-most-once: starting again in "
+        f"{fence.until - now:.1f} s, once its copy on {where} has certainly stopped",
+        dispatches=result.dispatches,
+        **facts,
+    )
+
+
+def _ended(
+    record: ProcessRecord,
+    outcome: Outcome,
+    now: float,
+    rand: float,
+    exit_code: int | None,
+    signal: int | None,
+    reason: str,
+    ended_at: float | None,
+    max_dispatch_attempts: int,
+) -> ProcessRecord:
     facts: dict[str, object] = {
         "exit_code": exit_code,
         "signal": signal,

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from corral.clock import Clock
 from corral.config import Config
+from corral.core.disconnect import is_at_most_once
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
 from corral.core.model import (
     NO_RESOURCES,
@@ -334,6 +335,7 @@ class Dispatcher:
             if not existing.state.is_terminal:
                 return existing, False
             record = existing
+        check.disconnect_policy(record.request)
         record = replace(moved(record, ProcessEvent.SCHEDULE, now), scheduled=True, attempts=0)
         if record.round == 0:
             record = replace(record, round=Round(1))
@@ -406,6 +408,13 @@ class Dispatcher:
             )
         if record.state.is_queued:
             return public_process(record)
+        if record.disconnected_since is not None and is_at_most_once(record.request):
+            raise Conflict(
+                f"process {upid!r} is at-most-once and its node {record.assigned} is "
+                "disconnected: it may still run there, so it is not started again until the "
+                "node is back or its disconnect grace is over",
+                field="upid",
+            )
         if record.state.is_terminal:
             new = moved(record, ProcessEvent.SCHEDULE, now, attempts=0)
         else:

@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 
 from corral.clock import Clock
+from corral.core.disconnect import Fence
 from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.model import MAX_DISPATCH_ATTEMPTS, Engine, ProcessRecord
 from corral.core.process_states import ProcessState
@@ -106,8 +107,11 @@ class Syncer:
         if lost:
             self.lose(lost, f"the agent on {node_id} no longer knows it")
 
-    def lose(self, records: Iterable[ProcessRecord], reason: str) -> None:
-        """End the rounds of processes whose node (or agent) is gone."""
+    def lose(
+        self, records: Iterable[ProcessRecord], reason: str, fence: Fence | None = None
+    ) -> None:
+        """End the rounds of processes whose node (or agent) is gone; ``fence`` when they
+        may still run there (see ``core.disconnect``)."""
         now = self._clock.time()
         changed = [
             ended(
@@ -117,6 +121,7 @@ class Syncer:
                 self._rng.random(),
                 reason=reason,
                 max_dispatch_attempts=self._max_dispatch_attempts(r.engine),
+                fence=fence,
             )
             for r in records
         ]
@@ -180,6 +185,8 @@ class Syncer:
             self._kill(node_id, Upid(report.upid), Round(report.round))
         else:
             self._send(node_id, Forget(report.upid, report.round))
+            # its slot (and node_exclusive tag) on the node is free now
+            self._wake_mapper()
 
 
 def _current(record: ProcessRecord | None, node_id: NodeId, round_: int) -> bool:

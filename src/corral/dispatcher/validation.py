@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from corral.core.disconnect import DisconnectPolicy, check_request
 from corral.core.ids import DefinitionId, EngineId
 from corral.core.model import (
     DEFINITION_TYPES,
     NO_RESOURCES,
     Definition,
     Executable,
+    ProcessRequest,
     Resources,
 )
 from corral.core.process_states import QueueingMode, RestartMode
@@ -177,10 +179,17 @@ def configuration(value: Any) -> dict[str, Any] | None:
             f"configuration must be plain JSON: {exc}", field="configuration"
         ) from exc
     RestartPolicy.from_configuration(value)
+    DisconnectPolicy.from_configuration(value)
     corral = value.get("corral")
     if isinstance(corral, Mapping):
         resources(corral.get("resources"), "configuration.corral.resources")
     return dict(value)
+
+
+def disconnect_policy(request: ProcessRequest) -> None:
+    """``configuration.corral.disconnect`` must agree with the restart mode: a process
+    whose restart_mode is NEVER is at-most-once, so it is never replaced."""
+    check_request(request)
 
 
 def constraints(value: Any) -> dict[str, Any] | None:

@@ -59,6 +59,15 @@ def agent_command(
         "--state-dir", state_dir,
         "--heartbeat-period", str(engine.heartbeat_period),
     ]  # fmt: skip
+    if engine.stop_after_disconnect is not None:
+        # The agent gives up a silent link after the silence that makes the dispatcher
+        # call its node disconnected, and stops its processes as the dispatcher expects
+        # (``core.disconnect.fence`` counts on these three numbers).
+        argv += [
+            "--stop-after-disconnect", str(engine.stop_after_disconnect),
+            "--stop-grace", str(engine.terminate_grace),
+            "--link-timeout", str(engine.heartbeat_missing),
+        ]  # fmt: skip
     for key, value in engine.labels.items():
         argv += ["--label", f"{key}={value}"]
     if engine.run_as is not None:

@@ -10,7 +10,8 @@ order, targets from it), with the sources found by applying
 :func:`~corral.core.process_states.advance` to every state, so the page shows what the code
 does, including the one move ``advance`` makes outside the table (scheduling a finished
 process again). The node table is :data:`~corral.core.node_states.NODE_TRANSITIONS`, read
-the same way through :func:`~corral.core.node_states.advance_node`.
+the same way through :func:`~corral.core.node_states.advance_node`. The last table applies
+:func:`~corral.core.disconnect.verdict` to three disconnect policies.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
+from corral.core.disconnect import DisconnectPolicy, Verdict, verdict
 from corral.core.node_states import NodeState, advance_node
 from corral.core.process_states import (
     TRANSITIONS,
@@ -32,7 +34,7 @@ REGENERATE = "python -m corral.testing.lifecycle_doc > docs/lifecycle.md"
 _HEADER = f"""\
 # Lifecycle
 
-<!-- Generated from corral/core/process_states.py and corral/core/node_states.py.
+<!-- Generated from corral/core/process_states.py, node_states.py and disconnect.py.
      Do not edit: run `{REGENERATE}`.
      tests/unit/test_lifecycle_doc.py fails when this page is stale. -->
 
@@ -73,6 +75,7 @@ def render() -> str:
         _process_states(),
         _process_transitions(),
         _node_transitions(),
+        _partitions(),
     ]
     return "\n".join(parts)
 
@@ -125,8 +128,40 @@ def _node_transitions() -> str:
     return _section(
         "Node transitions",
         "A node may always stay in its state; heartbeats classify its health as "
-        "`ok`, `warning` (late) or `missing` by the dispatcher's own clock.",
+        "`ok`, `warning` (late) or `missing` by the dispatcher's own clock. A missing node "
+        "is `disconnected` while some process on it waits out its disconnect grace, and "
+        "lost (`gone`) once none does.",
         ["from", "may become"],
+        rows,
+    )
+
+
+_FATES = {
+    Verdict.KEEP: "kept: it goes on in its round",
+    Verdict.LOSE: "lost: its restart mode applies",
+    Verdict.REPLACE: "replaced at once by a new round",
+}
+
+
+def _partitions() -> str:
+    cases = [
+        ("none (`grace = 0`)", DisconnectPolicy()),
+        ("`grace = 30`", DisconnectPolicy(grace=30.0)),
+        ("`replace = true`", DisconnectPolicy(replace=True)),
+    ]
+    rows = [
+        [name, _FATES[verdict(policy, 10.0)], _FATES[verdict(policy, 60.0)]]
+        for name, policy in cases
+    ]
+    return _section(
+        "Processes of a disconnected node",
+        "What a process becomes while its node is disconnected, by its "
+        "`configuration.corral.disconnect` (`core.disconnect.verdict`). The newest round "
+        "always survives a heal: a kept process goes on where it was; once a new round "
+        "exists, the old copy is stale and its agent kills it when the node is back. An "
+        "at-most-once process (`restart_mode` NEVER, or `at_most_once`) gets no new round "
+        "before its old copy has certainly stopped, and fails if that cannot be known.",
+        ["disconnect policy", "disconnected for 10 s", "for 60 s"],
         rows,
     )
 
