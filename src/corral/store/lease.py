@@ -33,9 +33,7 @@ from corral.store.schema import DISPATCHER_LEASE
 
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 
-_READ = (
-    f"SELECT holder, epoch, expires - {_NOW}, doc FROM leases WHERE name = '{DISPATCHER_LEASE}'"
-)
+_READ = f"SELECT holder, epoch, expires - {_NOW}, doc FROM leases WHERE name = '{DISPATCHER_LEASE}'"
 # Taking an expired lease (or a first one) bumps the epoch; a live one is left alone, and
 # of two dispatchers racing for an expired lease the second finds it live and gets no row.
 _ACQUIRE = (
@@ -100,9 +98,7 @@ class PostgresLease:
     database fails or does not answer within ``timeout`` seconds.
     """
 
-    def __init__(
-        self, url: str, me: str, doc: Mapping[str, Any], *, timeout: float = 2.0
-    ) -> None:
+    def __init__(self, url: str, me: str, doc: Mapping[str, Any], *, timeout: float = 2.0) -> None:
         try:
             import psycopg
         except ImportError:

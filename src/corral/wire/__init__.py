@@ -33,6 +33,7 @@ from corral.wire.messages import (
     ProcessReport,
     ReadLog,
     Refused,
+    Renewed,
     Shutdown,
     Welcome,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ProtocolError",
     "ReadLog",
     "Refused",
+    "Renewed",
     "Shutdown",
     "Welcome",
     "decode_frame",
