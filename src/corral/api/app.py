@@ -3,7 +3,8 @@
 The app is assembled from the route modules, the one error mapping (``api.errors``) and the
 one auth middleware (``api.auth``). Middleware order, outermost first: the catch-all that
 turns an unexpected exception into a logged, generic 500; then bearer auth, so a request
-without a token learns nothing, not even whether a route exists; then FastAPI.
+without a token learns nothing, not even whether a route exists; then the standby's 503
+(``api.standby``); then FastAPI.
 """
 
 from __future__ import annotations
@@ -14,20 +15,24 @@ from corral import __version__
 from corral.api import auth, errors
 from corral.api._service import DispatcherService
 from corral.api.routes import definitions, events, processes, system
+from corral.api.standby import RoleView, StandbyMiddleware
 
 
 def create_app(
-    service: DispatcherService,
+    service: DispatcherService | None,
     token: str,
     *,
     title: str = "corral",
     sse_keepalive: float = 15.0,
+    role: RoleView | None = None,
 ) -> FastAPI:
     """Build the HTTP API over ``service``, guarded by the bearer ``token``.
 
     ``/health`` and ``/openapi.json`` answer without a token (they describe the
     API, not the dispatcher's contents). ``sse_keepalive`` is the quiet period, in seconds,
-    after which ``/events`` sends a keep-alive comment.
+    after which ``/events`` sends a keep-alive comment. With a ``role`` (one of several
+    dispatchers of a store), ``app.state.role`` and ``app.state.service`` may be replaced
+    while the app runs; the service may be None only while the role is not active.
     """
     app = FastAPI(
         title=title,
@@ -41,9 +46,11 @@ def create_app(
     )
     app.state.service = service
     app.state.sse_keepalive = sse_keepalive
+    app.state.role = role
     for module in (system, definitions, processes, events):
         app.include_router(module.router)
     # added in this order so the catch-all ends up outermost (Starlette wraps the last added)
+    app.add_middleware(StandbyMiddleware, state=app.state)
     auth.install(app, token)
     errors.install(app)
     return app
