@@ -12,13 +12,19 @@
 
 The first engine is the default one. With no file, one ``default`` engine on the local
 driver with ``2 × cores`` slots is used.
+
+The dispatcher's own settings (the command line's options win)::
+
+    [dispatcher]
+    store = "postgresql://corral@db.example/corral"
+    lease_duration = 3.0   # seconds; on a shared (PostgreSQL) store, see docs/operations.md
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +39,17 @@ from corral.errors import InvalidRequest
 DRIVERS = ("local", "fake", "ssh", "slurm", "libcloud")
 
 
+#: seconds a dispatcher's lease lasts unrenewed, unless configured
+LEASE_DURATION = 3.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     engines: tuple[Engine, ...]
+    #: the store's URL (``corral serve --store`` wins); None: SQLite in the home directory
+    store: str | None = None
+    #: how long the active dispatcher's lease lasts unrenewed, on a PostgreSQL store
+    lease_duration: float = LEASE_DURATION
 
     @property
     def default_engine(self) -> Engine:
@@ -61,16 +75,18 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    unknown = set(raw) - {"engines", "instance_types"}
+    unknown = set(raw) - {"engines", "instance_types", "dispatcher"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidRequest(
-            f"{source}: unknown key {key!r}; expected 'engines' or 'instance_types'", field=key
+            f"{source}: unknown key {key!r}; expected 'engines', 'instance_types' or 'dispatcher'",
+            field=key,
         )
+    dispatcher = _dispatcher(raw.get("dispatcher", {}), source)
     types = _instance_types(raw.get("instance_types", []), source)
     items = raw.get("engines")
     if items is None:
-        return default_config()
+        return replace(default_config(), **dispatcher)
     if not isinstance(items, list) or not items:
         raise InvalidRequest(
             f"{source}: 'engines' must be a non-empty array of tables", field="engines"
@@ -84,7 +100,29 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
                 field=f"engines[{i}].id",
             )
         seen.add(engine.engine_id)
-    return Config(tuple(engines))
+    return Config(tuple(engines), **dispatcher)
+
+
+def _dispatcher(item: Any, source: str) -> dict[str, Any]:
+    """``[dispatcher]``: ``store`` (a URL) and ``lease_duration`` (seconds)."""
+    _check_table(item, "dispatcher", source, {"store", "lease_duration"}, "a dispatcher setting")
+    values: dict[str, Any] = {}
+    if "store" in item:
+        store = item["store"]
+        if not isinstance(store, str) or not store:
+            raise InvalidRequest(
+                f"{source}: dispatcher.store must be a store URL", field="dispatcher.store"
+            )
+        values["store"] = store
+    if "lease_duration" in item:
+        duration = item["lease_duration"]
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or not duration > 0:
+            raise InvalidRequest(
+                f"{source}: dispatcher.lease_duration must be a number of seconds > 0",
+                field="dispatcher.lease_duration",
+            )
+        values["lease_duration"] = float(duration)
+    return values
 
 
 _INTS = ("slots", "base_need", "maximum_vms", "spare_slots", "max_dispatch_attempts")
@@ -214,10 +252,12 @@ def _engine(item: Any, where: str, source: str, types: dict[str, InstanceType]) 
 
 def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str, Any]:
     """The fake driver takes its faults (``FakeFaults``), the ssh driver its hosts and
-    keys (``SSHOptions``); the local driver takes none."""
+    keys (``SSHOptions``); the local driver only where its nodes live (``nodes_dir``)."""
     key = f"{where}.driver_options"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{source}: {key} must be a table", field=key)
+    if driver == "local":
+        return _local_options(raw, key, source)
     checks = {
         "ssh": ssh_options_errors,
         "slurm": slurm_options_errors,
@@ -251,6 +291,22 @@ def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str,
             )
         options[name] = value
     return options
+
+
+def _local_options(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """``nodes_dir``: the nodes' directory (default ``HOME/nodes``); dispatchers of one
+    store on one host share it, so a standby finds the agents the active one started."""
+    for name, value in raw.items():
+        if name != "nodes_dir":
+            raise InvalidRequest(
+                f"{source}: {key}.{name} is not a local driver option; expected nodes_dir",
+                field=f"{key}.{name}",
+            )
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(
+                f"{source}: {key}.nodes_dir must be a directory's path", field=f"{key}.nodes_dir"
+            )
+    return dict(raw)
 
 
 def _numbers(item: dict[str, Any], where: str, source: str) -> dict[str, Any]:

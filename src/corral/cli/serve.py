@@ -3,6 +3,9 @@
 State lives under ``--home`` (default ``$CORRAL_HOME``, else ``~/.corral``): the SQLite
 store, the API token (``token``, mode 0600), the agents' token, the API's address (``url``,
 so the client and CLI find it) and the local nodes' directories.
+
+On a PostgreSQL store several dispatchers may run at once: each serves its API at once, as
+a standby, and the one that holds the lease is active (``corral.dispatcher.standby``).
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from corral.api.app import create_app
 from corral.api.server import open_api_server
 from corral.config import load_config
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
+from corral.dispatcher.service import Dispatcher
+from corral.dispatcher.standby import Role, Standby
 from corral.errors import CorralError
 from corral.secretfile import load_or_create_token
+from corral.store import open_store, supports_lease
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 
@@ -91,6 +97,13 @@ def refuse_remote(host: str, option: str, allowed: bool) -> None:
     help="HOST:PORT to host the pipelines' shared event queue on (secret in HOME/queue_secret).",
 )
 @click.option(
+    "--lease-duration",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds the active dispatcher's lease lasts unrenewed, on a PostgreSQL store"
+    " (default: the config's, else 3): how soon a standby takes over a dead one.",
+)
+@click.option(
     "--allow-remote",
     is_flag=True,
     help="Let --listen and --queue bind beyond loopback (tokens travel unencrypted).",
@@ -108,6 +121,7 @@ def serve(
     config_path: Path | None,
     store_url: str | None,
     queue_listen: str | None,
+    lease_duration: float | None,
     allow_remote: bool,
     log_level: str,
 ) -> None:
@@ -131,9 +145,59 @@ def serve(
         agent_token = load_or_create_token(home / "agent_token")
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
+    store_url = store_url or config.store
     settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
-    code = eventloop.run(_serve(settings, token, host, port))
+    if store_url is not None and supports_lease(store_url):
+        duration = lease_duration or config.lease_duration
+        code = eventloop.run(_serve_shared(settings, token, host, port, duration))
+    else:
+        code = eventloop.run(_serve(settings, token, host, port))
     sys.exit(code)
+
+
+def _write_url(home: Path, url: str) -> None:
+    # Written whole or not at all: a client reading it mid-write must not see half a URL.
+    partial = home / "url.tmp"
+    partial.write_text(url + "\n")
+    partial.replace(home / "url")
+    logging.getLogger("corral").info("API on %s; token in %s", url, home / "token")
+
+
+async def _serve_shared(
+    settings: RuntimeSettings, token: str, host: str, port: int, lease_duration: float
+) -> int:
+    """One of several dispatchers of a PostgreSQL store: a standby until it holds the lease."""
+    assert settings.store_url is not None
+    try:
+        # the schema is checked (a newer one refuses) and migrated before anything listens
+        await asyncio.to_thread(lambda: open_store(str(settings.store_url)).close())
+    except CorralError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        return 1
+    app = create_app(None, token, role=Role(active=False))
+    api = await open_api_server(app, host, port)
+    if api is None:
+        return 1
+    _write_url(settings.home, api.url)
+
+    def on_active(dispatcher: Dispatcher) -> None:
+        app.state.service = dispatcher
+
+    def on_role(role: Role) -> None:
+        app.state.role = role
+
+    standby = Standby(settings, api.url, on_active, on_role, lease_duration=lease_duration)
+    running = asyncio.get_running_loop().create_task(standby.run())
+    await asyncio.wait({api.task, running}, return_when=asyncio.FIRST_COMPLETED)
+    standby.stop()
+    try:
+        code = await running
+    except CorralError as exc:  # another dispatcher holds this home
+        click.echo(f"error: {exc.message}", err=True)
+        code = 1
+    api.stop()
+    await api.task
+    return code
 
 
 async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) -> int:
@@ -148,11 +212,7 @@ async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) ->
     if api is None:
         await runtime.aclose()
         return 1
-    # Written whole or not at all: a client reading it mid-write must not see half a URL.
-    partial = settings.home / "url.tmp"
-    partial.write_text(api.url + "\n")
-    partial.replace(settings.home / "url")
-    logging.getLogger("corral").info("API on %s; token in %s", api.url, settings.home / "token")
+    _write_url(settings.home, api.url)
     stopped = asyncio.get_running_loop().create_task(runtime.stopped.wait())
     await asyncio.wait({api.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     api.stop()

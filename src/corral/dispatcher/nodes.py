@@ -42,6 +42,7 @@ from corral.wire.messages import (
     Message,
     ProcessReport,
     ReadLog,
+    Renewed,
     Shutdown,
     Welcome,
 )
@@ -93,6 +94,11 @@ class Nodes:
         self._on_boot = on_boot or (lambda engine, outcome, seconds: None)
         self._booted_at: dict[NodeId, float] = {}
         self._retiring: set[NodeId] = set()
+        #: what each Welcome says: the lease's epoch and duration, and where the
+        #: dispatchers are (this one first)
+        self.epoch = 0
+        self.lease_duration = 0.0
+        self.dispatchers: list[str] = []
         self.syncer = Syncer(
             state, clock, self.send, self.kill, self.launch_one, wake_mapper, None, self._engines
         )
@@ -133,7 +139,9 @@ class Nodes:
         live.instances = {(r.upid, r.round): r.status for r in hello.inventory}
         live.version += 1
         self._healthy.add(session.node_id)  # just heard from
-        session.send(Welcome(engine.heartbeat_period))
+        session.send(
+            Welcome(engine.heartbeat_period, self.epoch, self.lease_duration, self.dispatchers)
+        )
         log.info(
             "agent %s joined from %s with %d process(es)",
             hello.node_id,
@@ -169,6 +177,14 @@ class Nodes:
         if live is not None and live.session is session:
             live.session = None
             log.info("agent %s disconnected", session.node_id)
+
+    def renewed(self, dispatchers: list[str]) -> None:
+        """Tell every agent the lease was renewed (they leave a dispatcher gone silent)."""
+        self.dispatchers = dispatchers
+        msg = Renewed(self.epoch, dispatchers)
+        for live in self._live.values():
+            if live.session is not None:
+                live.session.send(msg)
 
     # -- commands ---------------------------------------------------------------
 

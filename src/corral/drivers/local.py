@@ -3,7 +3,8 @@
 An instance is a directory ``<home>/nodes/<node_id>`` holding ``instance.json`` (the agent's
 pid, its start time and the tags) and the agent's state (logs, pid files of its children).
 Agents are started in their own session so they outlive the dispatcher, which finds them
-again by listing these directories.
+again by listing these directories. Dispatchers sharing a store on one host share the
+directory (``nodes_dir``), so that a standby taking over finds the active one's agents.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ from corral.drivers.wrappers import UNLIMITED
 class LocalDriver:
     limits = UNLIMITED
 
-    def __init__(self, home: Path, dispatcher_address: str, token_file: Path) -> None:
-        self.nodes_dir = home / "nodes"
+    def __init__(
+        self,
+        home: Path,
+        dispatcher_address: str,
+        token_file: Path,
+        nodes_dir: Path | None = None,
+    ) -> None:
+        self.nodes_dir = nodes_dir or home / "nodes"
         self.dispatcher_address = dispatcher_address
         self.token_file = token_file
         #: agents this dispatcher started, by node: its children until they are reaped

@@ -131,10 +131,13 @@ class PostgresLease:
         rows = await self._query((_ACQUIRE, args))
         return int(rows[0][0]) if rows else None
 
-    async def renew(self, epoch: int, duration: float) -> bool:
-        """Extend the lease by ``duration`` from now; False if it is no longer ours."""
+    async def renew(self, epoch: int, duration: float, *, within: float | None = None) -> bool:
+        """Extend the lease by ``duration`` from now; False if it is no longer ours.
+
+        ``within`` (seconds) shortens the usual time limit: the lease may run out sooner.
+        """
         args = {"holder": self.me, "epoch": epoch, "duration": duration}
-        return bool(await self._query((_RENEW, args)))
+        return bool(await self._query((_RENEW, args), within=within))
 
     async def release(self, epoch: int) -> None:
         """Give the lease up (expire it now), if it is still ours at ``epoch``."""
@@ -158,38 +161,59 @@ class PostgresLease:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _query(self, *statements: tuple[str, Mapping[str, Any]]) -> list[Any]:
+    async def _query(
+        self, *statements: tuple[str, Mapping[str, Any]], within: float | None = None
+    ) -> list[Any]:
         """Run ``statements`` in order, each in its own autocommit; the rows of the last."""
+        limit = self._timeout if within is None else min(within, self._timeout)
         async with self._lock:
+            conn, self._conn = self._conn, None
+            work = asyncio.create_task(self._execute(conn, statements))
+            done, _ = await asyncio.wait({work}, timeout=limit)
+            if not done:
+                # Given up without waiting: psycopg would first try, for seconds, to cancel
+                # the statement over the very link that stopped answering.
+                work.add_done_callback(_close_abandoned)
+                work.cancel()
+                raise StoreError(f"lease on {self._where}: no answer within {limit:.3g}s")
             try:
-                async with asyncio.timeout(self._timeout):
-                    conn = await self._connection()
-                    rows: list[Any] = []
-                    for sql, args in statements:
-                        cursor = await conn.execute(sql, args)
-                        rows = await cursor.fetchall() if cursor.description else []
-                    return rows
-            except (self._psycopg.Error, TimeoutError) as exc:
-                await self._drop()
-                raise self._error(exc) from exc
+                self._conn, rows = work.result()
+            except self._psycopg.Error as exc:
+                raise StoreError(f"lease on {self._where}: {exc}") from exc
+            return rows
 
-    async def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
+    async def _execute(
+        self, conn: Any, statements: tuple[tuple[str, Mapping[str, Any]], ...]
+    ) -> tuple[Any, list[Any]]:
+        """Connect if need be and run ``statements``; the connection, and the rows."""
+        if conn is None or conn.closed:
             info = conninfo(self._url, self._timeout)
-            self._conn = await self._psycopg.AsyncConnection.connect(info, autocommit=True)
-        return self._conn
+            conn = await self._psycopg.AsyncConnection.connect(info, autocommit=True)
+        try:
+            rows: list[Any] = []
+            for sql, args in statements:
+                cursor = await conn.execute(sql, args)
+                rows = await cursor.fetchall() if cursor.description else []
+        except self._psycopg.Error:
+            # a connection that failed a statement is in an unknown state
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        return conn, rows
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            # a connection cut in the middle of a statement is in an unknown state
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    def _error(self, exc: BaseException) -> StoreError:
-        if isinstance(exc, TimeoutError):
-            return StoreError(f"lease on {self._where}: no answer within {self._timeout:g} s")
-        return StoreError(f"lease on {self._where}: {exc}")
+
+def _close_abandoned(work: asyncio.Task[tuple[Any, list[Any]]]) -> None:
+    """Close the connection of a call given up on, whenever it ends."""
+    if work.cancelled() or work.exception() is not None:
+        return  # psycopg closed it, or it never opened
+    conn, _ = work.result()
+    conn.pgconn.finish()
 
 
 def _loads(text: str) -> dict[str, Any]:
