@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import click
 
 from corral import eventloop
 from corral.api.app import create_app
-from corral.api.server import open_api_server
+from corral.api.server import APIServer, open_api_server
 from corral.config import load_config
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.dispatcher.service import Dispatcher
@@ -155,6 +156,14 @@ def serve(
     sys.exit(code)
 
 
+def _stop_on_signals(api: APIServer) -> None:
+    """SIGTERM and SIGINT stop the API; the dispatcher is then closed, and a shared store's
+    lease released, before the process exits."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, api.stop)
+
+
 def _write_url(home: Path, url: str) -> None:
     # Written whole or not at all: a client reading it mid-write must not see half a URL.
     partial = home / "url.tmp"
@@ -179,6 +188,7 @@ async def _serve_shared(
     if api is None:
         return 1
     _write_url(settings.home, api.url)
+    _stop_on_signals(api)
 
     def on_active(dispatcher: Dispatcher) -> None:
         app.state.service = dispatcher
@@ -213,6 +223,7 @@ async def _serve(settings: RuntimeSettings, token: str, host: str, port: int) ->
         await runtime.aclose()
         return 1
     _write_url(settings.home, api.url)
+    _stop_on_signals(api)
     stopped = asyncio.get_running_loop().create_task(runtime.stopped.wait())
     await asyncio.wait({api.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     api.stop()
