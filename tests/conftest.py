@@ -2,7 +2,8 @@
 
 Agents started by the tests keep their runtime files (pid records, configuration files)
 under ``$XDG_RUNTIME_DIR``; the suite points it at a directory of its own and removes it at
-the end, so no run leaves anything in the machine's shared tmpfs.
+the end, so no run leaves anything in the machine's shared tmpfs. ``postgres`` is one real
+PostgreSQL server for the run (the store suite, the lease and the failover tests).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+
+from corral.testing.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,3 +33,14 @@ def private_runtime_dir() -> Iterator[str]:
         else:
             os.environ["XDG_RUNTIME_DIR"] = saved
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run, on loopback (Debian's ``postgresql``)."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -267,17 +267,6 @@ async def dispatcher(module_corral: Corral) -> AsyncIterator[AsyncClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole run, on loopback (Debian's ``postgresql``)."""
-    server = PostgresServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a new, empty store of each backend."""
