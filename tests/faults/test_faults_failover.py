@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections import Counter
@@ -85,15 +84,18 @@ class Pair:
         return httpx.get(f"{serve.url}/health", timeout=2.0).json()  # type: ignore[no-any-return]
 
     def wait_role(
-        self, serve: ServeProcess, role: str, timeout: float = DEADLINE
+        self, serve: ServeProcess, role: str, active: str | None = None
     ) -> dict[str, Any]:
+        """Wait until ``serve`` has ``role`` (and names ``active`` as the active one)."""
+
         def probe() -> dict[str, Any] | None:
             with contextlib.suppress(httpx.HTTPError):
                 health = self.health(serve)
-                return health if health.get("role") == role else None
+                if health.get("role") == role and active in (None, health.get("active")):
+                    return health
             return None
 
-        return wait_until(probe, f"{serve.home.name} to be {role}", timeout)
+        return wait_until(probe, f"{serve.home.name} to be {role}", DEADLINE)
 
     def node(self) -> str:
         (node,) = [p.name for p in self.nodes.iterdir()]
@@ -125,13 +127,7 @@ class Pair:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(serve.proc.pid, signal.SIGCONT)  # a frozen one must hear SIGTERM
             serve.stop()
-        if self.nodes.is_dir():
-            # the shared nodes: destroy_local_nodes looks for them under a home
-            holder = self.nodes.parent / "nodes-holder"
-            holder.mkdir(exist_ok=True)
-            (holder / "agent_token").write_text("unused\n")
-            shutil.move(self.nodes, holder / "nodes")
-            destroy_local_nodes(holder)
+        destroy_local_nodes(self.a.home, self.nodes)
 
     def log_tail(self) -> str:
         tails = [self.a.log_tail(), self.b.log_tail()]
@@ -151,8 +147,7 @@ def pair(
         started.a.start()
         started.wait_role(started.a, "active")
         started.b.start()
-        standby = started.wait_role(started.b, "standby")
-        assert standby["active"] == started.a.url
+        started.wait_role(started.b, "standby", active=started.a.url)
         wait_until(lambda: started.connected(started.a), "the node to join a")
         b_agents = (started.b.home / "agent_address").read_text().strip()
         # the active dispatcher tells its agents of the standby at its next renewal
@@ -221,8 +216,8 @@ def test_a_standby_takes_over_a_sigkilled_active_dispatcher(pair: Pair) -> None:
 
     # the old active dispatcher, started again, stands by
     pair.a.start()
-    standby = pair.wait_role(pair.a, "standby")
-    assert (standby["active"], standby["epoch"]) == (pair.b.url, 2)
+    standby = pair.wait_role(pair.a, "standby", active=pair.b.url)
+    assert standby["epoch"] == 2
     with (
         pair.client(pair.a.url) as only_a,
         pytest.raises(CorralError, match="standing by: the active one is"),
@@ -251,8 +246,8 @@ def test_a_frozen_active_dispatcher_is_deposed_and_fenced(pair: Pair) -> None:
         os.kill(pair.a.proc.pid, signal.SIGCONT)
 
     # a wakes up in epoch 1, finds its lease gone, and stands by without acting
-    standby = pair.wait_role(pair.a, "standby")
-    assert (standby["active"], standby["epoch"]) == (pair.b.url, 2)
+    standby = pair.wait_role(pair.a, "standby", active=pair.b.url)
+    assert standby["epoch"] == 2
     time.sleep(LEASE)
     with pair.client(pair.b.url) as on_b:
         svc1 = on_b.describe_process("svc-1")

@@ -142,7 +142,7 @@ class Standby:
                         return epoch, since, peers
                     held = await lease.read()
                 self._outage = False
-                self._set_role(_standby_role(held))
+                self._set_role(self._standby_role(held))
             except StoreError as exc:
                 self._store_trouble(exc)
             await self._pause(self._period)
@@ -217,6 +217,7 @@ class Standby:
         self, lease: PostgresLease, runtime: Runtime, epoch: int, valid_until: float
     ) -> str:
         """Renew until the lease is lost; why it was."""
+        peers = list(runtime.settings.peers)
         while True:
             await asyncio.sleep(max(0.0, min(self._period, valid_until - time.monotonic())))
             now = time.monotonic()
@@ -225,12 +226,14 @@ class Standby:
             try:
                 if not await lease.renew(epoch, self._duration, within=valid_until - now):
                     return "another dispatcher took the lease"
-                valid_until = now + self._duration
-                members = await lease.register(MEMBER_AGE * self._duration)
             except StoreError as exc:
                 log.warning("could not renew the lease of epoch %d: %s", epoch, exc.message)
                 continue
-            runtime.renewed(self._peers(members))
+            valid_until = now + self._duration
+            # the agents hear of it at once; the list of dispatchers may lag one renewal
+            runtime.renewed(peers)
+            with contextlib.suppress(StoreError):
+                peers = self._peers(await lease.register(MEMBER_AGE * self._duration))
 
     async def _release(self, lease: PostgresLease, epoch: int) -> None:
         try:
@@ -245,6 +248,13 @@ class Standby:
         found = (m.doc.get("agents") for m in members if m.key != self.me)
         return [a for a in found if isinstance(a, str)]
 
+    def _standby_role(self, held: Holder | None) -> Role:
+        # a lease still held by this dispatcher (it fenced itself early) has no active holder
+        if held is None or held.expired or held.holder == self.me:
+            return Role(False, held.epoch if held else None)
+        url = held.doc.get("api")
+        return Role(False, held.epoch, url if isinstance(url, str) else None, held.holder)
+
     def _set_role(self, role: Role) -> None:
         if role != self._role:
             self._role = role
@@ -253,13 +263,6 @@ class Standby:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-
-
-def _standby_role(held: Holder | None) -> Role:
-    if held is None or held.expired:
-        return Role(False, held.epoch if held else None)
-    url = held.doc.get("api")
-    return Role(False, held.epoch, url if isinstance(url, str) else None, held.holder)
 
 
 def _agent_address(settings: RuntimeSettings) -> tuple[str, int]:
