@@ -41,11 +41,14 @@ DRIVERS = ("local", "fake", "ssh", "slurm", "libcloud")
 
 #: seconds a dispatcher's lease lasts unrenewed, unless configured
 LEASE_DURATION = 3.0
+#: free space kept on the store's disk for the work already accepted (see StoreFull)
+STORE_RESERVE_MB = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     engines: tuple[Engine, ...]
+    store_reserve_mb: int = STORE_RESERVE_MB
     #: the store's URL (``corral serve --store`` wins); None: SQLite in the home directory
     store: str | None = None
     #: how long the active dispatcher's lease lasts unrenewed, on a PostgreSQL store
@@ -75,18 +78,25 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    unknown = set(raw) - {"engines", "instance_types", "dispatcher"}
+    unknown = set(raw) - {"engines", "instance_types", "store_reserve_mb", "dispatcher"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidRequest(
-            f"{source}: unknown key {key!r}; expected 'engines', 'instance_types' or 'dispatcher'",
+            f"{source}: unknown key {key!r}; expected 'engines', 'instance_types',"
+            " 'store_reserve_mb' or 'dispatcher'",
             field=key,
+        )
+    reserve = raw.get("store_reserve_mb", STORE_RESERVE_MB)
+    if not isinstance(reserve, int) or isinstance(reserve, bool) or reserve < 0:
+        raise InvalidRequest(
+            f"{source}: store_reserve_mb must be a whole number of MiB, 0 or more",
+            field="store_reserve_mb",
         )
     dispatcher = _dispatcher(raw.get("dispatcher", {}), source)
     types = _instance_types(raw.get("instance_types", []), source)
     items = raw.get("engines")
     if items is None:
-        return replace(default_config(), **dispatcher)
+        return replace(default_config(), store_reserve_mb=reserve, **dispatcher)
     if not isinstance(items, list) or not items:
         raise InvalidRequest(
             f"{source}: 'engines' must be a non-empty array of tables", field="engines"
@@ -100,7 +110,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
                 field=f"engines[{i}].id",
             )
         seen.add(engine.engine_id)
-    return Config(tuple(engines), **dispatcher)
+    return Config(tuple(engines), store_reserve_mb=reserve, **dispatcher)
 
 
 def _dispatcher(item: Any, source: str) -> dict[str, Any]:
@@ -125,7 +135,14 @@ def _dispatcher(item: Any, source: str) -> dict[str, Any]:
     return values
 
 
-_INTS = ("slots", "base_need", "maximum_vms", "spare_slots", "max_dispatch_attempts")
+_INTS = (
+    "slots",
+    "base_need",
+    "maximum_vms",
+    "spare_slots",
+    "max_dispatch_attempts",
+    "launch_ahead",
+)
 _FLOATS = (
     "heartbeat_period",
     "heartbeat_warning",

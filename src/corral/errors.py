@@ -10,6 +10,7 @@ Errors are classified by what the caller should do, not by where they arose::
      ├── Unauthorized          no token, or a wrong one
      ├── WaitTimeout           a wait ran out of time before the condition held
      ├── Unavailable           the dispatcher cannot be reached or is shutting down: retry later
+     │    └── StoreFull        the store's disk is nearly full: new work waits for free space
      ├── IllegalTransition     a state machine was asked for a move it does not have (a bug)
      └── StoreError            the store failed to commit; the dispatcher stops (fail-stop)
 
@@ -63,6 +64,14 @@ class Unavailable(CorralError):
     """The dispatcher cannot serve the request now; retrying later may succeed."""
 
 
+class StoreFull(Unavailable):
+    """The store's disk has less free space than the reserve: new work is refused.
+
+    What the dispatcher already knows goes on (its state changes use the reserve); an
+    operator frees space and the same request then succeeds.
+    """
+
+
 class IllegalTransition(CorralError):
     """A state machine was asked for a transition it does not allow."""
 
@@ -81,6 +90,7 @@ ERROR_CLASSES: dict[str, type[CorralError]] = {
         Unauthorized,
         WaitTimeout,
         Unavailable,
+        StoreFull,
         IllegalTransition,
         StoreError,
     )

@@ -14,15 +14,19 @@ dispatcher's own bookkeeping.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from corral import Client
+from corral.errors import CorralError
 from corral.testing.serve import ServeProcess, pid_alive, wait_until
 
 T = TypeVar("T")
@@ -66,8 +70,8 @@ class Served(ServeProcess):
     SLOTS = SLOTS
     HEARTBEAT_MISSING = HEARTBEAT_MISSING
 
-    def __init__(self, home: Path, config: str = CONFIG) -> None:
-        super().__init__(home, config)
+    def __init__(self, home: Path, config: str = CONFIG, store_url: str | None = None) -> None:
+        super().__init__(home, config, store_url=store_url)
         self.starts_file = home / "starts.txt"
         self._clients: list[Client] = []
 
@@ -115,6 +119,13 @@ class Served(ServeProcess):
             client.create_definition(definition_id, "exec", executable)
         return definition_id
 
+    def submitter(self, processes: list[dict[str, Any]], batch: int = 50) -> Submitter:
+        """A started thread that schedules ``processes`` in batches, retrying each batch
+        (the API is idempotent) until the dispatcher, whichever run of it, acknowledges it."""
+        submitter = Submitter(self, processes, batch)
+        submitter.start()
+        return submitter
+
     def starts(self) -> list[tuple[str, int, int]]:
         """Each recorded start: ``(upid, round, pid)``."""
         try:
@@ -136,9 +147,36 @@ class Served(ServeProcess):
         return sorted(key for key, count in counts.items() if count > 1)
 
 
+class Submitter(threading.Thread):
+    """Schedules the load in batches; a batch is retried until the dispatcher answers."""
+
+    def __init__(self, served: Served, processes: list[dict[str, Any]], batch: int) -> None:
+        super().__init__(daemon=True)
+        self._served = served
+        self._batches = [processes[i : i + batch] for i in range(0, len(processes), batch)]
+        self.acknowledged: list[str] = []
+        self.retries = 0
+
+    def run(self) -> None:
+        for batch in self._batches:
+            while True:
+                try:
+                    with Client(self._served.url, self._served.token, timeout=5.0) as client:
+                        client.schedule_processes(batch)
+                    break
+                except (CorralError, OSError):
+                    self.retries += 1
+                    time.sleep(0.05)
+            self.acknowledged.extend(p["upid"] for p in batch)
+            time.sleep(0.02)
+
+
 @contextlib.contextmanager
-def _serving(home: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
-    server = Served(home)
+def serving(
+    home: Path, request: pytest.FixtureRequest, config: str = CONFIG, store_url: str | None = None
+) -> Iterator[Served]:
+    """A ``Served`` on ``home``, stopped (and its log shown if the test failed) at the end."""
+    server = Served(home, config, store_url)
     try:
         yield server
     finally:
@@ -152,16 +190,35 @@ def _serving(home: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
 @pytest.fixture
 def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     """A started ``corral serve`` with its one node connected."""
-    with _serving(tmp_path / "home", request) as server:
+    with serving(tmp_path / "home", request) as server:
         server.start()
         server.wait_node()
         yield server
 
 
 @pytest.fixture
+def make_served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
+    """``make_served(config, store_url, home)``: a started ``corral serve`` with its node
+    connected, on a home of its own under ``tmp_path`` unless one is given."""
+    homes = itertools.count()
+    with contextlib.ExitStack() as stack:
+
+        def make(
+            config: str = CONFIG, store_url: str | None = None, home: Path | None = None
+        ) -> Served:
+            home = home or tmp_path / f"home-{next(homes)}"
+            server = stack.enter_context(serving(home, request, config, store_url))
+            server.start()
+            server.wait_node()
+            return server
+
+        yield make
+
+
+@pytest.fixture
 def unstarted(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     """A ``Served`` on a fresh home, not started yet (``unstarted.start()``)."""
-    with _serving(tmp_path / "home", request) as server:
+    with serving(tmp_path / "home", request) as server:
         yield server
 
 

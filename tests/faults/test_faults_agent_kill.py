@@ -73,3 +73,48 @@ def test_agent_sigkill_loses_the_node_and_restarts_by_policy(served: Any) -> Non
     assert served.starts_of("never") == [(never["round"], never["pid"])]
     assert served.duplicate_starts() == []
     assert [n["node_id"] for n in client.list_nodes()] == [new_node]
+
+
+def test_agent_sigkill_then_dispatcher_sigkill_still_loses_the_node_once(served: Any) -> None:
+    """The agent dies, then the dispatcher, before the node was declared lost: the restarted
+    dispatcher finds the node unknown, never hears from it, and loses it by its own clock."""
+    client = served.client()
+    served.define("svc", "exec sleep 600")
+    client.schedule_process("always", "svc", restart_mode="ALWAYS")
+    client.schedule_process("never", "svc", restart_mode="NEVER")
+    always = served.wait_until(
+        lambda: (r := client.describe_process("always"))["state"] == "500-RUNNING" and r, "always"
+    )
+    never = served.wait_until(
+        lambda: (r := client.describe_process("never"))["state"] == "500-RUNNING" and r, "never"
+    )
+    old_node = always["assigned"]
+
+    os.kill(served.agent_pid(old_node), signal.SIGKILL)
+    served.kill()
+    served.start()
+    client = served.client()
+
+    failed = served.wait_until(
+        lambda: (r := client.describe_process("never"))["state"] == "850-FAILED" and r,
+        "never to be FAILED once its node is lost",
+        timeout=served.HEARTBEAT_MISSING + 10.0,
+    )
+    assert old_node in (failed["end_reason"] or ""), failed
+    again = served.wait_until(
+        lambda: (
+            (r := client.describe_process("always"))["state"] == "500-RUNNING"
+            and r["round"] > always["round"]
+            and r
+        ),
+        "always to run again in a new round on a new node",
+    )
+    assert again["assigned"] != old_node
+    assert not served.pid_alive(always["pid"])
+    assert not served.pid_alive(never["pid"])
+    assert served.starts_of("never") == [(never["round"], never["pid"])]
+    assert served.starts_of("always") == [
+        (always["round"], always["pid"]),
+        (again["round"], again["pid"]),
+    ]
+    assert served.duplicate_starts() == []

@@ -225,11 +225,17 @@ def test_a_queued_backlog_is_dispatched_after_a_restart(served: Any, gate_opens:
     ]
     for upid in queued:
         client.schedule_process(upid, "quick", restart_mode="NEVER")
-    for upid in queued:
-        waiting = served.wait_until(
+    # launch_ahead defaults to slots: the node's agent queues the first SLOTS of them (it
+    # starts them itself as slots free, dispatcher or not); the others wait in the store.
+    ahead, waiting = queued[: served.SLOTS], queued[served.SLOTS :]
+    for upid in ahead:
+        record = client.wait_process(upid, ["PENDING"], timeout=served.DEADLINE)
+        assert record["state"] == "400-PENDING", record
+    for upid in waiting:
+        record = served.wait_until(
             lambda u=upid: _in_state(client, u, "300-WAITING"), f"{upid} to be WAITING"
         )
-        assert waiting["waiting_reason"], waiting
+        assert record["waiting_reason"], record
 
     served.kill()
     if gate_opens == "while-down":
@@ -239,7 +245,9 @@ def test_a_queued_backlog_is_dispatched_after_a_restart(served: Any, gate_opens:
     client = served.client()
     if gate_opens == "after-restart":
         served.wait_node()
-        for upid in queued:
+        for upid in ahead:
+            assert client.describe_process(upid)["state"] == "400-PENDING", upid
+        for upid in waiting:
             assert client.describe_process(upid)["state"] == "300-WAITING", upid
         gate.touch()
     for upid in [*blockers, *queued]:

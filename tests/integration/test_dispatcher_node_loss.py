@@ -21,6 +21,7 @@ ONE_NODE = """
 [[engines]]
 id = "default"
 slots = 4
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
 maximum_vms = 1
 heartbeat_period = 0.2

@@ -19,6 +19,7 @@ _ENGINE = """
 [[engines]]
 id = "{id}"
 slots = {slots}
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = {nodes}
 maximum_vms = {nodes}
 labels = {{ zone = "{zone}", tier = "{tier}" }}

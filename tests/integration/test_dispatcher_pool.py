@@ -18,6 +18,7 @@ ELASTIC = """
 [[engines]]
 id = "default"
 slots = 1
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
 maximum_vms = 3
 idle_timeout = 1.0
@@ -60,6 +61,7 @@ TWO_NODES = """
 [[engines]]
 id = "default"
 slots = 1
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 2
 maximum_vms = 2
 idle_timeout = 1.0

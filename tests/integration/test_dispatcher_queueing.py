@@ -2,7 +2,9 @@
 
 Each test first fills both slots with processes that block on a gate, so "no slot" is a
 fact, not a race. A restart finds no slot when a process that waited before it takes the
-slot its own exit freed: the queue is served in order.
+slot its own exit freed: the queue is served in order. Launch-ahead is off
+(``launch_ahead = 0``): a process that finds no slot waits in the dispatcher's queue
+(``test_dispatcher_launch_ahead.py`` covers the queues of busy nodes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ TWO_SLOTS = """
 [[engines]]
 id = "default"
 slots = 2
+launch_ahead = 0
 base_need = 1
 maximum_vms = 1
 heartbeat_period = 0.2

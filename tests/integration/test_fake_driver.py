@@ -28,6 +28,7 @@ ELASTIC = """
 id = "sim"
 driver = "fake"
 slots = 2
+launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
 maximum_vms = 5
 idle_timeout = 0.5
@@ -183,8 +184,13 @@ def test_a_cloud_quota_stops_the_pool_growing_and_says_so_in_waiting_reasons(
                 "the quota named in the waiting reason",
             )
             assert waiting
-            running = [p for p in dispatcher.describe_processes() if p["state"] == "500-RUNNING"]
-            assert len(running) == 4  # two nodes of two slots
+            # the second node's two may still be on their way to RUNNING
+            assert await until(
+                lambda: (
+                    sum(p["state"] == "500-RUNNING" for p in dispatcher.describe_processes()) == 4
+                ),
+                "four processes running: two nodes of two slots",
+            )
             attempts = fake.statistics.create_calls
             await asyncio.sleep(1.0)  # five ticks: the pool does not hammer the cloud
             assert fake.statistics.create_calls == attempts

@@ -74,6 +74,21 @@ async def test_renewing_keeps_the_lease(leases: list[PostgresLease]) -> None:
         assert await b.acquire(0.3) is None
 
 
+async def test_a_dispatcher_takes_its_own_live_lease_back_in_a_new_epoch(
+    leases: list[PostgresLease], url: str
+) -> None:
+    # a dispatcher restarted on its home: its previous run is gone, whatever the lease says
+    a, b = leases
+    assert await a.acquire(30.0) == 1
+    again = PostgresLease(url, "a", {"api": "http://a-again"})
+    try:
+        assert await again.acquire(30.0) == 2
+    finally:
+        await again.aclose()
+    assert not await a.renew(1, 30.0), "the previous run's epoch is still good"
+    assert await b.acquire(30.0) is None
+
+
 async def test_a_released_lease_is_taken_at_once(leases: list[PostgresLease]) -> None:
     a, b = leases
     assert await a.acquire(30.0) == 1

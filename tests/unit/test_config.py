@@ -75,6 +75,12 @@ def test_every_setting_is_read():
     assert isinstance(e.heartbeat_warning, float)
 
 
+def test_launch_ahead_defaults_to_the_slots_and_zero_turns_it_off():
+    assert parse_config(_one(slots=6)).default_engine.ahead == 6
+    assert parse_config(_one(slots=6, launch_ahead=2)).default_engine.ahead == 2
+    assert parse_config(_one(slots=6, launch_ahead=0)).default_engine.ahead == 0
+
+
 def test_labels_become_strings_as_constraints_compare_them():
     labels = parse_config(_one(labels={"zone": 1, "gpu": True, "ssd": False, "ratio": 1.5}))
     assert labels.default_engine.labels == {
@@ -105,6 +111,7 @@ def test_labels_become_strings_as_constraints_compare_them():
         (_one(slots=2.0), "engines[0].slots"),
         (_one(slots=True), "engines[0].slots"),
         (_one(base_need=-1), "engines[0].base_need"),
+        (_one(launch_ahead=-1), "engines[0].launch_ahead"),
         (_one(maximum_vms="4"), "engines[0].maximum_vms"),
         (_one(base_need=3, maximum_vms=2), "engines[0].base_need"),
         (_one(heartbeat_warning=6, heartbeat_missing=6), "engines[0].heartbeat_warning"),
@@ -242,6 +249,20 @@ def test_instance_types_are_read_and_an_engine_lists_them_cheapest_first():
 )
 def test_bad_instance_types_and_driver_options_are_refused_naming_the_key(raw, field):
     assert _error(raw).field == field
+
+
+def test_the_store_reserve_is_read_from_the_top_level_and_defaults_to_64_mib():
+    assert parse_config({}).store_reserve_mb == 64
+    assert parse_config({"store_reserve_mb": 0}).store_reserve_mb == 0
+    engines = [{"id": "e", "driver": "local"}]
+    assert parse_config({"store_reserve_mb": 8, "engines": engines}).store_reserve_mb == 8
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64", True])
+def test_a_store_reserve_that_is_not_a_whole_number_of_mib_is_refused(bad: Any):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_config({"store_reserve_mb": bad})
+    assert caught.value.field == "store_reserve_mb"
 
 
 # -- the dispatcher's own settings ---------------------------------------------------------

@@ -46,6 +46,9 @@ class RecordingStore:
             raise StoreError(f"refused {bad}")
         self.batches.append(list(changes))
 
+    def free_space(self) -> int | None:
+        return None
+
     def close(self) -> None:
         pass
 

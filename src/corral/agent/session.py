@@ -11,6 +11,8 @@
    each ``Renewed`` bring the list of dispatchers to follow.
 4. Commands are idempotent: a Launch of a known ``(upid, round)`` only re-sends its report, a
    Kill of a finished round re-sends its end, a Forget of a running round is refused.
+   A Launch that finds every slot busy waits in the ``LaunchQueue`` and starts, in order, as
+   slots free; Kill or Withdraw drop a waiting launch, which is reported ``not_started``.
 5. A dispatcher holding a lease renews it every few seconds and says so (``Renewed``); one
    silent for a whole lease has lost it, or is stuck: the agent leaves it for the next.
 6. On disconnection the processes keep running and their reports are kept; go back to 1.
@@ -37,6 +39,7 @@ from typing import Final
 
 from corral.agent.launcher import Key, Launcher
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
+from corral.wire.launch_queue import LaunchQueue
 from corral.wire.messages import (
     PROTOCOL_VERSION,
     Forget,
@@ -51,6 +54,7 @@ from corral.wire.messages import (
     Renewed,
     Shutdown,
     Welcome,
+    Withdraw,
 )
 
 log = logging.getLogger("corral.agent")
@@ -128,6 +132,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
         self._inventory: dict[Key, ProcessReport] = {}
+        self._queue = LaunchQueue(config.slots)
+        self._due_scheduled = False
         self._conn: Connection | None = None
         self._launcher: Launcher | None = None
         self._signalled = False
@@ -344,7 +350,7 @@ class Agent:
             labels=dict(cfg.labels),
             pid=os.getpid(),
             version=PROTOCOL_VERSION,
-            inventory=list(self._inventory.values()),
+            inventory=[*self._inventory.values(), *self._queue.reports()],
         )
 
     async def _heartbeats(self, conn: Connection, period: float) -> None:
@@ -365,6 +371,8 @@ class Agent:
                     await asyncio.sleep(0)
             elif isinstance(msg, Kill):
                 self._kill(msg)
+            elif isinstance(msg, Withdraw):
+                self._withdraw(msg)
             elif isinstance(msg, Forget):
                 self._forget(msg)
             elif isinstance(msg, ReadLog):
@@ -399,6 +407,17 @@ class Agent:
         if known is not None:
             self._send(known)  # a repeated Launch: say where that round is, start nothing
             return
+        self._queue.add(msg)
+        self._start_due()
+
+    def _start_due(self) -> None:
+        """Start queued launches while a slot is free, oldest first."""
+        self._due_scheduled = False
+        while (launch := self._queue.next_due(self.launcher.running)) is not None:
+            self._start(launch)
+
+    def _start(self, msg: Launch) -> None:
+        key = (msg.upid, msg.round)
         report = self.launcher.spawn(msg)
         self._inventory[key] = report
         if report.error is None:
@@ -420,9 +439,35 @@ class Agent:
         )
         log.debug("%s round %s (pid %s) ended: %s", report.upid, report.round, report.pid, how)
         self._send(report)
+        if self._queue and not self._due_scheduled:
+            # Once per loop turn, for every exit of the turn; record_pending then writes the
+            # pid records of what started before its reports can leave.
+            self._due_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_queued_after_exits)
+
+    def _start_queued_after_exits(self) -> None:
+        self._start_due()
+        self.launcher.record_pending()
+
+    def _drop_queued(self, key: Key) -> bool:
+        """Take a round that has not started out of the queue and report it never ran."""
+        report = self._queue.drop(key)
+        if report is None:
+            return False
+        log.info("dropped %s round %s before it started", *key)
+        self._inventory[key] = report  # kept, as any end, until the dispatcher forgets it
+        self._send(report)
+        return True
+
+    def _withdraw(self, msg: Withdraw) -> None:
+        key = (msg.upid, msg.round)
+        if not self._drop_queued(key) and key in self._inventory:
+            self._send(self._inventory[key])  # it started meanwhile: say how it is
 
     def _kill(self, msg: Kill) -> None:
         key = (msg.upid, msg.round)
+        if self._drop_queued(key):
+            return
         if self.launcher.kill(key, msg.grace):
             log.info("terminating %s round %s (grace %.3gs)", msg.upid, msg.round, msg.grace)
             return
@@ -434,6 +479,8 @@ class Agent:
 
     def _forget(self, msg: Forget) -> None:
         key = (msg.upid, msg.round)
+        # The dispatcher recorded that round's end: a launch of it still queued must never run.
+        self._queue.drop(key)
         known = self._inventory.get(key)
         if known is None:
             return
@@ -446,6 +493,9 @@ class Agent:
 
     async def _shutdown(self, conn: Connection, grace: float) -> None:
         log.info("shutting down: terminating %d processes", self.launcher.running)
+        for report in self._queue.drop_all():
+            self._inventory[(report.upid, report.round)] = report
+            self._send(report)
         self.launcher.terminate_all(grace)
         try:
             # SIGKILL lands at ``grace``; a process stuck in the kernel may outlast even that.

@@ -9,6 +9,7 @@ Every error leaves as ``{"error": {"type", "message", "field"?}}`` with one stat
 ``Unauthorized``      401
 ``WaitTimeout``       408
 ``Unavailable``       503
+``StoreFull``         507
 other ``CorralError`` 500, with its message
 anything else         500, a generic message; the traceback goes to the log only
 ====================  ======
@@ -35,6 +36,7 @@ from corral.errors import (
     CorralError,
     InvalidRequest,
     NotFound,
+    StoreFull,
     Unauthorized,
     Unavailable,
     WaitTimeout,
@@ -49,6 +51,7 @@ STATUS: dict[type[CorralError], int] = {
     Unauthorized: 401,
     WaitTimeout: 408,
     Unavailable: 503,
+    StoreFull: 507,
 }
 #: a validation failure lists at most this many problems, so a huge bad body stays short
 MAX_PROBLEMS = 5

@@ -187,13 +187,16 @@ async def _serve_shared(
     api = await open_api_server(app, host, port)
     if api is None:
         return 1
-    _write_url(settings.home, api.url)
     _stop_on_signals(api)
 
     def on_active(dispatcher: Dispatcher) -> None:
         app.state.service = dispatcher
 
     def on_role(role: Role) -> None:
+        if app.state.role == Role(active=False):
+            # as with a single dispatcher, the address is written once the API serves as
+            # what it is: active, or a standby that knows the active one
+            _write_url(settings.home, api.url)
         app.state.role = role
 
     standby = Standby(settings, api.url, on_active, on_role, lease_duration=lease_duration)

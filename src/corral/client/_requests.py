@@ -49,6 +49,7 @@ _BY_STATUS: dict[int, type[CorralError]] = {
     409: ERROR_CLASSES["Conflict"],
     422: InvalidRequest,
     503: Unavailable,
+    507: ERROR_CLASSES["StoreFull"],
 }
 
 

@@ -113,10 +113,21 @@ class Engine:
         self._index: dict[str, dict[str, list[int]]] | None = None
 
     def group(self, pending: Pending) -> Group:
-        kind = kind_of(pending)
+        return self._group(kind_of(pending), pending.constraints)
+
+    def reserve(self, count: int) -> int:
+        """Book up to ``count`` free slots, as placements of unconstrained processes would
+        be; return how many were booked."""
+        group = self._group(PLAIN, {})
+        booked = 0
+        while booked < count and (chosen := group.busiest(None)) is not None:
+            self.place(chosen, None)
+            booked += 1
+        return booked
+
+    def _group(self, kind: Kind, constraints: Mapping[str, ConstraintValue]) -> Group:
         group = self._groups.get(kind)
         if group is None:
-            constraints = pending.constraints
             members: list[Slots] = []
             full: list[NodeView] = []
             for i in self._candidates(constraints):

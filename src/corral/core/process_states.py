@@ -29,7 +29,8 @@ class ProcessState(IntEnum):
     WAITING = 300
     #: a slot on a node is reserved for it
     ASSIGNED = 350
-    #: the launch command has been sent to the node's agent
+    #: the launch command has been sent to the node's agent (which may hold it in its
+    #: queue until one of its slots frees: ``launch_ahead``)
     PENDING = 400
     #: the agent reported the OS process started
     RUNNING = 500

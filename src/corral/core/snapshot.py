@@ -23,6 +23,13 @@ class NodeView:
     accepting: bool = True
     #: what is left of its instance type's resources (None: a slots-only node)
     room: Resources | None = None
+    #: launches it may hold beyond its slots, to start as they free (the engine's
+    #: ``launch_ahead``)
+    ahead: int = 0
+    #: launches it holds beyond its slots now, not counting those being withdrawn
+    queued: int = 0
+    #: launches it was asked to give back and has not answered for yet
+    withdrawing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +76,8 @@ class Snapshot:
     nodes: tuple[NodeView, ...]
     queue: Iterable[Pending]
     fresh: Iterable[Pending] | None = None
+    #: those of ``queue`` that may be placed ahead (``core._ahead.may_go_ahead``), in queue
+    #: order; None: found by filtering ``queue``
+    plain: Iterable[Pending] | None = None
+    #: those of ``queue`` withdrawn from a busy node's queue, served before the others
+    returning: tuple[Pending, ...] = ()

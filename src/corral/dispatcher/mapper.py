@@ -4,7 +4,8 @@ Woken by anything that may free or need a slot (a schedule, an exit, a node join
 promotes delayed restarts that are due, takes a snapshot, asks ``core.matchmaker.match``
 for a plan, and applies it: placements are committed (ASSIGNED, then PENDING, in one
 transaction) and only then launched; processes that must wait get their reason; those their
-queueing mode forbids to wait are REJECTED.
+queueing mode forbids to wait are REJECTED. Launches queued ahead on busy nodes that a free
+slot could now take are withdrawn from their agents.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from corral.core.snapshot import EngineView, NodeView, Snapshot
 from corral.dispatcher.nodes import Nodes
 from corral.dispatcher.rounds import assigned, moved
 from corral.dispatcher.state import State
+from corral.dispatcher.withdrawals import Withdrawals
 
 log = logging.getLogger("corral.mapper")
 
@@ -38,7 +40,10 @@ class Mapper:
         self._nodes = nodes
         self._wake = asyncio.Event()
         self._shape: tuple[object, ...] = ()
-        self._views: dict[NodeId, tuple[NodeRecord, tuple[int, int], NodeView]] = {}
+        self._views: dict[NodeId, tuple[NodeRecord, tuple[int, int, int], NodeView]] = {}
+        self._withdrawals = Withdrawals(state, nodes, self.wake)
+        #: some node held launches ahead at the last pass (or nobody looked yet)
+        self._ahead = True
 
     def wake(self) -> None:
         self._wake.set()
@@ -64,9 +69,13 @@ class Mapper:
 
     def pass_once(self) -> None:
         self._promote_due_restarts()
-        if not self._state.queue:
+        if not self._state.queue and not self._ahead:
             return
-        result = match(self.snapshot())
+        snapshot = self.snapshot()
+        result = match(snapshot)
+        for engine_id, count in result.withdraw.items():
+            busy = [v for v in snapshot.nodes if v.engine == engine_id and v.queued > 0]
+            self._withdrawals.ask(count, busy)
         self._apply(result)
 
     def _promote_due_restarts(self) -> None:
@@ -108,40 +117,59 @@ class Mapper:
                 )
             )
         views = []
-        cache: dict[NodeId, tuple[NodeRecord, tuple[int, int], NodeView]] = {}
+        cache: dict[NodeId, tuple[NodeRecord, tuple[int, int, int], NodeView]] = {}
+        returning = self._withdrawals.returning()
+        ahead = False
         for node in self._state.nodes.values():
             if not self._nodes.accepting(node):
                 continue
-            version = self._nodes.view_version(node.node_id)
+            asked = self._withdrawals.asked(node.node_id)
+            version = (*self._nodes.view_version(node.node_id), asked)
             cached = self._views.get(node.node_id)
             if cached is not None and cached[0] is node and cached[1] == version:
                 view = cached[2]
             else:
-                view = self._view(node)
+                view = self._view(node, asked)
             cache[node.node_id] = (node, version, view)
             views.append(view)
+            ahead = ahead or view.used > view.slots
         # With thousands of nodes, building their views is most of a pass: a node's view
         # is built again only when its record, its processes or its agent's reports change.
         self._views = cache
+        self._ahead = ahead
         # When nodes come, go or start booting, every waiting reason may be stale: this pass
         # reads the whole queue. Otherwise only the processes without a reason yet.
         shape = (tuple(engines), tuple(v.node_id for v in views))
         fresh = self._state.queue if shape != self._shape else self._state.fresh
         self._shape = shape
         # Live views, not copies: match() reads them synchronously, often only a prefix.
-        return Snapshot(tuple(engines), tuple(views), self._state.queue.values(), fresh.values())
+        return Snapshot(
+            tuple(engines),
+            tuple(views),
+            self._state.queue.values(),
+            fresh.values(),
+            self._state.plain.values(),
+            returning,
+        )
 
-    def _view(self, node: NodeRecord) -> NodeView:
+    def _view(self, node: NodeRecord, asked: int) -> NodeView:
         processes = self._state.processes
         held = [processes[u].request for u in self._state.by_node.get(node.node_id, ())]
+        engine = self._engines.get(node.engine)
+        used = self._nodes.used_slots(node.node_id)
+        # beyond its slots: launches its agent queues (or will), unless being withdrawn
+        queued = min(used - node.slots, len(self._nodes.unstarted(node.node_id))) - asked
         return NodeView(
             node.node_id,
             node.engine,
             node.properties(),
             node.slots,
-            self._nodes.used_slots(node.node_id),
+            used,
             frozenset(r.node_exclusive for r in held if r.node_exclusive is not None),
-            room=self._state.room(node, self._engines.get(node.engine)),
+            room=self._state.room(node, engine),
+            ahead=engine.ahead if engine is not None else 0,
+            queued=max(0, queued),
+            withdrawing=asked,
         )
 
     def _apply(self, result: Match) -> None:
@@ -158,6 +186,7 @@ class Mapper:
             # alike (the launch is sent again), so the extra state costs no transaction.
             changed += [record, moved(record, ProcessEvent.LAUNCH, now)]
             placed.append((record.upid, record.round))
+            self._ahead = True  # it may have gone ahead: the next pass looks
         for upid, reason in result.waiting.items():
             record = processes[upid]
             if record.state is not ProcessState.WAITING:

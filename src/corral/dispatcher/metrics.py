@@ -111,7 +111,7 @@ class _Levels(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        by_state = Counter(r.state for r in self._state.processes.values())
+        by_state = self._state.by_state
         processes = GaugeMetricFamily("corral_processes", "Processes by state.", labels=["state"])
         for state in ProcessState:
             processes.add_metric([str(state)], by_state.get(state, 0))

@@ -32,6 +32,7 @@ from corral.errors import Conflict, NotFound, Unavailable
 from corral.hub import AgentSession
 from corral.pool import NodePool
 from corral.wire.messages import (
+    QUEUED,
     RUNNING,
     Forget,
     Heartbeat,
@@ -239,6 +240,22 @@ class Nodes:
 
     def launch_one(self, record: ProcessRecord) -> None:
         self.launch([record])
+
+    def session(self, node_id: NodeId) -> AgentSession | None:
+        live = self._live.get(node_id)
+        return live.session if live is not None else None
+
+    def unstarted(self, node_id: NodeId) -> list[ProcessRecord]:
+        """The node's PENDING processes its agent has not reported started."""
+        live = self._live.get(node_id)
+        instances = live.instances if live is not None else {}
+        processes = self._state.processes
+        return [
+            record
+            for upid in self._state.by_node.get(node_id, ())
+            if (record := processes[upid]).state is ProcessState.PENDING
+            and instances.get((upid, record.round), QUEUED) == QUEUED
+        ]
 
     async def read_log(
         self, node_id: NodeId, upid: Upid, stream: str, offset: int, limit: int

@@ -140,6 +140,31 @@ def ended(
     )
 
 
+def never_ran(record: ProcessRecord, now: float, ended_at: float | None) -> ProcessRecord:
+    """The record after its node's agent dropped its launch before it started.
+
+    Dropped on a Kill, a process being terminated ends TERMINATED. Otherwise the launch was
+    withdrawn (a free slot elsewhere can take it now) or the node shuts down: the process
+    goes back to the queue in a new round, and, as nothing was lost, that placement does
+    not count as a dispatch attempt.
+    """
+    if record.state is ProcessState.TERMINATING:
+        return moved(
+            record,
+            ProcessEvent.TERMINATED,
+            now,
+            ended_at=ended_at or now,
+            end_reason="terminated before it ran",
+        )
+    return moved(
+        record,
+        ProcessEvent.RESTART_NOW,
+        now,
+        dispatches=max(0, record.dispatches - 1),
+        waiting_reason=f"withdrawn from node {record.assigned} before it started; placing again",
+    )
+
+
 def describe_exit(
     exit_code: int | None, signal: int | None, error: str | None
 ) -> tuple[Outcome, str]:

@@ -28,6 +28,7 @@ from corral.dispatcher.mapper import Mapper
 from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.nodes import Nodes
 from corral.dispatcher.service import Dispatcher
+from corral.dispatcher.space import SpaceGuard
 from corral.dispatcher.state import State
 from corral.drivers.base import Driver
 from corral.drivers.fake import FakeDriver, FakeFaults
@@ -155,7 +156,14 @@ class Runtime:
         for fake in self._fakes:
             fake.bind(hub.attach)
         self.dispatcher = Dispatcher(
-            state, settings.config, self.clock, nodes, events, mapper.wake, metrics
+            state,
+            settings.config,
+            self.clock,
+            nodes,
+            events,
+            mapper.wake,
+            metrics,
+            SpaceGuard(store, settings.config.store_reserve_mb),
         )
         loop = asyncio.get_running_loop()
         self._tasks = [

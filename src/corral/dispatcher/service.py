@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -31,6 +30,7 @@ from corral.dispatcher import validation as check
 from corral.dispatcher.events import EventBus, public_process
 from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.rounds import moved
+from corral.dispatcher.space import SpaceGuard
 from corral.dispatcher.state import State
 from corral.errors import Conflict, CorralError, InvalidRequest, NotFound, Unavailable, WaitTimeout
 
@@ -65,8 +65,10 @@ class Dispatcher:
         events: EventBus,
         wake_mapper: Callable[[], None],
         metrics: Metrics | None = None,
+        space: SpaceGuard | None = None,
     ) -> None:
         self._metrics = metrics
+        self._space = space
         self._state = state
         self._config = config
         self._clock = clock
@@ -74,6 +76,10 @@ class Dispatcher:
         self._events = events
         self._wake_mapper = wake_mapper
         self._engines = {e.engine_id: e for e in config.engines}
+
+    def _check_space(self) -> None:
+        if self._space is not None:
+            self._space.check()
 
     # -- definitions ----------------------------------------------------------
 
@@ -95,6 +101,7 @@ class Dispatcher:
                 "use update_definition to change it",
                 field="definition_id",
             )
+        self._check_space()
         await self._state.save_definition(definition)
         return definition.as_doc()
 
@@ -108,6 +115,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         self._definition(definition_id)
         definition = check.definition(definition_id, definition_type, executable, name, description)
+        self._check_space()
         await self._state.save_definition(definition)
         return definition.as_doc()
 
@@ -174,6 +182,7 @@ class Dispatcher:
             created_at=now,
             updated_at=now,
         )
+        self._check_space()
         await self._state.save_processes([record])
         return public_process(record)
 
@@ -203,6 +212,7 @@ class Dispatcher:
             name=name,
         )
         if changed:
+            self._check_space()
             await self._state.save_processes([record])
             self._wake_mapper()
         else:
@@ -232,6 +242,7 @@ class Dispatcher:
             if is_new:
                 changed.append(record)
         if changed:
+            self._check_space()
             await self._state.save_processes(changed)
             self._wake_mapper()
         for record in records:
@@ -496,8 +507,8 @@ class Dispatcher:
         ]
 
     def dump(self) -> dict[str, Any]:
-        counts = Counter(record.state for record in self._state.processes.values())
-        by_state = {str(state): counts[state] for state in sorted(counts)}
+        counts = self._state.by_state
+        by_state = {str(state): counts[state] for state in sorted(counts) if counts[state]}
         return {
             "engines": self.list_engines(),
             "nodes": self.list_nodes(),

@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from corral.dispatcher.runtime import Runtime, RuntimeSettings, lock_home
 from corral.dispatcher.service import Dispatcher
@@ -81,7 +82,7 @@ class Standby:
         self._api_url = api_url
         self._on_active = on_active
         self._on_role = on_role
-        self.me = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.me = ""
         self._lease: PostgresLease | None = None
         self._stopping = asyncio.Event()
         self._role = Role(active=False)
@@ -99,6 +100,7 @@ class Standby:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = lock_home(home)
         try:
+            self.me = _dispatcher_id(home)
             address = _agent_address(self.settings)
             self.settings = replace(self.settings, agent_listen=address, home_locked=True)
             agents = f"{address[0]}:{address[1]}"
@@ -135,7 +137,9 @@ class Standby:
             try:
                 peers = self._peers(await lease.register(MEMBER_AGE * self._duration))
                 held = await lease.read()
-                if held is None or held.expired:
+                # its own lease is left over from a run of this dispatcher that is gone (the
+                # home's lock says so): taken back at once, in a new epoch
+                if held is None or held.expired or held.holder == self.me:
                     since = time.monotonic()
                     epoch = await lease.acquire(self._duration)
                     if epoch is not None:
@@ -263,6 +267,20 @@ class Standby:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _dispatcher_id(home: Path) -> str:
+    """This dispatcher's name in the lease: its host's, and a random part kept in its home
+    (each dispatcher needs a home of its own: never copy ``dispatcher_id``)."""
+    path = home / "dispatcher_id"
+    try:
+        part = path.read_text().strip()
+    except FileNotFoundError:
+        part = ""
+    if not part:
+        part = os.urandom(4).hex()
+        path.write_text(part + "\n")
+    return f"{socket.gethostname()}-{part}"
 
 
 def _agent_address(settings: RuntimeSettings) -> tuple[str, int]:

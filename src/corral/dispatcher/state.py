@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
+from corral.core.matchmaker import may_go_ahead
 from corral.core.model import Definition, Engine, NodeRecord, ProcessRecord, Resources
 from corral.core.process_states import MATCHABLE_STATES, ProcessState, QueueingMode
 from corral.core.snapshot import Pending
@@ -43,11 +45,16 @@ class State:
         self._on_fatal = on_fatal
         self.definitions: dict[DefinitionId, Definition] = {}
         self.processes: dict[Upid, ProcessRecord] = {}
+        #: how many processes are in each state, kept as they change (read by every dump
+        #: and metrics scrape, which must not walk a store of 100,000 processes)
+        self.by_state: Counter[ProcessState] = Counter()
         self.nodes: dict[NodeId, NodeRecord] = {}
         #: matchable processes in the order they are served (dicts keep insertion order)
         self.queue: dict[Upid, Pending] = {}
         #: those of the queue that have no waiting reason yet
         self.fresh: dict[Upid, Pending] = {}
+        #: those of the queue that may be placed ahead on a busy node
+        self.plain: dict[Upid, Pending] = {}
         #: processes holding a slot, per node
         self.by_node: dict[NodeId, set[Upid]] = {}
         #: bumped whenever a node's by_node set changes (views of the node are then stale)
@@ -129,6 +136,15 @@ class State:
         """Return once every change saved so far is committed."""
         await asyncio.shield(self._committer.commit_nowait([]))
 
+    def flushed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every change saved so far is committed."""
+        self._committer.commit_nowait([]).add_done_callback(lambda _: callback())
+
+    def settled(self, upid: Upid) -> bool:
+        """Is the latest change to ``upid`` committed, and were its commit's callbacks (the
+        commands it sends to agents) run?"""
+        return upid not in self._last_commit
+
     async def durable(self, upid: Upid) -> None:
         """Return once the latest change to ``upid`` is committed."""
         future = self._last_commit.get(upid)
@@ -169,6 +185,9 @@ class State:
     def _index(self, previous: ProcessRecord | None, record: ProcessRecord) -> None:
         upid = record.upid
         self.processes[upid] = record
+        if previous is not None:
+            self.by_state[previous.state] -= 1
+        self.by_state[record.state] += 1
         if (
             previous is not None
             and previous.assigned is not None
@@ -193,9 +212,12 @@ class State:
                 self.fresh.pop(upid, None)
             else:
                 self.fresh[upid] = pending
+            if may_go_ahead(pending):
+                self.plain[upid] = pending
         else:
             self.queue.pop(upid, None)
             self.fresh.pop(upid, None)
+            self.plain.pop(upid, None)
         if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
             heapq.heappush(self.delayed, (record.not_before, upid, record.round))
 

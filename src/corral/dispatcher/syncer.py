@@ -2,7 +2,9 @@
 
 Level-triggered: a report is compared with the store's record. The current round moves
 forward; a report of an older round (or of a process the store no longer wants on that
-node) is stale, and its process is killed or forgotten on the agent. After a round's end
+node) is stale, and its process is killed (or its queued launch dropped) or forgotten on
+the agent. A launch the agent dropped before it started (killed, or withdrawn to be placed
+where a slot is free) ends its round without a run. After a round's end
 is committed the agent is told to forget it, so nothing is reported twice into the void
 and nothing is lost if the dispatcher dies in between.
 """
@@ -19,9 +21,20 @@ from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.model import MAX_DISPATCH_ATTEMPTS, Engine, ProcessRecord
 from corral.core.process_states import ProcessState
 from corral.core.restart import Outcome
-from corral.dispatcher.rounds import describe_exit, ended, started
+from corral.dispatcher.rounds import describe_exit, ended, never_ran, started
 from corral.dispatcher.state import State
-from corral.wire.messages import EXITED, RUNNING, Forget, Message, ProcessReport
+from corral.wire.messages import (
+    EXITED,
+    NOT_STARTED,
+    QUEUED,
+    RUNNING,
+    Forget,
+    Message,
+    ProcessReport,
+)
+
+#: statuses of a round that may still run on the agent
+_LIVE = (QUEUED, RUNNING)
 
 log = logging.getLogger("corral.syncer")
 
@@ -71,7 +84,7 @@ class Syncer:
             if new:
                 latest[upid] = new[-1]
                 steps.extend(new)
-                if report.status != RUNNING:
+                if report.status not in _LIVE:
                     forget.append((record.upid, record.round))
         if steps:
             self._save(steps, node_id, forget)
@@ -116,13 +129,17 @@ class Syncer:
         """The steps ``report`` moves ``record`` through (none, one or two)."""
         now = self._clock.time()
         unstarted = record.state in (ProcessState.ASSIGNED, ProcessState.PENDING)
-        if report.status == RUNNING:
+        if report.status in _LIVE:
             if unstarted:
+                if report.status == QUEUED:
+                    return []  # it waits for a slot of its node: still PENDING there
                 return [started(record, report.pid, report.started_at, now)]
             if record.state is ProcessState.TERMINATING:
                 # The kill may have been sent while the agent was away: send it again.
                 self._kill(record.assigned or NodeId(""), record.upid, record.round)
             return []
+        if report.status == NOT_STARTED:
+            return [never_ran(record, now, report.ended_at)]
         steps = []
         if unstarted and report.status == EXITED:
             # It ran and ended while we were not listening (the dispatcher was down when
@@ -164,7 +181,7 @@ class Syncer:
             self._wake_mapper()
 
     def _stale(self, node_id: NodeId, report: ProcessReport) -> None:
-        if report.status == RUNNING:
+        if report.status in _LIVE:
             log.info("killing stale %s round %d on %s", report.upid, report.round, node_id)
             self._kill(node_id, Upid(report.upid), Round(report.round))
         else:

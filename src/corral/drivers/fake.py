@@ -4,8 +4,9 @@ For tests and benchmarks, and to try corral without machines. An instance boots 
 ``boot_delay``; its agent then joins the dispatcher through the hub's ``attach`` (the same
 token check and handler as a connection, but no socket, so 10,000 nodes cost no file
 descriptors), sends heartbeats, and "runs" what it is launched: a process is RUNNING at once
-and ends after the seconds given as the first argument of ``sleep`` (``sleep infinity``
-runs until killed), at once otherwise, with status 1 for ``false`` and 0 for the rest.
+(or, while every slot is busy, waits in a ``LaunchQueue`` as on a real agent) and ends
+after the seconds given as the first argument of ``sleep`` (``sleep infinity`` runs until
+killed), at once otherwise, with status 1 for ``false`` and 0 for the rest.
 
 Faults are knobs (:class:`FakeFaults`), in the manner of Arvados' stub driver: error rates on
 create and destroy, a call rate above which calls are rate limited, a quota, a capacity and
@@ -39,6 +40,7 @@ from corral.drivers.base import (
     RateLimited,
 )
 from corral.drivers.wrappers import UNLIMITED
+from corral.wire.launch_queue import LaunchQueue
 from corral.wire.messages import (
     EXITED,
     PROTOCOL_VERSION,
@@ -55,6 +57,7 @@ from corral.wire.messages import (
     Refused,
     Shutdown,
     Welcome,
+    Withdraw,
 )
 
 log = logging.getLogger("corral.drivers.fake")
@@ -285,6 +288,7 @@ class FakeAgent:
         self._inventory: dict[tuple[str, int], ProcessReport] = {}
         #: running rounds, with the timer that ends each (None: runs until killed)
         self._live: dict[tuple[str, int], asyncio.TimerHandle | None] = {}
+        self._queue = LaunchQueue(spec.engine.slots)
         self._outbox: list[Message] = []
         #: told to shut down: it stays quiet until destroyed
         self._shut = False
@@ -334,6 +338,7 @@ class FakeAgent:
             if timer is not None:
                 timer.cancel()
         self._live.clear()
+        self._queue = LaunchQueue(self.spec.engine.slots)
         if self._task is not None:
             self._task.cancel()
         port, self._port = self._port, None
@@ -368,7 +373,7 @@ class FakeAgent:
             labels=dict(self.spec.engine.labels),
             pid=0,
             version=PROTOCOL_VERSION,
-            inventory=list(self._inventory.values()),
+            inventory=[*self._inventory.values(), *self._queue.reports()],
         )
 
     def _say(self, msg: Message) -> None:
@@ -392,7 +397,12 @@ class FakeAgent:
             self._launch(msg)
         elif isinstance(msg, Kill):
             self._kill((msg.upid, msg.round))
+        elif isinstance(msg, Withdraw):
+            key = (msg.upid, msg.round)
+            if not self._drop_queued(key) and key in self._inventory:
+                self._say(self._inventory[key])
         elif isinstance(msg, Forget):
+            self._queue.drop((msg.upid, msg.round))
             if (msg.upid, msg.round) not in self._live:
                 self._inventory.pop((msg.upid, msg.round), None)
         elif isinstance(msg, ReadLog):
@@ -404,8 +414,15 @@ class FakeAgent:
         elif not isinstance(msg, Welcome):
             log.warning("fake agent %s ignores %s", self.spec.node_id, type(msg).__name__)
 
+    def _drop_queued(self, key: tuple[str, int]) -> bool:
+        report = self._queue.drop(key)
+        if report is not None:
+            self._inventory[key] = report
+            self._say(report)
+        return report is not None
+
     def _kill(self, key: tuple[str, int]) -> None:
-        if key in self._unkillable:
+        if self._drop_queued(key) or key in self._unkillable:
             return
         if key in self._live:
             self._end(key, None, SIGTERM)
@@ -414,6 +431,9 @@ class FakeAgent:
 
     def _shut_down(self) -> None:
         self._shut = True
+        for report in self._queue.drop_all():
+            self._inventory[(report.upid, report.round)] = report
+            self._say(report)
         for key in list(self._live):
             self._end(key, None, SIGTERM)
         self._flush()
@@ -428,6 +448,15 @@ class FakeAgent:
         if known is not None:
             self._say(known)
             return
+        self._queue.add(msg)
+        self._start_due()
+
+    def _start_due(self) -> None:
+        while (launch := self._queue.next_due(len(self._live))) is not None:
+            self._start(launch)
+
+    def _start(self, msg: Launch) -> None:
+        key = (msg.upid, msg.round)
         now = time.time()
         report = ProcessReport(
             msg.upid, msg.round, RUNNING, self._driver.next_pid(), None, None, None, now, None
@@ -459,6 +488,7 @@ class FakeAgent:
         ended = replace(report, status=EXITED, exit_code=code, signal=signal, ended_at=time.time())
         self._inventory[key] = ended
         self._say(ended)
+        self._start_due()
 
 
 def _duration(program: str, argv: list[str]) -> float:

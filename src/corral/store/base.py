@@ -87,6 +87,10 @@ class Store(Protocol):
         """
         ...
 
+    def free_space(self) -> int | None:
+        """Bytes free for the store on its disk; None when that is not ours to see (a server)."""
+        ...
+
     def close(self) -> None:
         """Release the backend's resources; calling it twice is harmless."""
         ...

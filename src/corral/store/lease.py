@@ -34,14 +34,15 @@ from corral.store.schema import DISPATCHER_LEASE
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 
 _READ = f"SELECT holder, epoch, expires - {_NOW}, doc FROM leases WHERE name = '{DISPATCHER_LEASE}'"
-# Taking an expired lease (or a first one) bumps the epoch; a live one is left alone, and
-# of two dispatchers racing for an expired lease the second finds it live and gets no row.
+# Taking an expired lease (or a first one, or one's own) bumps the epoch; another's live
+# one is left alone, and of two dispatchers racing for an expired lease the second finds it
+# live and gets no row.
 _ACQUIRE = (
     "INSERT INTO leases AS l (name, holder, epoch, expires, doc)"
     f" VALUES ('{DISPATCHER_LEASE}', %(holder)s, 1, {_NOW} + %(duration)s, %(doc)s)"
     " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = l.epoch + 1,"
     " expires = excluded.expires, doc = excluded.doc"
-    f" WHERE l.expires <= {_NOW}"
+    f" WHERE l.expires <= {_NOW} OR l.holder = excluded.holder"
     " RETURNING epoch"
 )
 _RENEW = (
@@ -93,9 +94,11 @@ class Member:
 class PostgresLease:
     """This dispatcher's side of the lease: read, take, renew and give it up; register.
 
-    ``me`` names this dispatcher (unique per process); ``doc`` is what it says of itself
-    (``{"api": URL, "agents": "HOST:PORT"}``). Every method raises `StoreError` when the
-    database fails or does not answer within ``timeout`` seconds.
+    ``me`` names this dispatcher, the same across its restarts and never another's: a
+    dispatcher may take back its own lease before it expires (its previous run is known to
+    be gone). ``doc`` is what it says of itself (``{"api": URL, "agents": "HOST:PORT"}``).
+    Every method raises `StoreError` when the database fails or does not answer within
+    ``timeout`` seconds.
     """
 
     def __init__(self, url: str, me: str, doc: Mapping[str, Any], *, timeout: float = 2.0) -> None:
@@ -126,7 +129,8 @@ class PostgresLease:
         return Holder(holder, int(epoch), float(remaining), _loads(doc))
 
     async def acquire(self, duration: float) -> int | None:
-        """Take the lease if it is free or expired; the new epoch, or None if it is held."""
+        """Take the lease if it is free, expired or ours; the new epoch, or None if another
+        dispatcher holds it."""
         args = {"holder": self.me, "duration": duration, "doc": self._doc}
         rows = await self._query((_ACQUIRE, args))
         return int(rows[0][0]) if rows else None

@@ -6,15 +6,24 @@ connection, used by one caller at a time, as the `Store` protocol says. A transa
 connection is opened again on the next call, and a failed transaction is rolled back first,
 so nothing of it is applied. Needs the ``postgres`` extra (psycopg 3).
 
+A server that goes away (restarted, failed over, the network cut) does not stop the
+dispatcher at once: `apply` reconnects and runs the same transaction again for up to
+``outage_grace`` seconds. That is safe because every change is a whole-row upsert or a
+delete, so a transaction whose COMMIT was lost with the connection may run twice and leave
+the same rows. Past the grace the error stands, and the dispatcher stops.
+
 Once `fence` is called (by a dispatcher holding the lease of ``corral.store.lease``), every
 transaction first checks, under a share lock of the lease row, that the lease is still at
-that epoch: the commits of a deposed dispatcher fail and apply nothing.
+that epoch: the commits of a deposed dispatcher fail at once, are not tried again, and
+apply nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +31,11 @@ from corral.errors import StoreError
 from corral.store import rows, schema
 from corral.store.base import Change, Convert, Loaded, Table
 
+log = logging.getLogger("corral.store")
+
 _SQL = rows.SQL("%s")
+#: how long `apply` keeps trying to reach a server that went away
+OUTAGE_GRACE = 30.0
 _SECRET = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
@@ -53,10 +66,16 @@ def conninfo(url: str, timeout: float) -> str:
     return make_conninfo("", **options)
 
 
+class _Deposed(StoreError):
+    """A fenced transaction found the lease at another epoch: never worth trying again."""
+
+
 class PostgresStore:
     """A `corral.store.Store` in a PostgreSQL database."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 10.0, outage_grace: float = OUTAGE_GRACE
+    ) -> None:
         try:
             import psycopg
         except ImportError:
@@ -67,6 +86,7 @@ class PostgresStore:
         self.url = url
         self._where = redacted(url)
         self._timeout = connect_timeout
+        self._outage_grace = outage_grace
         self._conn: Any = None
         self._closed = False
         self._epoch: int | None = None
@@ -125,34 +145,69 @@ class PostgresStore:
         if not changes:
             return
         statements = rows.prepare(self._where, _SQL, changes)
+        deadline = time.monotonic() + self._outage_grace
+        delay = 0.05
+        while True:
+            try:
+                self._transact(statements, len(changes))
+            except _Deposed:
+                raise
+            except (self._psycopg.OperationalError, StoreError) as exc:
+                # The server is unreachable or went away mid-transaction: try again on a
+                # new connection until the grace runs out.
+                if self._closed:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"store {self._where}: unreachable for {self._outage_grace:g} s, a"
+                        f" transaction of {len(changes)} changes is not committed: {exc}"
+                    ) from exc
+                if delay == 0.05:
+                    log.warning("store %s unreachable, retrying: %s", self._where, exc)
+                self._drop_connection()
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:  # the driver's, or an encoding error of a value
+                raise self._failed(changes, exc) from exc
+            else:
+                if delay > 0.05:
+                    log.warning("store %s reachable again", self._where)
+                return
+
+    def _failed(self, changes: Sequence[Change], exc: BaseException) -> StoreError:
+        return StoreError(
+            f"store {self._where}: a transaction of {len(changes)} changes failed and was"
+            f" rolled back, nothing of it applied: {exc}"
+        )
+
+    def _transact(self, statements: rows.Statements, count: int) -> None:
         conn = self._connection()
-        try:
-            with conn.transaction(), conn.cursor() as cursor:
-                if self._epoch is not None:
-                    self._check_epoch(cursor, len(changes))
-                for sql, values in statements:
-                    cursor.executemany(sql, values)
-        except StoreError:
-            raise
-        except Exception as exc:  # the driver's, or an encoding error of a value
-            raise StoreError(
-                f"store {self._where}: a transaction of {len(changes)} changes failed and was"
-                f" rolled back, nothing of it applied: {exc}"
-            ) from exc
+        with conn.transaction(), conn.cursor() as cursor:
+            if self._epoch is not None:
+                self._check_epoch(cursor, count)
+            for sql, values in statements:
+                cursor.executemany(sql, values)
 
     def _check_epoch(self, cursor: Any, count: int) -> None:
         row = cursor.execute(schema.LEASE_GUARD).fetchone()
         if row is None or int(row[0]) != self._epoch:
             now = "no lease" if row is None else f"epoch {row[0]}"
-            raise StoreError(
+            raise _Deposed(
                 f"store {self._where}: this dispatcher was deposed (it held epoch"
                 f" {self._epoch}; the lease is at {now}); a transaction of {count} changes"
                 " was refused, nothing of it applied"
             )
 
-    def close(self) -> None:
-        self._closed = True
+    def _drop_connection(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def free_space(self) -> int | None:
+        """Unknown: the database's disk belongs to its server."""
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop_connection()

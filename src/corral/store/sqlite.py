@@ -165,6 +165,11 @@ class SQLiteStore:
                 f" rolled back, nothing of it applied: {_explain(exc)}"
             ) from exc
 
+    def free_space(self) -> int | None:
+        """Bytes an unprivileged writer may still use on the file system of the store."""
+        stats = os.statvfs(self.path.parent)
+        return stats.f_bavail * stats.f_frsize
+
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the main file."""
         if self._conn is not None:

@@ -57,6 +57,9 @@ def node_view(
     exclusive_tags: Iterable[str] = (),
     accepting: bool = True,
     room: Resources | None = None,
+    ahead: int = 0,
+    queued: int = 0,
+    withdrawing: int = 0,
 ) -> NodeView:
     return NodeView(
         node_id=NodeId(node_id),
@@ -67,6 +70,9 @@ def node_view(
         exclusive_tags=frozenset(exclusive_tags),
         accepting=accepting,
         room=room,
+        ahead=ahead,
+        queued=queued,
+        withdrawing=withdrawing,
     )
 
 

@@ -40,6 +40,14 @@ A process lives through *rounds*. Within a round its state only moves forward (t
 number grows); a restart, or scheduling a finished process again, opens the next round,
 so the pair `(round, state)` only ever grows. Any move not listed here raises
 `IllegalTransition`.
+
+A placement is committed, `ASSIGNED` and `PENDING` in one transaction, before its launch
+leaves for the node. A `PENDING` process may be waiting in its node's queue: when every
+slot of an engine's nodes is busy, up to `launch_ahead` launches per node are placed ahead,
+and the agent starts them, in order, as slots free. Dropped from that queue before it
+started, a round ends without a run: `terminated` if it was being terminated, otherwise
+`restart_now` (it was withdrawn to a slot that freed elsewhere), which places it again and
+counts no dispatch attempt.
 """
 
 

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,10 @@ class PostgresServer:
             "UTF8",
             "--no-sync",
         )
+        self._pg_ctl_start()
+
+    def _pg_ctl_start(self) -> None:
+        data = self.dir / "data"
         options = f"-h 127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
         self._run(
             str(self._bin / "pg_ctl"),
@@ -84,10 +89,19 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def _pg_ctl_stop(self) -> None:
+        self._run(
+            str(self._bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop"
+        )
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server (its clients' connections are cut), wait, start it again."""
+        self._pg_ctl_stop()
+        time.sleep(down_for)
+        self._pg_ctl_start()
+
     def stop(self) -> None:
         try:
-            self._run(
-                str(self._bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop"
-            )
+            self._pg_ctl_stop()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)

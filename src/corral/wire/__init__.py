@@ -36,6 +36,7 @@ from corral.wire.messages import (
     Renewed,
     Shutdown,
     Welcome,
+    Withdraw,
 )
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "Renewed",
     "Shutdown",
     "Welcome",
+    "Withdraw",
     "decode_frame",
     "encode_frame",
     "open_connection",

@@ -7,7 +7,7 @@ what travels on the wire (see ``corral.wire.codec``), after a small integer that
 
 Agent → dispatcher: ``Hello`` (first frame), ``ProcessReport``, ``Heartbeat``, ``LogChunk``.
 Dispatcher → agent: ``Welcome`` or ``Refused`` (answers to Hello), ``Launch``, ``Kill``,
-``Forget``, ``ReadLog``, ``Shutdown``, ``Renewed``.
+``Withdraw``, ``Forget``, ``ReadLog``, ``Shutdown``, ``Renewed``.
 
 Every command names a process by ``(upid, round)``, so a repeated command is harmless and a
 command for an older round can be told apart from the current one.
@@ -23,17 +23,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """Sent in ``Hello.version``; the hub refuses agents that speak another version."""
 
-ReportStatus: TypeAlias = Literal["running", "exited", "spawn_failed"]
-"""What the agent observed; the dispatcher turns it into EXITED or FAILED."""
+ReportStatus: TypeAlias = Literal["queued", "running", "exited", "spawn_failed", "not_started"]
+"""What the agent observed. ``queued``: received while every slot was busy, it starts when
+one frees; ``not_started``: dropped from that queue (killed, withdrawn, shut down) before
+it ever ran. The dispatcher turns the ends into EXITED, FAILED or TERMINATED."""
 
 LogStream: TypeAlias = Literal["stdout", "stderr"]
 
+QUEUED: Final = "queued"
 RUNNING: Final = "running"
 EXITED: Final = "exited"
 SPAWN_FAILED: Final = "spawn_failed"
+NOT_STARTED: Final = "not_started"
 
 
 # --- agent → dispatcher -----------------------------------------------------------------------
@@ -158,6 +162,15 @@ class Kill:
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Drop that round from the queue if it has not started (answered by a ``not_started``
+    report, so the dispatcher can place it elsewhere); a round that started is left alone."""
+
+    upid: str
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
 class Forget:
     """The dispatcher has durably recorded that round's end: drop it from the inventory."""
 
@@ -193,7 +206,7 @@ class Renewed:
 
 AgentMessage: TypeAlias = Hello | ProcessReport | Heartbeat | LogChunk
 DispatcherMessage: TypeAlias = (
-    Welcome | Refused | Launch | Kill | Forget | ReadLog | Shutdown | Renewed
+    Welcome | Refused | Launch | Kill | Withdraw | Forget | ReadLog | Shutdown | Renewed
 )
 Message: TypeAlias = AgentMessage | DispatcherMessage
 
@@ -209,6 +222,7 @@ TYPE_CODES: Final[dict[type[Message], int]] = {
     Forget: 20,
     ReadLog: 21,
     Shutdown: 22,
-    Renewed: 23,
+    Withdraw: 23,
+    Renewed: 24,
 }
 """The number that leads each message on the wire. Never reuse a retired number."""
