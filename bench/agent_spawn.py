@@ -54,6 +54,7 @@ async def agent_rate(count: int, batch: int, log_level: str, state_dir: Path) ->
         "--dispatcher", f"127.0.0.1:{port}",
         "--state-dir", str(state_dir),
         "--log-level", log_level,
+        "--allow-root",  # as whoever runs it: the fast path is what is measured
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(state_dir.parent / "agent.log").open("wb"),

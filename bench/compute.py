@@ -27,6 +27,7 @@ from corral.compute import Computation
 CONFIG = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 1
 maximum_vms = 1

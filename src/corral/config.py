@@ -11,7 +11,9 @@
     labels = { zone = "a" }
 
 The first engine is the default one. With no file, one ``default`` engine on the local
-driver with ``2 × cores`` slots is used.
+driver with ``2 × cores`` slots is used; when the dispatcher runs as root, its processes
+run as ``nobody`` (processes never run as root unless an engine says ``run_as = "root"``
+or ``allow_root = true``).
 
 The dispatcher's own settings (the command line's options win)::
 
@@ -59,9 +61,15 @@ class Config:
         return self.engines[0]
 
 
+#: who the embedded default's processes run as when the dispatcher (so its local agents)
+#: runs as root
+DEFAULT_ROOT_RUN_AS = "nobody"
+
+
 def default_config() -> Config:
     slots = 2 * (os.cpu_count() or 1)
-    return Config((Engine(EngineId("default"), slots=slots, maximum_vms=1),))
+    run_as = DEFAULT_ROOT_RUN_AS if os.geteuid() == 0 else None
+    return Config((Engine(EngineId("default"), slots=slots, maximum_vms=1, run_as=run_as),))
 
 
 def load_config(path: Path | None) -> Config:
@@ -251,6 +259,7 @@ def _engine(item: Any, where: str, source: str, types: dict[str, InstanceType]) 
     values["driver_options"] = _driver_options(driver, options, where, source)
     values.update(_numbers(item, where, source))
     values["labels"] = _labels(item.get("labels", {}), where, source)
+    values.update(_identity(item, where, source))
     values["instance_types"] = _engine_types(item.get("instance_types", []), types, where, source)
     engine = Engine(**values)
     if engine.base_need > engine.maximum_vms:
@@ -348,6 +357,37 @@ def _numbers(item: dict[str, Any], where: str, source: str) -> dict[str, Any]:
                 )
             values[key] = float(value)
     return values
+
+
+def _identity(item: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    """``run_as``: a user name or uid; ``allow_root``: a boolean."""
+    values: dict[str, Any] = {}
+    if "run_as" in item:
+        user = item["run_as"]
+        if not isinstance(user, str) or not user or not user.isprintable() or " " in user:
+            raise InvalidRequest(
+                f"{source}: {where}.run_as must be a user name or uid", field=f"{where}.run_as"
+            )
+        values["run_as"] = user
+    if "allow_root" in item:
+        if not isinstance(item["allow_root"], bool):
+            raise InvalidRequest(
+                f"{source}: {where}.allow_root must be true or false",
+                field=f"{where}.allow_root",
+            )
+        values["allow_root"] = item["allow_root"]
+    return values
+
+
+def refusing_root(config: Config) -> list[str]:
+    """The engines whose processes a root dispatcher's local agents would refuse to run."""
+    if os.geteuid() != 0:
+        return []
+    return [
+        e.engine_id
+        for e in config.engines
+        if e.driver == "local" and e.run_as is None and not e.allow_root
+    ]
 
 
 def _labels(labels: Any, where: str, source: str) -> dict[str, str]:

@@ -2,10 +2,18 @@
 
 A secret file is made once, at random, never readable by group or others, and never half
 written; a file that group or others may read is refused with the command that fixes it.
+
+Each node's agent has a token of its own, derived from the dispatcher's agent secret
+(``HOME/agent_token``) and the node's id by :func:`node_token`: the driver that creates a
+node hands its agent that token only, the hub recomputes it for the node id a Hello
+claims, and nothing new is stored. A node's token proves that node and no other, and a
+leaked one lets its holder act as that one node only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -61,3 +69,20 @@ def _read_token(path: Path) -> str:
     if not token:
         raise CorralError(f"the token file {path} is empty; delete it to get a new token")
     return token
+
+
+def node_token(secret: str, node_id: str) -> str:
+    """The token of the agent of ``node_id``: HMAC-SHA256 of the node id under ``secret``."""
+    message = b"corral agent token\x00" + node_id.encode("utf-8", "surrogatepass")
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path``, private to this user, replacing what was there."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does nothing to a file that already existed
+        os.write(fd, secret.encode() + b"\n")
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ T = TypeVar("T")
 CONFIG = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 driver = "local"
 slots = 4
 base_need = 1

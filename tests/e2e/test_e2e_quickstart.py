@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +82,16 @@ def test_quickstart_runs_a_first_process(tmp_path: Path) -> None:
         assert "800-EXITED" in done.stdout, output
         assert (home / "serve.pid").exists(), output
         assert (home / "url").read_text().strip() == f"http://127.0.0.1:{DEFAULT_PORT}"
+        # on embedded defaults, processes run as the user who started corral, but never
+        # as root: a root dispatcher runs them as nobody
+        corral = [sys.executable, "-m", "corral", "process"]
+        whoami = [*corral, "schedule", "whoami", "--exec", "/usr/bin/id", "--arg", "-un"]
+        subprocess.run([*whoami, "--wait", "800-EXITED"], env=env, check=True, timeout=30)
+        logs = subprocess.run(
+            [*corral, "logs", "whoami"], env=env, capture_output=True, text=True, check=True
+        )
+        expected = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
+        assert logs.stdout.strip() == expected
     finally:
         _stop(home)
     assert not _alive(int((home / "serve.pid").read_text()))

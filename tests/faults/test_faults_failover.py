@@ -52,6 +52,7 @@ heartbeat_period = 0.2
 heartbeat_warning = 1.0
 heartbeat_missing = 4.0
 terminate_grace = 1.0
+allow_root = true  # the tests may run as root
 """
 
 

@@ -39,6 +39,7 @@ BATCH = 50
 CONFIG = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 driver = "local"
 slots = 8
 base_need = 1

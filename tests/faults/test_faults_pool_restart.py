@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(90)
 POOL = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 driver = "local"
 slots = 2
 base_need = 5

@@ -35,6 +35,7 @@ from corral.testing.postgres import PostgresServer, binaries
 CONFIG = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 driver = "local"
 slots = 8
 base_need = 1

@@ -41,6 +41,7 @@ DEADLINE = 20.0
 ONE_NODE = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 8
 base_need = 1
 maximum_vms = 1

@@ -211,16 +211,22 @@ def _open_log(tmp_path: Path) -> tuple[Path, BinaryIO]:
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    port: int | str, tmp_path: Path, token: str = TOKEN, *, orphans: str = "kill"
+    port: int | str,
+    tmp_path: Path,
+    token: str = TOKEN,
+    *,
+    orphans: str = "kill",
+    args: tuple[str, ...] = ("--allow-root",),  # the tests may run as root
 ) -> AsyncIterator[AgentProcess]:
-    """Start an agent on ``tmp_path/state``; SIGKILL it on the way out if still alive.
+    """Start an agent on ``tmp_path/state`` with ``args``; SIGKILL it on the way out if still
+    alive.
 
     Its processes are killed too (``kill_orphans``) unless ``orphans="keep"``.
     """
     log_path, log = _open_log(tmp_path)
     with log:
         proc = await asyncio.create_subprocess_exec(
-            *agent_command(port, tmp_path / "state"),
+            *agent_command(port, tmp_path / "state", *args),
             env=agent_environ(token),
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -222,6 +222,17 @@ def test_a_malformed_upid_is_a_4xx_not_a_500(corral, http: httpx.Client, upid: s
     assert 400 <= response.status_code < 500, response.text
 
 
+@pytest.mark.parametrize(
+    "upid", ["forged\nINFO line", "bell\x07", "esc\x1b[2J", "c1\x85"], ids=repr
+)
+def test_an_id_with_control_characters_is_refused_naming_it(corral, upid: str) -> None:
+    # a newline in an id would let a caller write lines of their own into the logs
+    with pytest.raises(InvalidRequest) as caught:
+        corral.client.schedule_process(upid, corral.define("exit 0"))
+    assert caught.value.field == "upid"
+    assert "control characters" in caught.value.message
+
+
 @pytest.mark.parametrize("upid", ["é" * 50, "a b:c?d#e%f&g=h", "ü" * 100], ids=len)
 def test_a_upid_the_dispatcher_accepts_is_one_its_agent_can_run(corral, upid: str) -> None:
     definition = corral.define("echo ran")

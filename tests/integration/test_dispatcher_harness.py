@@ -16,6 +16,7 @@ pytestmark = pytest.mark.timeout(30)
 CONFIG = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 1
 maximum_vms = 1

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 _ENGINE = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = {slots}
 launch_ahead = {ahead}
 base_need = {nodes}
@@ -222,6 +223,7 @@ def test_launches_queued_on_a_lost_node_are_placed_again_on_its_replacement(
 ELASTIC = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 1
 launch_ahead = 1
 base_need = 1

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(30)
 ONE_NODE = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 4
 launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1

@@ -4,6 +4,7 @@ and nodes whose agent an operator started by hand."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -82,6 +83,7 @@ def test_a_second_dispatcher_on_the_same_home_is_refused(tmp_path: Path) -> None
 HAND_STARTED = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 0
 maximum_vms = 1
@@ -94,6 +96,17 @@ heartbeat_missing = 2.0
 def test_an_agent_started_by_hand_joins_stays_and_runs_work(tmp_path: Path) -> None:
     with open_test_dispatcher(HAND_STARTED) as corral:
         address = (corral.home / "agent_address").read_text().strip()
+        # the node's own token, as the operator gets it where the dispatcher runs
+        printed = subprocess.run(
+            [sys.executable, "-m", "corral", "node", "token", "by-hand"],
+            env={**os.environ, "CORRAL_HOME": str(corral.home)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token_file = tmp_path / "by-hand.token"
+        token_file.write_text(printed.stdout)
+        token_file.chmod(0o600)
         agent = subprocess.Popen(
             [
                 sys.executable,
@@ -102,7 +115,7 @@ def test_an_agent_started_by_hand_joins_stays_and_runs_work(tmp_path: Path) -> N
                 "--dispatcher",
                 address,
                 "--token-file",
-                str(corral.home / "agent_token"),
+                str(token_file),
                 "--node-id",
                 "by-hand",
                 "--engine",
@@ -113,6 +126,7 @@ def test_an_agent_started_by_hand_joins_stays_and_runs_work(tmp_path: Path) -> N
                 str(tmp_path / "agent"),
                 "--heartbeat-period",
                 "0.2",
+                "--allow-root",  # the tests may run as root
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

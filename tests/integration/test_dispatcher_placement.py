@@ -18,6 +18,7 @@ pytestmark = pytest.mark.timeout(30)
 _ENGINE = """
 [[engines]]
 id = "{id}"
+allow_root = true  # the tests may run as root
 slots = {slots}
 launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = {nodes}

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 ELASTIC = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 1
 launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
@@ -60,6 +61,7 @@ def test_a_queue_grows_the_pool_which_shrinks_back_newest_first(
 TWO_NODES = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 1
 launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 2

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.timeout(30)
 TWO_SLOTS = """
 [[engines]]
 id = "default"
+allow_root = true  # the tests may run as root
 slots = 2
 launch_ahead = 0
 base_need = 1

@@ -29,6 +29,7 @@ from corral.drivers.libcloud import (
     agent_user_data,
     classify,
 )
+from corral.secretfile import node_token
 from corral.testing import engine
 from corral.testing.dispatcher import open_test_dispatcher
 from corral.testing.serve import wait_until
@@ -92,6 +93,7 @@ def test_the_user_data_script_starts_an_agent_that_joins(tmp_path: Path) -> None
     config = """
 [[engines]]
 id = "cloud"
+allow_root = true  # the tests may run as root
 slots = 2
 base_need = 0
 maximum_vms = 2
@@ -101,7 +103,8 @@ heartbeat_missing = 2.0
 """
     with open_test_dispatcher(config, home=tmp_path / "home") as corral:
         host, port = corral.runtime.agent_address or ("", 0)
-        token = (corral.home / "agent_token").read_text().strip()
+        secret = (corral.home / "agent_token").read_text().strip()
+        token = node_token(secret, "cloud-feed")
         spec = NodeSpec(NodeId("cloud-feed"), engine("cloud", slots=2))
         script = agent_user_data(
             spec, f"{host}:{port}", token, sys.executable, str(tmp_path / "agent")

@@ -21,6 +21,7 @@ import pytest
 from corral.core.ids import NodeId
 from corral.drivers.base import TAG_POOL, NodeSpec
 from corral.drivers.slurm import SlurmDriver, SlurmOptions
+from corral.secretfile import node_token
 from corral.testing import engine
 from corral.testing.dispatcher import open_test_dispatcher
 from corral.testing.serve import wait_until
@@ -119,6 +120,7 @@ def test_a_node_is_a_batch_job_whose_agent_joins_and_runs_a_process(
     config = f"""
 [[engines]]
 id = "hpc"
+allow_root = true  # the tests may run as root
 driver = "slurm"
 slots = 1
 base_need = 1
@@ -182,7 +184,8 @@ def test_the_driver_lists_only_the_jobs_of_its_pool(slurm: dict[str, str], tmp_p
     try:
         instance, listed = asyncio.run(scenario())
         assert instance.instance_id.isdigit()
-        assert (tmp_path / "agents" / "hpc-0001" / "token").read_text() == "secret"
+        token = (tmp_path / "agents" / "hpc-0001" / "token").read_text()
+        assert token == node_token("secret", "hpc-0001")  # its own, not the secret
         by_id = {i.instance_id: i.tags for i in listed}
         assert by_id[instance.instance_id] == {
             "corral-pool": "abc123",

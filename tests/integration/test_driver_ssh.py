@@ -19,6 +19,7 @@ import pytest
 from corral.core.ids import NodeId
 from corral.drivers.base import CapacityUnavailable, CloudError, NodeSpec
 from corral.drivers.ssh import SSHDriver, SSHOptions
+from corral.secretfile import node_token
 from corral.testing import engine
 from corral.testing.dispatcher import open_test_dispatcher
 from corral.testing.serve import pid_alive, wait_until
@@ -110,6 +111,7 @@ def test_a_dispatcher_boots_an_agent_over_ssh_runs_a_process_and_retires_it(
     config = f"""
 [[engines]]
 id = "remote"
+allow_root = true  # the tests may run as root
 driver = "ssh"
 slots = 2
 base_need = 1
@@ -156,7 +158,7 @@ def test_one_agent_per_host_and_destroy_cleans_up(sshd: SSHServer) -> None:
             (instance.instance_id, {"corral-pool": "p1"})
         ]
         token = sshd.root / "agents" / "n1" / "token"
-        assert token.read_text() == "secret"
+        assert token.read_text() == node_token("secret", "n1")  # its own, not the secret
         assert token.stat().st_mode & 0o077 == 0
         with pytest.raises(CapacityUnavailable):
             await driver.create(NodeSpec(NodeId("n2"), engine("e")), {})

@@ -125,14 +125,33 @@ ROUTES = {
 }
 
 
-async def test_openapi_is_served_without_a_token_and_lists_every_route() -> None:
+async def test_openapi_is_served_with_the_token_and_lists_every_route() -> None:
     async with client(FakeService(), headers=None) as http:
+        assert (await http.get("/openapi.json")).status_code == 401
+    async with client(FakeService()) as http:
         schema = (await http.get("/openapi.json")).json()
     assert {path: set(ops) for path, ops in schema["paths"].items()} == ROUTES
     assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert schema["security"] == [{"bearer": []}]
     assert schema["paths"]["/health"]["get"]["security"] == []
     assert schema["paths"]["/processes/{upid}/schedule"]["post"]["summary"] == "schedule_process"
+
+
+async def test_openapi_describes_every_answer_and_every_error_body() -> None:
+    async with client(FakeService()) as http:
+        schema = (await http.get("/openapi.json")).json()
+    assert "HTTPValidationError" not in json.dumps(schema)  # FastAPI's shape, not ours
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            where = f"{method.upper()} {path}"
+            assert ("401" in responses) == (path != "/health"), where
+            for status, answer in responses.items():
+                if int(status) >= 400:
+                    body = answer["content"]["application/json"]["schema"]
+                    assert body == {"$ref": "#/components/schemas/ErrorBody"}, where
+    process = schema["paths"]["/processes/{upid}"]["get"]["responses"]["200"]
+    assert process["content"]["application/json"]["schema"]["$ref"].endswith("/ProcessOut")
 
 
 # -- definitions and processes ---------------------------------------------------------------

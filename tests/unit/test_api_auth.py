@@ -83,3 +83,14 @@ def test_when_another_process_creates_it_first_its_token_wins(
     monkeypatch.setattr(os, "link", racing_link)
     assert load_or_create_token(path) == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]
+
+
+def test_each_node_has_a_token_of_its_own_that_reveals_nothing_of_the_secret() -> None:
+    from corral.secretfile import node_token
+
+    token = node_token("the-secret", "node-a")
+    assert token == node_token("the-secret", "node-a")  # derived, so nothing is stored
+    assert token != node_token("the-secret", "node-b")
+    assert token != node_token("another-secret", "node-a")
+    assert "the-secret" not in token
+    assert len(token) == 64

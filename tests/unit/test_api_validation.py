@@ -202,3 +202,48 @@ def test_no_json_body_produces_a_500() -> None:
 
             check()
             check_bytes()
+
+
+async def test_a_query_parameter_given_twice_is_refused_naming_it() -> None:
+    transport = httpx.ASGITransport(app=create_app(FakeService(), TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as http:
+        response = await http.get("/events", params=[("upid", "a"), ("upid", "b")])
+        assert response.status_code == 422
+        assert response.json()["error"]["field"] == "upid"
+        assert "given more than once" in response.json()["error"]["message"]
+        # a parameter that is a list may repeat
+        waited = await http.get("/processes/p/wait", params=[("state", "A"), ("state", "B")])
+        assert waited.status_code != 422 or waited.json()["error"]["field"] != "state"
+
+
+async def test_the_repeatable_query_parameters_are_the_lists_of_the_schema() -> None:
+    from corral.api.routes import REPEATABLE
+
+    transport = httpx.ASGITransport(app=create_app(FakeService(), TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as http:
+        schema = (await http.get("/openapi.json")).json()
+    lists = {
+        parameter["name"]
+        for operations in schema["paths"].values()
+        for operation in operations.values()
+        for parameter in operation.get("parameters", [])
+        if parameter["in"] == "query" and "array" in str(parameter["schema"])
+    }
+    assert lists == REPEATABLE
+
+
+async def test_a_definition_states_its_resources_through_the_api() -> None:
+    service = FakeService()
+    transport = httpx.ASGITransport(app=create_app(service, TOKEN))
+    executable = {**EXECUTABLE, "resources": {"cpus": 1.5, "memory": 512}}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as http:
+        created = await http.post("/definitions", json={**DEFINITION, "executable": executable})
+        assert created.status_code == 200, created.text
+        assert service.definitions["echo"]["executable"]["resources"] == {
+            "cpus": 1.5,
+            "memory": 512,
+        }
+        wrong = {**EXECUTABLE, "resources": {"cpus": -1}}
+        refused = await http.post("/definitions", json={**DEFINITION, "executable": wrong})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "executable.resources.cpus"

@@ -66,9 +66,12 @@ def test_every_setting_is_read():
             heartbeat_missing=4,
             boot_timeout=60,
             terminate_grace=3,
+            run_as="corral",
+            allow_root=True,
         )
     )
     e = config.default_engine
+    assert (e.run_as, e.allow_root) == ("corral", True)
     assert (e.slots, e.base_need, e.maximum_vms) == (8, 2, 5)
     assert (e.heartbeat_period, e.heartbeat_warning, e.heartbeat_missing) == (0.5, 2.0, 4.0)
     assert (e.boot_timeout, e.terminate_grace) == (60.0, 3.0)
@@ -127,6 +130,12 @@ def test_labels_become_strings_as_constraints_compare_them():
         (_one(labels="zone=a"), "engines[0].labels"),
         ({"engines": [{"id": "a"}, {"id": "b"}, {"id": "a"}]}, "engines[2].id"),
         ({"engines": [{"id": "a"}, {"id": "b", "slots": 0}]}, "engines[1].slots"),
+        (_one(run_as=""), "engines[0].run_as"),
+        (_one(run_as=0), "engines[0].run_as"),
+        (_one(run_as="two words"), "engines[0].run_as"),
+        (_one(run_as="new\nline"), "engines[0].run_as"),
+        (_one(allow_root="yes"), "engines[0].allow_root"),
+        (_one(allow_root=1), "engines[0].allow_root"),
     ],
 )
 def test_a_bad_config_is_refused_naming_the_key(raw, field):
@@ -137,7 +146,7 @@ def test_a_bad_config_is_refused_naming_the_key(raw, field):
 
 
 def test_an_unknown_engine_setting_lists_the_known_ones():
-    assert "expected one of base_need, boot_timeout" in _error(_one(cores=4)).message
+    assert "expected one of allow_root, base_need, boot_timeout" in _error(_one(cores=4)).message
 
 
 def test_a_missing_driver_says_which_are_available():

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from corral.agent import pidfiles
+from corral.agent.identity import Identity
 from corral.agent.logs import SPILL_EVERY, LogSpool, safe_name
 from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
 
@@ -64,14 +65,22 @@ class Launcher:
         state_dir: Path,
         on_exit: Callable[[ProcessReport], None],
         environ: Mapping[str, str],
+        identity: Identity | None = None,
     ) -> None:
+        """``identity`` starts the processes as another user (or refuses to start them);
+        None runs them as the agent's own user (see ``identity``)."""
         self._state_dir = state_dir
         self._pids_dir = state_dir / "pids"
-        self._config_dir = state_dir / "config"
+        self._identity = identity
+        self._owner = identity.owner if identity is not None else None
+        self._config_dir = (
+            identity.config_dir(state_dir) if identity is not None else state_dir / "config"
+        )
         # Most processes have no configuration: they share one file, and one /dev/null,
         # instead of costing a file creation and an open each (syscalls are dear here).
         self._empty_config = self._config_dir / "empty.json"
-        _write_private(self._empty_config, "{}")
+        # shared by the processes of another user too: theirs to read, not to change
+        _write_private(self._empty_config, "{}", mode=0o600 if self._owner is None else 0o644)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._on_exit = on_exit
@@ -124,7 +133,7 @@ class Launcher:
             config_path = self._empty_config
         else:
             config_path = self._config_path(launch.upid, launch.round)
-            _write_private(config_path, launch.configuration)
+            _write_private(config_path, launch.configuration, owner=self._owner)
         env = {
             **self._environ,
             **launch.env,
@@ -171,6 +180,8 @@ class Launcher:
         ``posix_spawn`` has no working directory of its own: the agent steps into it for the
         call (it is single-threaded there, and uses no relative paths) and back out.
         """
+        if self._identity is not None:
+            return self._identity.spawn(launch, env, self._devnull, out, err)
         cwd = launch.working_directory
         if cwd is not None:
             os.chdir(cwd)
@@ -402,10 +413,12 @@ def describe_spawn_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str, owner: int | None = None, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does nothing to a file that already existed
+        os.fchmod(fd, mode)  # O_CREAT's mode does nothing to a file that already existed
+        if owner is not None:
+            os.fchown(fd, owner, -1)  # the user its process runs as reads it
         os.write(fd, text.encode())
     finally:
         os.close(fd)

@@ -3,6 +3,10 @@
 Exit codes: 0 after a Shutdown or on SIGTERM/SIGINT, 2 for a usage error or a state directory
 another agent holds, 3 when the dispatcher refuses the agent (a wrong token must not loop).
 
+Processes run as ``--run-as USER`` (the agent must be root to switch), else as the agent's
+own user, but never as root unless ``--allow-root`` says so: a root agent told neither
+refuses every launch, saying why (see ``identity``).
+
 SIGTERM and SIGINT stop the agent but NOT its processes, so an operator can restart or
 upgrade the agent under a running workload; the new agent adopts the processes recorded in
 its state directory. To stop the processes too, the dispatcher sends Shutdown (or, once the
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corral import eventloop
+from corral.agent.identity import Identity, Refuse, RunAs, resolve
 from corral.agent.pidfiles import (
     StateDirBusy,
     lock_state_dir,
@@ -82,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: under $XDG_RUNTIME_DIR or /dev/shm; '' keeps them in the state dir)",
     )
     add("--heartbeat-period", type=float, default=1.0, help="seconds; Welcome overrides it")
+    add("--run-as", default=None, metavar="USER", help="run processes as USER (needs root)")
+    add(
+        "--allow-root",
+        action="store_true",
+        help="let processes run as root when the agent is root and --run-as is not given",
+    )
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -110,6 +121,20 @@ def _runtime_dir(asked: Path | None, state_dir: Path) -> Path | None:
     return None
 
 
+def _identity(run_as: str | None, allow_root: bool, state_dir: Path) -> Identity | None:
+    identity = resolve(run_as, allow_root)
+    if isinstance(identity, RunAs):
+        try:
+            identity.config_dir(state_dir)
+        except OSError as exc:
+            identity = Refuse(f"cannot run processes as {identity.name}: {exc.strerror}")
+    if isinstance(identity, Refuse):
+        log.error("%s: every launch will fail", identity.reason)
+    elif isinstance(identity, RunAs):
+        log.info("processes run as %s (uid %d)", identity.name, identity.uid)
+    return identity
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until it is shut down, refused or signalled; return the exit code."""
     parser = build_parser()
@@ -132,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepare_state_dir(state_dir, _runtime_dir(args.runtime_dir, state_dir))
         # The processes inherit the agent's environment, but never its credentials.
         environ = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        identity = _identity(args.run_as, args.allow_root, state_dir)
+        if isinstance(identity, RunAs):
+            environ = identity.environ(environ)
         config = AgentConfig(
             dispatchers=args.dispatcher,
             token=token,
@@ -143,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=state_dir,
             heartbeat_period=args.heartbeat_period,
             environ=environ,
+            identity=identity,
         )
         log.info("agent %s starting; state in %s", config.node_id, state_dir)
         return eventloop.run(Agent(config).run())

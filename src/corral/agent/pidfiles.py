@@ -183,6 +183,8 @@ def has_exited(pidfd: int) -> bool:
 
 #: sub-directories whose files only mean something while this boot lasts
 RUNTIME_SUBDIRS = ("pids", "config", "spool")
+#: the link to the configuration files of processes that run as another user (``identity``)
+CONFIG_LINK = "config-as"
 
 
 def prepare_state_dir(state_dir: Path, runtime_dir: Path | None = None) -> None:
@@ -226,7 +228,7 @@ def private_runtime_root(base: Path) -> Path | None:
 
 def remove_runtime_dirs(state_dir: Path) -> None:
     """Remove what the state directory's runtime links point to (the links go with it)."""
-    for sub in RUNTIME_SUBDIRS:
+    for sub in (*RUNTIME_SUBDIRS, CONFIG_LINK):
         link = state_dir / sub
         if link.is_symlink():
             shutil.rmtree(link.resolve(), ignore_errors=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from corral.agent.identity import Identity
 from corral.agent.launcher import Key, Launcher
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
 from corral.wire.launch_queue import LaunchQueue
@@ -98,6 +99,8 @@ class AgentConfig:
     backoff_cap: float = 2.0
     environ: Mapping[str, str] = field(default_factory=dict)
     """The environment every process starts from (the agent's, minus its token)."""
+    identity: Identity | None = None
+    """Who processes run as, when not as the agent's user (``identity.resolve``)."""
 
 
 class Backoff:
@@ -161,7 +164,8 @@ class Agent:
         assert task is not None
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum, task)
-        self._launcher = Launcher(self._config.state_dir, self._on_exit, self._config.environ)
+        cfg = self._config
+        self._launcher = Launcher(cfg.state_dir, self._on_exit, cfg.environ, cfg.identity)
         for report in self._launcher.adopt():
             self._inventory[(report.upid, report.round)] = report
             log.info("adopted %s round %s: %s", report.upid, report.round, report.status)

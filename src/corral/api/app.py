@@ -9,13 +9,13 @@ without a token learns nothing, not even whether a route exists; then the standb
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.api import auth, errors
+from corral.api import auth, errors, responses, standby
 from corral.api._service import DispatcherService
-from corral.api.routes import definitions, events, processes, system
-from corral.api.standby import RoleView, StandbyMiddleware
+from corral.api.routes import definitions, events, one_value_each, processes, system
+from corral.api.standby import RoleView
 
 
 def create_app(
@@ -28,11 +28,11 @@ def create_app(
 ) -> FastAPI:
     """Build the HTTP API over ``service``, guarded by the bearer ``token``.
 
-    ``/health`` and ``/openapi.json`` answer without a token (they describe the
-    API, not the dispatcher's contents). ``sse_keepalive`` is the quiet period, in seconds,
-    after which ``/events`` sends a keep-alive comment. With a ``role`` (one of several
-    dispatchers of a store), ``app.state.role`` and ``app.state.service`` may be replaced
-    while the app runs; the service may be None only while the role is not active.
+    Only ``/health`` answers without a token (see ``api.auth``). ``sse_keepalive`` is the
+    quiet period, in seconds, after which ``/events`` sends a keep-alive comment. With a
+    ``role`` (one of several dispatchers of a store), ``app.state.role`` and
+    ``app.state.service`` may be replaced while the app runs; the service may be None only
+    while the role is not active.
     """
     app = FastAPI(
         title=title,
@@ -43,6 +43,7 @@ def create_app(
         # closed network cannot reach: serve the schema only.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(one_value_each)],
     )
     app.state.service = service
     app.state.sse_keepalive = sse_keepalive
@@ -50,7 +51,8 @@ def create_app(
     for module in (system, definitions, processes, events):
         app.include_router(module.router)
     # added in this order so the catch-all ends up outermost (Starlette wraps the last added)
-    app.add_middleware(StandbyMiddleware, state=app.state)
+    standby.install(app)
     auth.install(app, token)
     errors.install(app)
+    responses.install(app)
     return app

@@ -17,8 +17,9 @@ DefinitionType = Literal["supd", "exec"]
 QueueingMode = Literal["NEVER", "ALWAYS", "START_ONLY", "RESTART_ONLY"]
 RestartMode = Literal["NEVER", "ALWAYS", "ABNORMAL"]
 
-#: ids travel in URL paths too; a bound keeps a single request from carrying megabytes
-Id = Annotated[str, Field(min_length=1, max_length=256)]
+#: ids travel in URL paths too; a bound keeps a single request from carrying megabytes (the
+#: service's own limit, ``dispatcher.validation.MAX_ID``; the API may not import it)
+Id = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=4096)]
 
 _SCALARS = (str, int, float, bool)
@@ -55,6 +56,14 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class Resources(_Body):
+    """What each process of a definition needs of a node; memory in MiB."""
+
+    cpus: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    memory: Annotated[int, Field(ge=0)] | None = None
+    gpus: Annotated[int, Field(ge=0)] | None = None
+
+
 class Executable(_Body):
     """What to run: ``exec`` is the program, ``argv`` its arguments (not including it)."""
 
@@ -62,6 +71,14 @@ class Executable(_Body):
     argv: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     working_directory: Annotated[str, Field(min_length=1)] | None = None
+    resources: Resources | None = None
+
+    def as_doc(self) -> dict[str, Any]:
+        """The service's argument: ``resources`` only when given, with the keys given."""
+        doc = self.model_dump(exclude={"resources"})
+        if self.resources is not None:
+            doc["resources"] = self.resources.model_dump(exclude_none=True)
+        return doc
 
 
 class DefinitionBody(_Body):

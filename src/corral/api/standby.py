@@ -7,18 +7,22 @@ active dispatcher>``, so a client with several URLs moves on to the next (or to 
 ``/health`` and ``/openapi.json`` answer as usual.
 
 The role is read from ``app.state.role`` at each request (set by ``corral serve``; None on a
-SQLite store, whose single dispatcher is always active).
+SQLite store, whose single dispatcher is always active). The OpenAPI schema lists the 503 of
+every route but ``/health``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from fastapi import FastAPI
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.auth import OPEN_PATHS
 from corral.api.errors import error_response
+from corral.api.responses import ERROR_BODY_REF, ERROR_MEANINGS
 from corral.errors import Unavailable
 
 #: the headers a standby's answers carry
@@ -81,3 +85,25 @@ def _standby_response(role: RoleView) -> Any:
     if role.active_url:
         response.headers[ACTIVE_HEADER] = role.active_url
     return response
+
+
+def install(app: FastAPI) -> None:
+    """Answer for a standby (inside auth) and list its 503 in the OpenAPI schema."""
+    app.add_middleware(StandbyMiddleware, state=app.state)
+    app.openapi = _documented(app.openapi)  # type: ignore[method-assign]
+
+
+def _documented(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        unavailable = {
+            "description": ERROR_MEANINGS[503],
+            "content": {"application/json": {"schema": {"$ref": ERROR_BODY_REF}}},
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path not in OPEN_PATHS:
+                for operation in operations.values():
+                    operation.setdefault("responses", {}).setdefault("503", unavailable)
+        return schema
+
+    return openapi

@@ -23,7 +23,7 @@ import click
 from corral import eventloop
 from corral.api.app import create_app
 from corral.api.server import APIServer, open_api_server
-from corral.config import load_config
+from corral.config import Config, load_config, refusing_root
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.standby import Role, Standby
@@ -55,11 +55,37 @@ def is_loopback(host: str) -> bool:
 
 
 def refuse_remote(host: str, option: str, allowed: bool) -> None:
-    """The API and the queue carry bearer tokens in clear: off loopback only when asked."""
+    """The API, the queue and the agent port carry tokens in clear (none of them speaks
+    TLS): off loopback only when asked."""
     if not allowed and not is_loopback(host):
         raise click.UsageError(
             f"{option} {host}: refusing to listen beyond loopback, where tokens would travel"
-            " unencrypted; put a TLS proxy in front and pass --allow-remote to do it anyway"
+            " unencrypted; put a TLS proxy or tunnel in front and pass --allow-remote to do"
+            " it anyway"
+        )
+
+
+def agent_host(home: Path, asked: tuple[str, int] | None) -> str:
+    """Where the agent port will listen: as asked, else where the last run's did (the
+    runtime reopens it there, so agents find it), else loopback."""
+    if asked is not None:
+        return asked[0]
+    try:
+        remembered = (home / "agent_address").read_text().strip()
+    except OSError:
+        return "127.0.0.1"
+    return remembered.rpartition(":")[0].strip("[]") or "127.0.0.1"
+
+
+def refuse_root(config: Config) -> None:
+    """Local agents run as this dispatcher's user: as root, an engine must say who its
+    processes run as, or every one of them would be refused (see ``agent.identity``)."""
+    refused = refusing_root(config)
+    if refused:
+        raise click.UsageError(
+            f"engine {refused[0]!r}: this dispatcher runs as root, so its local agents do, and"
+            ' they never run processes as root unless told: set run_as = "USER" (who its'
+            " processes run as) or allow_root = true in its [[engines]] table"
         )
 
 
@@ -107,7 +133,8 @@ def refuse_remote(host: str, option: str, allowed: bool) -> None:
 @click.option(
     "--allow-remote",
     is_flag=True,
-    help="Let --listen and --queue bind beyond loopback (tokens travel unencrypted).",
+    help="Let --listen, --queue and --agent-listen bind beyond loopback (tokens travel"
+    " unencrypted).",
 )
 @click.option(
     "--log-level",
@@ -137,6 +164,8 @@ def serve(
     refuse_remote(host, "--listen", allow_remote)
     if queue is not None:
         refuse_remote(queue[0], "--queue", allow_remote)
+    where = "--agent-listen" if agents else f"the agent port of the last run ({home}/agent_address)"
+    refuse_remote(agent_host(home, agents), where, allow_remote)
     try:
         if config_path is None and (home / "corral.toml").exists():
             config_path = home / "corral.toml"
@@ -146,6 +175,7 @@ def serve(
         agent_token = load_or_create_token(home / "agent_token")
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
+    refuse_root(config)
     store_url = store_url or config.store
     settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
     if store_url is not None and supports_lease(store_url):

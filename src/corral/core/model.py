@@ -120,6 +120,10 @@ class Engine:
     launch_ahead: int | None = None
     #: the kinds of machine its nodes may be, cheapest first; none: nodes are slots only
     instance_types: tuple[InstanceType, ...] = ()
+    #: the user its processes run as (the agent must be root to switch); None: the agent's
+    run_as: str | None = None
+    #: let its processes run as root when the agent is root and run_as is not set
+    allow_root: bool = False
 
     @property
     def ahead(self) -> int:

@@ -84,7 +84,8 @@ class Nodes:
         self._wake_mapper = wake_mapper
         self._started = clock.monotonic()
         self._live: dict[NodeId, _Live] = {}
-        self._log_requests: dict[int, asyncio.Future[LogChunk]] = {}
+        #: log reads awaiting an answer, with the node asked: only that node may answer
+        self._log_requests: dict[int, tuple[NodeId, asyncio.Future[LogChunk]]] = {}
         self._request_ids = itertools.count(1)
         self._ticks = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,13 +166,21 @@ class Nodes:
                 live.version += 1
                 reports.append(msg)
             elif isinstance(msg, LogChunk):
-                waiter = self._log_requests.pop(msg.request_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(msg)
+                self._log_answered(session.node_id, msg)
             elif not isinstance(msg, Heartbeat):
                 log.warning("unexpected %s from agent %s", type(msg).__name__, session.node_id)
         if reports:
             self.syncer.reports(session.node_id, reports)
+
+    def _log_answered(self, node_id: NodeId, chunk: LogChunk) -> None:
+        asked = self._log_requests.get(chunk.request_id)
+        if asked is None or asked[0] != node_id:
+            # an answer to no question of ours, or to one asked of another node
+            log.warning("log chunk %d from %s ignored: not asked of it", chunk.request_id, node_id)
+            return
+        del self._log_requests[chunk.request_id]
+        if not asked[1].done():
+            asked[1].set_result(chunk)
 
     def agent_left(self, session: AgentSession) -> None:
         live = self._live.get(session.node_id)
@@ -265,7 +274,7 @@ class Nodes:
             raise Unavailable(f"node {node_id} is not connected; its logs cannot be read now")
         request_id = next(self._request_ids)
         waiter: asyncio.Future[LogChunk] = asyncio.get_running_loop().create_future()
-        self._log_requests[request_id] = waiter
+        self._log_requests[request_id] = (node_id, waiter)
         which: LogStream = "stderr" if stream == "stderr" else "stdout"
         live.session.send(ReadLog(request_id, upid, which, offset, limit))
         try:
@@ -334,27 +343,27 @@ class Nodes:
         return self._pool.trouble(engine_id)
 
     def describe_nodes(self) -> list[dict[str, Any]]:
-        described = []
-        now = self._clock.monotonic()
-        for node in self._state.nodes.values():
-            used = self.used_slots(node.node_id)
-            state = node.state
-            if state in (NodeState.IDLE, NodeState.BUSY):
-                state = NodeState.BUSY if used else NodeState.IDLE
-            live = self._live.get(node.node_id)
-            doc = node.as_doc()
-            engine = self._engines.get(node.engine)
-            kind = engine.instance_type(node.instance_type) if engine is not None else None
-            doc.update(
-                price=kind.price if kind is not None else None,
-                state=state.value,
-                health=self.health(node).value,
-                used=used,
-                connected=bool(live and live.session),
-                last_heard=round(now - live.heard, 3) if live else None,
-            )
-            described.append(doc)
-        return described
+        return [self.describe(node) for node in self._state.nodes.values()]
+
+    def describe(self, node: NodeRecord) -> dict[str, Any]:
+        """A node as the API shows it (also one already forgotten, which is just gone)."""
+        used = self.used_slots(node.node_id)
+        state = node.state
+        if state in (NodeState.IDLE, NodeState.BUSY):
+            state = NodeState.BUSY if used else NodeState.IDLE
+        live = self._live.get(node.node_id)
+        doc = node.as_doc()
+        engine = self._engines.get(node.engine)
+        kind = engine.instance_type(node.instance_type) if engine is not None else None
+        doc.update(
+            price=kind.price if kind is not None else None,
+            state=state.value,
+            health=self.health(node).value,
+            used=used,
+            connected=bool(live and live.session),
+            last_heard=round(self._clock.monotonic() - live.heard, 3) if live else None,
+        )
+        return doc
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -212,13 +212,15 @@ class Runtime:
             else:
                 nodes_dir = engine.driver_options.get("nodes_dir")
                 if nodes_dir is not None:
-                    token_file = settings.home / "agent_token"
                     drivers[engine.engine_id] = LocalDriver(
-                        settings.home, agent_address, token_file, Path(nodes_dir).expanduser()
+                        settings.home,
+                        agent_address,
+                        settings.agent_token,
+                        Path(nodes_dir).expanduser(),
                     )
                     continue
                 if local is None:
-                    local = LocalDriver(settings.home, agent_address, settings.home / "agent_token")
+                    local = LocalDriver(settings.home, agent_address, settings.agent_token)
                 drivers[engine.engine_id] = local
         return drivers
 

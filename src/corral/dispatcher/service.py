@@ -48,6 +48,8 @@ class NodeSide(Protocol):
 
     def describe_nodes(self) -> list[dict[str, Any]]: ...
 
+    def describe(self, node: NodeRecord) -> dict[str, Any]: ...
+
     def set_idle_behavior(self, node_id: NodeId, behavior: IdleBehavior) -> NodeRecord: ...
 
     def kill_node(self, node_id: NodeId) -> NodeRecord: ...
@@ -446,7 +448,10 @@ class Dispatcher:
                     "next_offset": offset,
                     "size": 0,
                 }
-            raise Unavailable(f"the node process {upid!r} last ran on is gone with its logs")
+            # for good, not for a while: no point in asking again (Unavailable says "retry")
+            raise NotFound(
+                f"the logs of {upid!r} are gone with the node it last ran on", field="upid"
+            )
         chunk = await self._nodes.read_log(
             node_id, record.upid, stream, offset, min(limit, 1 << 20)
         )
@@ -487,10 +492,8 @@ class Dispatcher:
                 ) from None
             record = self._nodes.set_idle_behavior(NodeId(node_id), behavior)
         await self._state.flush()
-        try:
-            return self.describe_node(node_id)
-        except NotFound:
-            return record.as_doc()
+        # a killed node may be forgotten already: describe the record it left
+        return self._nodes.describe(self._state.nodes.get(record.node_id, record))
 
     def list_engines(self) -> list[dict[str, Any]]:
         return [

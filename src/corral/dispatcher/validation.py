@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -28,12 +29,24 @@ from corral.errors import InvalidRequest
 _E = TypeVar("_E", QueueingMode, RestartMode)
 
 
+#: the longest id; ``api.schemas.Id`` says the same
+MAX_ID = 200
+
+
 def check_id(value: Any, field: str) -> str:
+    """An id is a file name on the nodes and a word in the logs: no path separators, and
+    no control characters, which would let a caller forge log lines or mangle a terminal."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"{field} must be a non-empty string", field=field)
-    if len(value) > 200 or any(c in value for c in "/\\\x00") or value in (".", ".."):
+    if (
+        len(value) > MAX_ID
+        or any(c in value for c in "/\\")
+        or any(unicodedata.category(c) == "Cc" for c in value)
+        or value in (".", "..")
+    ):
         raise InvalidRequest(
-            f"{field} {value!r} is not a valid id: at most 200 characters, no '/', '\\' or NUL",
+            f"{field} {value!r} is not a valid id: at most {MAX_ID} characters, no '/', '\\'"
+            " or control characters",
             field=field,
         )
     return value

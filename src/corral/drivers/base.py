@@ -61,6 +61,10 @@ def agent_command(
     ]  # fmt: skip
     for key, value in engine.labels.items():
         argv += ["--label", f"{key}={value}"]
+    if engine.run_as is not None:
+        argv += ["--run-as", engine.run_as]
+    if engine.allow_root:
+        argv.append("--allow-root")
     return argv
 
 

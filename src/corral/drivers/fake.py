@@ -40,6 +40,7 @@ from corral.drivers.base import (
     RateLimited,
 )
 from corral.drivers.wrappers import UNLIMITED
+from corral.secretfile import node_token
 from corral.wire.launch_queue import LaunchQueue
 from corral.wire.messages import (
     EXITED,
@@ -119,8 +120,9 @@ class FakeDriver:
 
     limits = UNLIMITED
 
-    def __init__(self, token: str, faults: FakeFaults | None = None) -> None:
-        self.token = token
+    def __init__(self, secret: str, faults: FakeFaults | None = None) -> None:
+        """``secret`` is the dispatcher's agent secret: each agent says its node's token."""
+        self.secret = secret
         self.faults = faults or FakeFaults()
         self.statistics = FakeStatistics()
         self._rng = random.Random(self.faults.seed)
@@ -365,7 +367,7 @@ class FakeAgent:
 
     def _hello(self) -> Hello:
         return Hello(
-            token=self._driver.token,
+            token=node_token(self._driver.secret, self.spec.node_id),
             node_id=self.spec.node_id,
             engine=self.spec.engine.engine_id,
             hostname=self.instance_id,

@@ -42,6 +42,7 @@ from corral.drivers.base import (
     tags_from_instance_name,
 )
 from corral.errors import InvalidRequest
+from corral.secretfile import node_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +87,24 @@ class LibcloudDriver:
         self,
         options: LibcloudOptions,
         dispatcher_address: str,
-        token: str,
+        secret: str,
         provider: Any | None = None,
     ) -> None:
-        """``provider`` is a libcloud NodeDriver made beforehand (a test's dummy);
-        otherwise one is made from ``options``."""
+        """``secret`` is the dispatcher's agent secret (each agent gets its node's token);
+        ``provider`` is a libcloud NodeDriver made beforehand (a test's dummy), otherwise one
+        is made from ``options``."""
         self.options = options
         self.dispatcher_address = dispatcher_address
-        self._token = token
+        self._secret = secret
         self._provider = provider
         #: tags of the instances this run created, for providers that keep no metadata
         self._tags: dict[str, dict[str, str]] = {}
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         name = instance_name(tags.get(TAG_POOL, ""), spec.node_id)
+        token = node_token(self._secret, spec.node_id)
         userdata = agent_user_data(
-            spec, self.dispatcher_address, self._token, self.options.python, self.options.agent_dir
+            spec, self.dispatcher_address, token, self.options.python, self.options.agent_dir
         )
         node = await self._call(self._create, spec, name, dict(tags), userdata)
         instance_id = str(node.id)
@@ -170,7 +173,7 @@ class LibcloudDriver:
 def agent_user_data(
     spec: NodeSpec, dispatcher: str, token: str, python: str, agent_dir: str
 ) -> str:
-    """A cloud-init script that starts the node's agent at boot."""
+    """A cloud-init script that starts the node's agent at boot; ``token`` is the node's."""
     where = shlex.quote(agent_dir)
     argv = agent_command(python, spec, dispatcher, f"{agent_dir}/token", agent_dir)
     return "\n".join(

@@ -1,7 +1,8 @@
 """The embedded default: each node is a ``corral.agent`` process on this machine.
 
 An instance is a directory ``<home>/nodes/<node_id>`` holding ``instance.json`` (the agent's
-pid, its start time and the tags) and the agent's state (logs, pid files of its children).
+pid, its start time and the tags), the node's own agent token (``token``, mode 0600) and
+the agent's state (logs, pid files of its children).
 Agents are started in their own session so they outlive the dispatcher, which finds them
 again by listing these directories. Dispatchers sharing a store on one host share the
 directory (``nodes_dir``), so that a standby taking over finds the active one's agents.
@@ -24,33 +25,29 @@ from corral.agent.launcher import kill_orphans
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
 from corral.drivers.base import Instance, NodeSpec, agent_command
 from corral.drivers.wrappers import UNLIMITED
+from corral.secretfile import node_token, write_secret
 
 
 class LocalDriver:
     limits = UNLIMITED
 
     def __init__(
-        self,
-        home: Path,
-        dispatcher_address: str,
-        token_file: Path,
-        nodes_dir: Path | None = None,
+        self, home: Path, dispatcher_address: str, secret: str, nodes_dir: Path | None = None
     ) -> None:
+        """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
         self.nodes_dir = nodes_dir or home / "nodes"
         self.dispatcher_address = dispatcher_address
-        self.token_file = token_file
+        self._secret = secret
         #: agents this dispatcher started, by node: its children until they are reaped
         self._children: dict[str, int] = {}
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         state_dir = self.nodes_dir / spec.node_id
         state_dir.mkdir(parents=True, exist_ok=True)
+        token_file = state_dir / "token"
+        write_secret(token_file, node_token(self._secret, spec.node_id))
         argv = agent_command(
-            sys.executable,
-            spec,
-            self.dispatcher_address,
-            str(self.token_file),
-            str(state_dir),
+            sys.executable, spec, self.dispatcher_address, str(token_file), str(state_dir)
         )
         pid = await asyncio.to_thread(_spawn_agent, argv, state_dir / "agent.log")
         self._children[spec.node_id] = pid

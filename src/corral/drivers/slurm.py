@@ -38,6 +38,7 @@ from corral.drivers.base import (
     instance_name,
     tags_from_instance_name,
 )
+from corral.secretfile import node_token
 
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "RESIZING", "SUSPENDED"})
 
@@ -68,15 +69,16 @@ class SlurmOptions:
 
 
 class SlurmDriver:
-    def __init__(self, options: SlurmOptions, dispatcher_address: str, token: str) -> None:
+    def __init__(self, options: SlurmOptions, dispatcher_address: str, secret: str) -> None:
+        """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
         self.options = options
         self.dispatcher_address = dispatcher_address
-        self._token = token
+        self._secret = secret
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         name = instance_name(tags.get(TAG_POOL, ""), spec.node_id)
         state = Path(self.options.state_dir) / spec.node_id
-        await asyncio.to_thread(_write_token, state, self._token)
+        await asyncio.to_thread(_write_token, state, node_token(self._secret, spec.node_id))
         argv = ["sbatch", "--parsable", f"--job-name={name}"]
         argv += [f"--output={state / 'job.log'}", "--ntasks=1", "--nodes=1"]
         kind = spec.instance_type

@@ -1,8 +1,8 @@
 """The ssh driver: nodes are hosts of a fixed list, reached with asyncssh.
 
 Creating an instance takes a host that runs no agent of this pool yet, and over SSH (host
-keys verified against ``known_hosts``; no password) writes the agent's token (from stdin,
-never on a command line), its tags, and starts ``python -m corral.agent`` there in a
+keys verified against ``known_hosts``; no password) writes the node's own agent token (from
+stdin, never on a command line), its tags, and starts ``python -m corral.agent`` there in a
 session of its own, so it outlives the connection. Listing asks every host which agents
 are alive; destroying stops the agent, kills what it left running, and removes its state.
 The host needs Python and corral installed (``python`` names the interpreter).
@@ -35,6 +35,7 @@ from corral.drivers.base import (
     NodeSpec,
     agent_command,
 )
+from corral.secretfile import node_token
 
 DEFAULT_PORT = 22
 
@@ -64,10 +65,11 @@ class SSHOptions:
 
 
 class SSHDriver:
-    def __init__(self, options: SSHOptions, dispatcher_address: str, token: str) -> None:
+    def __init__(self, options: SSHOptions, dispatcher_address: str, secret: str) -> None:
+        """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
         self.options = options
         self.dispatcher_address = dispatcher_address
-        self._token = token
+        self._secret = secret
         self._lock = asyncio.Lock()
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
@@ -94,7 +96,7 @@ class SSHDriver:
                     f"echo $! > {shlex.quote(state + '/agent.pid')}",
                 ]
             )
-            await self._run(host, script, stdin=self._token)
+            await self._run(host, script, stdin=node_token(self._secret, spec.node_id))
             return Instance(f"{host}/{spec.node_id}", dict(tags))
 
     async def list(self) -> list[Instance]:

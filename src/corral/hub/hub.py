@@ -1,4 +1,9 @@
-"""TCP server for agents: authenticate the Hello, then relay batches to the handler."""
+"""TCP server for agents: authenticate the Hello, then relay batches to the handler.
+
+An agent proves the node id its Hello claims: its token must be that node's own
+(``corral.secretfile.node_token`` of the dispatcher's agent secret), so an agent holding
+node A's token cannot join as node B.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import socket
 from typing import Protocol
 
 from corral.core.ids import NodeId
+from corral.secretfile import node_token
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError
 from corral.wire.messages import PROTOCOL_VERSION, Hello, Message, Refused
 
@@ -67,8 +73,10 @@ class AgentHandler(Protocol):
 
 
 class Hub:
-    def __init__(self, token: str, handler: AgentHandler) -> None:
-        self._token = token.encode()
+    def __init__(self, secret: str, handler: AgentHandler) -> None:
+        """``secret`` is the dispatcher's agent secret, from which each node's token is
+        derived."""
+        self._secret = secret
         self._handler = handler
         self._server: asyncio.Server | None = None
         self._sessions: dict[NodeId, AgentSession] = {}
@@ -109,7 +117,7 @@ class Hub:
         """Join an in-process agent (the fake driver's) exactly as a connection would: the
         token is checked and the handler asked; returns where its messages go, or why it was
         refused."""
-        if not hmac.compare_digest(hello.token.encode(), self._token):
+        if not self._proves_its_node(hello):
             return "wrong agent token"
         session = AgentSession(hello, link)
         reason = self._handler.agent_joined(session)
@@ -120,6 +128,10 @@ class Hub:
             previous.close()
         self._sessions[session.node_id] = session
         return Attached(self, session)
+
+    def _proves_its_node(self, hello: Hello) -> bool:
+        expected = node_token(self._secret, hello.node_id).encode()
+        return hmac.compare_digest(hello.token.encode("utf-8", "surrogatepass"), expected)
 
     def _deliver(self, session: AgentSession, messages: list[Message]) -> None:
         self._handler.agent_batch(session, messages)
@@ -151,7 +163,7 @@ class Hub:
         hello = batch[0] if batch else None
         if not isinstance(hello, Hello):
             raise ProtocolError("the first message of an agent must be a Hello")
-        if not hmac.compare_digest(hello.token.encode(), self._token):
+        if not self._proves_its_node(hello):
             log.warning("refused agent %r from %s: wrong token", hello.node_id, conn.peer)
             await conn.send_now(Refused("wrong agent token"))
             return None

@@ -106,7 +106,7 @@ async def _destroy_local_nodes(home: Path, nodes_dir: Path | None) -> None:
     nodes = nodes_dir or home / "nodes"
     if not nodes.is_dir():
         return
-    driver = LocalDriver(home, "127.0.0.1:0", home / "agent_token", nodes)
+    driver = LocalDriver(home, "127.0.0.1:0", "", nodes)  # destroys only: no agent token needed
     for node in list(nodes.iterdir()):
         await driver.destroy(node.name)
 
@@ -124,6 +124,8 @@ def _small_default() -> Config:
                     "heartbeat_warning": 1.0,
                     "heartbeat_missing": 2.0,
                     "terminate_grace": 2.0,
+                    # a test's processes run as the test does, root included
+                    "allow_root": True,
                 }
             ]
         }

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from corral.api.responses import DefinitionOut, answers
 from corral.api.routes import Service
 from corral.api.schemas import DefinitionBody, DefinitionCreate
 from corral.errors import InvalidRequest
@@ -13,28 +14,42 @@ from corral.errors import InvalidRequest
 router = APIRouter(prefix="/definitions", tags=["definitions"])
 
 
-@router.post("", summary="create_definition")
+@router.post(
+    "", summary="create_definition", response_model=None, responses=answers(DefinitionOut, 409, 422)
+)
 async def create_definition(body: DefinitionCreate, service: Service) -> dict[str, Any]:
     return await service.create_definition(
         body.definition_id,
         body.definition_type,
-        body.executable.model_dump(),
+        body.executable.as_doc(),
         body.name,
         body.description,
     )
 
 
-@router.get("", summary="list_definitions")
+@router.get(
+    "", summary="list_definitions", response_model=None, responses=answers(list[DefinitionOut])
+)
 async def list_definitions(service: Service) -> list[dict[str, Any]]:
     return service.list_definitions()
 
 
-@router.get("/{definition_id}", summary="describe_definition")
+@router.get(
+    "/{definition_id}",
+    summary="describe_definition",
+    response_model=None,
+    responses=answers(DefinitionOut, 404, 422),
+)
 async def describe_definition(definition_id: str, service: Service) -> dict[str, Any]:
     return service.describe_definition(definition_id)
 
 
-@router.put("/{definition_id}", summary="update_definition")
+@router.put(
+    "/{definition_id}",
+    summary="update_definition",
+    response_model=None,
+    responses=answers(DefinitionOut, 404, 422),
+)
 async def update_definition(
     definition_id: str, body: DefinitionBody, service: Service
 ) -> dict[str, Any]:
@@ -48,14 +63,18 @@ async def update_definition(
     return await service.update_definition(
         definition_id,
         body.definition_type,
-        body.executable.model_dump(),
+        body.executable.as_doc(),
         body.name,
         body.description,
     )
 
 
 @router.delete(
-    "/{definition_id}", summary="remove_definition", status_code=204, response_class=Response
+    "/{definition_id}",
+    summary="remove_definition",
+    status_code=204,
+    response_class=Response,
+    responses=answers(None, 404, 409, 422),
 )
 async def remove_definition(definition_id: str, service: Service) -> Response:
     await service.remove_definition(definition_id)

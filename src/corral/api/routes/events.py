@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from corral.api.errors import internal_error
+from corral.api.responses import answers
 from corral.api.routes import Service
 from corral.errors import CorralError
 
@@ -32,7 +33,7 @@ SUBSCRIBED_FRAME = b": subscribed\n\n"
     "/events",
     summary="events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **answers(None, 404, 422)},
 )
 async def events(request: Request, service: Service, upid: str | None = None) -> StreamingResponse:
     # called here, not in the generator, so an error raised at once still gets its status

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from corral.api.responses import LogChunkOut, ProcessOut, answers
 from corral.api.routes import Service
 from corral.api.schemas import ProcessCreate, ScheduleBatch, ScheduleBody
 
@@ -17,12 +18,16 @@ MAX_WAIT = 300.0
 MAX_LOG_CHUNK = 4 * 1024 * 1024
 
 
-@router.post("", summary="create_process")
+@router.post(
+    "", summary="create_process", response_model=None, responses=answers(ProcessOut, 409, 422)
+)
 async def create_process(body: ProcessCreate, service: Service) -> dict[str, Any]:
     return await service.create_process(body.upid, body.definition_id, body.name)
 
 
-@router.get("", summary="describe_processes")
+@router.get(
+    "", summary="describe_processes", response_model=None, responses=answers(list[ProcessOut])
+)
 async def describe_processes(service: Service) -> list[dict[str, Any]]:
     return service.describe_processes()
 
@@ -30,6 +35,8 @@ async def describe_processes(service: Service) -> list[dict[str, Any]]:
 @router.post(
     "/schedule",
     summary="schedule_processes",
+    response_model=None,
+    responses=answers(list[ProcessOut], 409, 422),
     description="Schedule many processes in one request and one commit: every item is "
     "accepted, or none is (the error names the item).",
 )
@@ -38,22 +45,42 @@ async def schedule_processes(body: ScheduleBatch, service: Service) -> list[dict
     return await service.schedule_processes(items)
 
 
-@router.get("/{upid}", summary="describe_process")
+@router.get(
+    "/{upid}",
+    summary="describe_process",
+    response_model=None,
+    responses=answers(ProcessOut, 404, 422),
+)
 async def describe_process(upid: str, service: Service) -> dict[str, Any]:
     return service.describe_process(upid)
 
 
-@router.post("/{upid}/schedule", summary="schedule_process")
+@router.post(
+    "/{upid}/schedule",
+    summary="schedule_process",
+    response_model=None,
+    responses=answers(ProcessOut, 409, 422),
+)
 async def schedule_process(upid: str, body: ScheduleBody, service: Service) -> dict[str, Any]:
     return await service.schedule_process(upid, **body.model_dump())
 
 
-@router.post("/{upid}/restart", summary="restart_process")
+@router.post(
+    "/{upid}/restart",
+    summary="restart_process",
+    response_model=None,
+    responses=answers(ProcessOut, 404, 409, 422),
+)
 async def restart_process(upid: str, service: Service) -> dict[str, Any]:
     return await service.restart_process(upid)
 
 
-@router.post("/{upid}/terminate", summary="terminate_process")
+@router.post(
+    "/{upid}/terminate",
+    summary="terminate_process",
+    response_model=None,
+    responses=answers(ProcessOut, 404, 422),
+)
 async def terminate_process(upid: str, service: Service) -> dict[str, Any]:
     return await service.terminate_process(upid)
 
@@ -61,6 +88,8 @@ async def terminate_process(upid: str, service: Service) -> dict[str, Any]:
 @router.get(
     "/{upid}/wait",
     summary="wait_process",
+    response_model=None,
+    responses=answers(ProcessOut, 404, 408, 422),
     description=(
         "Long poll: answer once the process is in one of `state` (or terminal, when no "
         f"`state` is given or none is reached), or 408 after `timeout` seconds (at most "
@@ -76,7 +105,12 @@ async def wait_process(
     return await service.wait_process(upid, state, min(timeout, MAX_WAIT))
 
 
-@router.get("/{upid}/logs", summary="read_log")
+@router.get(
+    "/{upid}/logs",
+    summary="read_log",
+    response_model=None,
+    responses=answers(LogChunkOut, 404, 422, 503),
+)
 async def read_log(
     upid: str,
     service: Service,
