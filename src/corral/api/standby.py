@@ -3,8 +3,8 @@
 When several dispatchers share a PostgreSQL store only the active one serves the API. A
 standby answers every request that passed authentication with 503 (``Unavailable``) and the
 headers ``Corral-Role: standby`` and, when it knows it, ``Corral-Active: <API URL of the
-active dispatcher>``, so a client with several URLs moves on to the next (or to that one).
-``/health`` and ``/openapi.json`` answer as usual.
+active dispatcher>``, so a client with several URLs moves on to the next of its list.
+``/health`` answers as usual.
 
 The role is read from ``app.state.role`` at each request (set by ``corral serve``; None on a
 SQLite store, whose single dispatcher is always active). The OpenAPI schema lists the 503 of
