@@ -2,7 +2,8 @@
 
 Agents started by the tests keep their runtime files (pid records, configuration files)
 under ``$XDG_RUNTIME_DIR``; the suite points it at a directory of its own and removes it at
-the end, so no run leaves anything in the machine's shared tmpfs.
+the end, so no run leaves anything in the machine's shared tmpfs. ``postgres`` is one real
+PostgreSQL server for the run (the store suite, the lease and the failover tests).
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ The first engine is the default one. With no file, one ``default`` engine on the
 driver with ``2 × cores`` slots is used; when the dispatcher runs as root, its processes
 run as ``nobody`` (processes never run as root unless an engine says ``run_as = "root"``
 or ``allow_root = true``).
+
+The dispatcher's own settings (the command line's options win)::
+
+    [dispatcher]
+    store = "postgresql://corral@db.example/corral"
+    lease_duration = 3.0   # seconds; on a shared (PostgreSQL) store, see docs/operations.md
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from corral.errors import InvalidRequest
 DRIVERS = ("local", "fake", "ssh", "slurm", "libcloud")
 
 
+#: seconds a dispatcher's lease lasts unrenewed, unless configured
+LEASE_DURATION = 3.0
 #: free space kept on the store's disk for the work already accepted (see StoreFull)
 STORE_RESERVE_MB = 64
 
@@ -43,6 +51,10 @@ STORE_RESERVE_MB = 64
 class Config:
     engines: tuple[Engine, ...]
     store_reserve_mb: int = STORE_RESERVE_MB
+    #: the store's URL (``corral serve --store`` wins); None: SQLite in the home directory
+    store: str | None = None
+    #: how long the active dispatcher's lease lasts unrenewed, on a PostgreSQL store
+    lease_duration: float = LEASE_DURATION
 
     @property
     def default_engine(self) -> Engine:
@@ -74,12 +86,12 @@ def load_config(path: Path | None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    unknown = set(raw) - {"engines", "instance_types", "store_reserve_mb"}
+    unknown = set(raw) - {"engines", "instance_types", "store_reserve_mb", "dispatcher"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidRequest(
-            f"{source}: unknown key {key!r}; expected 'engines', 'instance_types' or"
-            " 'store_reserve_mb'",
+            f"{source}: unknown key {key!r}; expected 'engines', 'instance_types',"
+            " 'store_reserve_mb' or 'dispatcher'",
             field=key,
         )
     reserve = raw.get("store_reserve_mb", STORE_RESERVE_MB)
@@ -88,10 +100,11 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
             f"{source}: store_reserve_mb must be a whole number of MiB, 0 or more",
             field="store_reserve_mb",
         )
+    dispatcher = _dispatcher(raw.get("dispatcher", {}), source)
     types = _instance_types(raw.get("instance_types", []), source)
     items = raw.get("engines")
     if items is None:
-        return replace(default_config(), store_reserve_mb=reserve)
+        return replace(default_config(), store_reserve_mb=reserve, **dispatcher)
     if not isinstance(items, list) or not items:
         raise InvalidRequest(
             f"{source}: 'engines' must be a non-empty array of tables", field="engines"
@@ -105,7 +118,29 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
                 field=f"engines[{i}].id",
             )
         seen.add(engine.engine_id)
-    return Config(tuple(engines), store_reserve_mb=reserve)
+    return Config(tuple(engines), store_reserve_mb=reserve, **dispatcher)
+
+
+def _dispatcher(item: Any, source: str) -> dict[str, Any]:
+    """``[dispatcher]``: ``store`` (a URL) and ``lease_duration`` (seconds)."""
+    _check_table(item, "dispatcher", source, {"store", "lease_duration"}, "a dispatcher setting")
+    values: dict[str, Any] = {}
+    if "store" in item:
+        store = item["store"]
+        if not isinstance(store, str) or not store:
+            raise InvalidRequest(
+                f"{source}: dispatcher.store must be a store URL", field="dispatcher.store"
+            )
+        values["store"] = store
+    if "lease_duration" in item:
+        duration = item["lease_duration"]
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or not duration > 0:
+            raise InvalidRequest(
+                f"{source}: dispatcher.lease_duration must be a number of seconds > 0",
+                field="dispatcher.lease_duration",
+            )
+        values["lease_duration"] = float(duration)
+    return values
 
 
 _INTS = (
@@ -244,10 +279,12 @@ def _engine(item: Any, where: str, source: str, types: dict[str, InstanceType]) 
 
 def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str, Any]:
     """The fake driver takes its faults (``FakeFaults``), the ssh driver its hosts and
-    keys (``SSHOptions``); the local driver takes none."""
+    keys (``SSHOptions``); the local driver only where its nodes live (``nodes_dir``)."""
     key = f"{where}.driver_options"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{source}: {key} must be a table", field=key)
+    if driver == "local":
+        return _local_options(raw, key, source)
     checks = {
         "ssh": ssh_options_errors,
         "slurm": slurm_options_errors,
@@ -281,6 +318,22 @@ def _driver_options(driver: str, raw: Any, where: str, source: str) -> dict[str,
             )
         options[name] = value
     return options
+
+
+def _local_options(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """``nodes_dir``: the nodes' directory (default ``HOME/nodes``); dispatchers of one
+    store on one host share it, so a standby finds the agents the active one started."""
+    for name, value in raw.items():
+        if name != "nodes_dir":
+            raise InvalidRequest(
+                f"{source}: {key}.{name} is not a local driver option; expected nodes_dir",
+                field=f"{key}.{name}",
+            )
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(
+                f"{source}: {key}.nodes_dir must be a directory's path", field=f"{key}.nodes_dir"
+            )
+    return dict(raw)
 
 
 def _numbers(item: dict[str, Any], where: str, source: str) -> dict[str, Any]:

@@ -93,11 +93,23 @@ class HubSession:
 
 
 class Hub:
-    """A test hub: Welcome for the right token, Refused for any other."""
+    """A test hub: Welcome for the right token, Refused for any other.
 
-    def __init__(self, token: str = TOKEN, heartbeat_period: float = 0.2) -> None:
+    ``welcome`` replaces the default Welcome (to play a dispatcher of some epoch), and
+    ``orders`` follow it in the same frame.
+    """
+
+    def __init__(
+        self,
+        token: str = TOKEN,
+        heartbeat_period: float = 0.2,
+        welcome: Welcome | None = None,
+        orders: tuple[Message, ...] = (),
+    ) -> None:
         self.token = token
         self.heartbeat_period = heartbeat_period
+        self.welcome = welcome or Welcome(heartbeat_period)
+        self.orders = orders
         self.sessions: asyncio.Queue[HubSession] = asyncio.Queue()
         self.live: list[HubSession] = []
         self.port = 0
@@ -118,7 +130,7 @@ class Hub:
             await conn.aclose()
             return
         conn.mark_authenticated()
-        conn.send(Welcome(self.heartbeat_period))
+        conn.send_many([self.welcome, *self.orders])
         session = HubSession(conn, hello)
         for msg in batch[1:]:
             session.inbox.put_nowait(msg)
@@ -128,9 +140,13 @@ class Hub:
     async def next_session(self) -> HubSession:
         return await self.sessions.get()
 
-    async def close(self) -> None:
+    def stop_listening(self) -> None:
+        """Accept no more agents (their dials are refused); the sessions go on."""
         if self._server is not None:
             self._server.close()
+
+    async def close(self) -> None:
+        self.stop_listening()
         for session in self.live:
             await session.aclose()
         self.live.clear()
@@ -159,13 +175,14 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def agent_command(port: int, state_dir: Path, *extra: str) -> list[str]:
+def agent_command(port: int | str, state_dir: Path, *extra: str) -> list[str]:
+    """The agent's command line; ``port`` may be a whole ``HOST:PORT,...`` list instead."""
     return [
         sys.executable,
         "-m",
         "corral.agent",
         "--dispatcher",
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{port}" if isinstance(port, int) else port,
         "--node-id",
         "node-a",
         "--engine",
@@ -194,7 +211,7 @@ def _open_log(tmp_path: Path) -> tuple[Path, BinaryIO]:
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    port: int,
+    port: int | str,
     tmp_path: Path,
     token: str = TOKEN,
     *,

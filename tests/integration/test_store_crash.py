@@ -7,6 +7,8 @@ After each kill the test reopens the store and checks that every acknowledged ba
 there, that no batch is there in part, and that the hot keys all come from the newest batch
 present. A SIGKILL tests crash atomicity and recovery; it cannot show power-loss durability
 (the kernel still writes the page cache out), which is what ``synchronous=FULL`` is for.
+It runs on both backends (``store_url``): on PostgreSQL the kill cuts the client, and the
+server must roll back what the client had not committed.
 """
 
 from __future__ import annotations
@@ -84,9 +86,10 @@ def run_and_kill(url: str, first: int, kill_after: int, jitter: float) -> set[in
     child.kill()
     rest, err = child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL, f"the child died by itself:\n{err}"
-    # a line cut by the kill was never acknowledged
+    # a line cut by the kill was never acknowledged (nor is what is left of one: once, on
+    # PostgreSQL under a loaded machine, a lone newline came through)
     lines += rest.splitlines(keepends=True)
-    return {int(line) for line in lines if line.endswith("\n")}
+    return {int(line) for line in lines if line.endswith("\n") and line.strip()}
 
 
 def check(url: str, acknowledged: set[int]) -> int:
@@ -114,11 +117,11 @@ def check(url: str, acknowledged: set[int]) -> int:
     return newest
 
 
-def test_a_killed_writer_leaves_only_whole_acknowledged_batches(tmp_path: Path) -> None:
+def test_a_killed_writer_leaves_only_whole_acknowledged_batches(store_url: str) -> None:
     seed = int(os.environ.get("CORRAL_CRASH_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
     print(f"CORRAL_CRASH_SEED={seed}")  # shown on failure; set it to replay the kill points
-    url = f"sqlite:///{tmp_path}/crash.db"
+    url = store_url
     acknowledged: set[int] = set()
     # 0 kills the child while it starts up (maybe mid-migration), the others mid-stream
     for run, kill_after in enumerate([0, *(rng.randint(1, 1500) for _ in range(6))]):

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from corral.errors import StoreError
@@ -148,6 +149,51 @@ def test_data_survives_close_and_reopen(store_url: str) -> None:
         again.close()
 
 
+def execute(store_url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run SQL behind the store's back (as another corral would); the last one's rows."""
+    rows: list[tuple[object, ...]] = []
+    if store_url.startswith("sqlite:"):
+        with sqlite3.connect(store_url.removeprefix("sqlite://")) as conn:
+            for statement in statements:
+                rows = conn.execute(statement).fetchall()
+        conn.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            for statement in statements:
+                cursor = pg.execute(statement)
+                rows = cursor.fetchall() if cursor.description else []
+    return rows
+
+
+def test_a_store_from_a_newer_corral_is_refused(store_url: str) -> None:
+    open_store(store_url).close()
+    execute(store_url, f"UPDATE schema_version SET version = {schema.SCHEMA_VERSION + 1}")
+    newer = rf"schema version is {schema.SCHEMA_VERSION + 1}, newer than this corral's"
+    with pytest.raises(StoreError, match=rf"{newer} {schema.SCHEMA_VERSION}; upgrade corral"):
+        open_store(store_url)
+
+
+def test_a_store_of_the_previous_version_is_migrated_on_open(store_url: str) -> None:
+    opened = open_store(store_url)
+    opened.apply([Put(Table.META, "kept", {"v": 1})])
+    opened.close()
+    # undo the newest migration, as if the store were written by the previous corral
+    created = [s.split()[2] for s in schema.MIGRATIONS[-1] if s.startswith("CREATE TABLE")]
+    execute(
+        store_url,
+        *(f"DROP TABLE {name}" for name in created),
+        f"UPDATE schema_version SET version = {schema.SCHEMA_VERSION - 1}",
+    )
+    again = open_store(store_url)
+    try:
+        assert again.load().tables[Table.META] == {"kept": {"v": 1}}
+    finally:
+        again.close()
+    assert execute(store_url, "SELECT version FROM schema_version") == [(schema.SCHEMA_VERSION,)]
+    for name in created:
+        assert execute(store_url, f"SELECT COUNT(*) FROM {name}") == [(0,)]
+
+
 def test_group_commit_over_the_real_store(store: Store) -> None:
     async def main() -> None:
         committer = GroupCommitter(store)
@@ -234,15 +280,6 @@ def test_a_file_that_is_not_a_database_is_named_in_the_error(tmp_path: Path) -> 
 def test_a_directory_is_not_a_store_file(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="is a directory"):
         SQLiteStore(tmp_path)
-
-
-def test_a_store_from_a_newer_corral_is_refused(tmp_path: Path) -> None:
-    SQLiteStore(sqlite_file(tmp_path)).close()
-    with sqlite3.connect(sqlite_file(tmp_path)) as conn:
-        conn.execute("UPDATE schema_version SET version = 99")
-    conn.close()
-    with pytest.raises(StoreError, match=r"schema version is 99.*upgrade corral"):
-        SQLiteStore(sqlite_file(tmp_path))
 
 
 def test_a_writer_lock_held_elsewhere_fails_with_a_hint(tmp_path: Path) -> None:

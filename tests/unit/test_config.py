@@ -272,3 +272,35 @@ def test_a_store_reserve_that_is_not_a_whole_number_of_mib_is_refused(bad: Any):
     with pytest.raises(InvalidRequest) as caught:
         parse_config({"store_reserve_mb": bad})
     assert caught.value.field == "store_reserve_mb"
+
+
+# -- the dispatcher's own settings ---------------------------------------------------------
+
+
+def test_the_dispatcher_table_sets_the_store_and_the_lease():
+    config = parse_config({"dispatcher": {"store": "postgresql://db/c", "lease_duration": 2}})
+    assert (config.store, config.lease_duration) == ("postgresql://db/c", 2.0)
+    assert config.engines == default_config().engines
+    assert (default_config().store, default_config().lease_duration) == (None, 3.0)
+    with_engines = parse_config({**_one(), "dispatcher": {"lease_duration": 1.5}})
+    assert with_engines.lease_duration == 1.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"dispatcher": {"store": ""}}, "dispatcher.store"),
+        ({"dispatcher": {"lease_duration": 0}}, "dispatcher.lease_duration"),
+        ({"dispatcher": {"lease_duration": "3"}}, "dispatcher.lease_duration"),
+        ({"dispatcher": {"leader": True}}, "dispatcher.leader"),
+        ({"dispatcher": 3}, "dispatcher"),
+        (_one(driver_options={"nodes_dir": 3}), "engines[0].driver_options.nodes_dir"),
+    ],
+)
+def test_bad_dispatcher_settings_are_refused_naming_the_key(raw, field):
+    assert _error(raw).field == field
+
+
+def test_the_local_driver_may_keep_its_nodes_elsewhere():
+    config = parse_config(_one(driver_options={"nodes_dir": "/srv/corral/nodes"}))
+    assert config.default_engine.driver_options == {"nodes_dir": "/srv/corral/nodes"}

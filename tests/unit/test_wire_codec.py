@@ -114,7 +114,7 @@ def test_a_message_is_a_compact_array_led_by_its_type_code() -> None:
 
 
 def test_an_integer_where_a_float_is_declared_decodes_as_a_float() -> None:
-    (welcome,) = decode_frame(msgpack.packb([[16, 2]]))
+    (welcome,) = decode_frame(msgpack.packb([[16, 2, 0, 0, []]]))
     assert welcome == Welcome(2.0)
     assert isinstance(welcome, Welcome)
     assert type(welcome.heartbeat_period) is float
@@ -240,7 +240,7 @@ def test_a_malformed_payload_is_a_protocol_error(payload: bytes) -> None:
 
 def test_an_unknown_type_code_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="unknown message type code 99"):
-        decode_frame(msgpack.packb([[16, 1.0], [99, "x"]]))
+        decode_frame(msgpack.packb([[16, 1.0, 0, 0.0, []], [99, "x"]]))
 
 
 def test_a_field_error_names_the_message_and_field() -> None:

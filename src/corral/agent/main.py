@@ -32,18 +32,21 @@ from corral.agent.pidfiles import (
     prepare_state_dir,
     private_runtime_root,
 )
-from corral.agent.session import EXIT_USAGE, Agent, AgentConfig
+from corral.agent.session import EXIT_USAGE, Agent, AgentConfig, parse_address
 
 TOKEN_ENV = "CORRAL_AGENT_TOKEN"
 
 log = logging.getLogger("corral.agent")
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)  # [::1]:7000 names an IPv6 host
+def _addresses(text: str) -> tuple[tuple[str, int], ...]:
+    found = []
+    for item in text.split(","):
+        address = parse_address(item.strip())
+        if address is None:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+        found.append(address)
+    return tuple(found)
 
 
 def _seconds(text: str) -> float:
@@ -72,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     default_state = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")) / "corral/agent"
     hostname = socket.gethostname()
     add = parser.add_argument
-    add("--dispatcher", type=_address, required=True, metavar="HOST:PORT")
+    add(
+        "--dispatcher",
+        type=_addresses,
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="every dispatcher of the store, comma-separated: the agent follows the active one",
+    )
     add("--token-file", type=Path, help=f"file holding the token (else ${TOKEN_ENV})")
     add("--node-id", default=hostname, help="default: the host name")
     add("--engine", default="default", help="execution engine id this node serves")
@@ -182,10 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         identity = _identity(args.run_as, args.allow_root, state_dir)
         if isinstance(identity, RunAs):
             environ = identity.environ(environ)
-        host, port = args.dispatcher
         config = AgentConfig(
-            host=host,
-            port=port,
+            dispatchers=args.dispatcher,
             token=token,
             node_id=args.node_id,
             engine=args.engine,

@@ -1,15 +1,21 @@
 """The agent's loop: dial the hub, say Hello, obey commands, report, reconnect.
 
-1. Dial the dispatcher; on failure wait (jittered exponential backoff, 50 ms up to 2 s).
+1. Dial a dispatcher: the one that last welcomed the agent, else the next of the list (a
+   standby does not listen for agents). After a whole pass over the list without a welcome,
+   wait (jittered exponential backoff, 50 ms up to 2 s).
 2. Send Hello with the whole inventory: every running round and every finished one not yet
    forgotten, so whatever happened while disconnected reaches the dispatcher.
 3. Welcome starts the heartbeats; Refused ends the agent (exit code 3: a wrong token must not
-   retry forever).
+   retry forever). A Welcome of an older epoch than one already seen comes from a deposed
+   dispatcher: the connection is dropped before anything on it is obeyed. The Welcome and
+   each ``Renewed`` bring the list of dispatchers to follow.
 4. Commands are idempotent: a Launch of a known ``(upid, round)`` only re-sends its report, a
    Kill of a finished round re-sends its end, a Forget of a running round is refused.
    A Launch that finds every slot busy waits in the ``LaunchQueue`` and starts, in order, as
    slots free; Kill or Withdraw drop a waiting launch, which is reported ``not_started``.
-5. On disconnection the processes keep running and their reports are kept; go back to 1.
+5. A dispatcher holding a lease renews it every few seconds and says so (``Renewed``); one
+   silent for a whole lease has lost it, or is stuck: the agent leaves it for the next.
+6. On disconnection the processes keep running and their reports are kept; go back to 1.
 
 Asked to (``stop_after_disconnect``), an agent that has had no welcomed session for that
 long stops its processes itself (SIGTERM, then SIGKILL after ``stop_grace``) and keeps
@@ -52,6 +58,7 @@ from corral.wire.messages import (
     ProcessReport,
     ReadLog,
     Refused,
+    Renewed,
     Shutdown,
     Welcome,
     Withdraw,
@@ -67,12 +74,23 @@ _YIELD_EVERY: Final = 64  # launches handled between two loop turns, so exits an
 # are not starved by a big batch and the reports leave in batches of this size
 
 
+Address = tuple[str, int]
+
+
+def parse_address(text: str) -> Address | None:
+    """``HOST:PORT`` (``[::1]:7000`` for an IPv6 host) as a pair; None if it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything the agent is told on its command line."""
 
-    host: str
-    port: int
+    #: every dispatcher of the store; the dispatchers' own list replaces it once welcomed
+    dispatchers: tuple[Address, ...]
     token: str
     node_id: str
     engine: str
@@ -116,8 +134,9 @@ class Backoff:
 
 
 class _End(enum.Enum):
-    LOST = "lost"  # never welcomed: keep backing off
-    WELCOMED = "welcomed"  # a good session ended: reconnect quickly
+    LOST = "lost"  # never welcomed: try the next dispatcher
+    DEPOSED = "deposed"  # welcomed in an older epoch, or silent past its lease: the next one
+    WELCOMED = "welcomed"  # a good session ended: reconnect quickly, to the same one first
     REFUSED = "refused"
     SHUT_DOWN = "shut down"
 
@@ -133,8 +152,18 @@ class Agent:
         self._conn: Connection | None = None
         self._launcher: Launcher | None = None
         self._signalled = False
-        self._unreachable = False
         self._self_stop: asyncio.TimerHandle | None = None
+        self._unreachable: set[Address] = set()
+        self._dispatchers: list[Address] = list(config.dispatchers)
+        #: the dispatcher to dial next, as an index of ``_dispatchers``
+        self._next = 0
+        #: the highest epoch a dispatcher welcomed this agent in
+        self.epoch = 0
+        #: how long the current dispatcher may stay silent (0: it holds no lease)
+        self._lease_duration = 0.0
+        self._lease_timer: asyncio.TimerHandle | None = None
+        #: whether the lease watch closed the connection
+        self._lapsed = False
 
     @property
     def launcher(self) -> Launcher:
@@ -177,68 +206,82 @@ class Agent:
 
     async def _serve(self) -> int:
         backoff = Backoff(self._config.backoff_start, self._config.backoff_cap)
+        failed = 0  # dispatchers tried in a row without a welcome
         while True:
-            end = await self._session()
+            end = await self._session(self._dispatchers[self._next])
             if end is _End.REFUSED:
                 return EXIT_REFUSED
             if end is _End.SHUT_DOWN:
                 return EXIT_OK
             if end is _End.WELCOMED:
                 backoff.reset()
+                failed = 0
+            else:
+                self._next = (self._next + 1) % len(self._dispatchers)
+                failed += 1
+                if failed % len(self._dispatchers):
+                    continue  # the rest of the pass at once: one of them may be active
             await asyncio.sleep(backoff.next())
 
     # --- one connection -----------------------------------------------------------------------
 
-    async def _session(self) -> _End:
-        cfg = self._config
+    async def _session(self, address: Address) -> _End:
+        conn = await self._dial(address)
+        if conn is None:
+            return _End.LOST
         try:
-            conn = await asyncio.wait_for(open_connection(cfg.host, cfg.port), cfg.connect_timeout)
+            return await self._converse(conn, address)
+        finally:
+            self._conn = None
+            self._disarm()
+            conn.close()
+            self._arm_self_stop()
+
+    async def _dial(self, address: Address) -> Connection | None:
+        host, port = address
+        try:
+            conn = await asyncio.wait_for(open_connection(host, port), self._config.connect_timeout)
         except (OSError, TimeoutError) as exc:
             # One line per outage, not one per attempt.
-            level = logging.DEBUG if self._unreachable else logging.WARNING
-            log.log(level, "cannot reach the dispatcher at %s:%s: %s", cfg.host, cfg.port, exc)
-            self._unreachable = True
-            return _End.LOST
-        self._unreachable = False
-        _tune_socket(conn, cfg.link_timeout)
+            level = logging.DEBUG if address in self._unreachable else logging.WARNING
+            log.log(level, "cannot reach the dispatcher at %s:%s: %s", host, port, exc)
+            self._unreachable.add(address)
+            return None
+        self._unreachable.discard(address)
+        _tune_socket(conn, self._config.link_timeout)
         log.info("connected to %s", conn.peer)
+        return conn
+
+    async def _converse(self, conn: Connection, address: Address) -> _End:
         heartbeats: asyncio.Task[None] | None = None
         try:
-            await conn.send_now(self._hello())
-            # From here on every report is sent as it happens; the Hello came first.
-            self._conn = conn
-            batch = await asyncio.wait_for(conn.read_batch(), cfg.welcome_timeout)
-            first = batch[0] if batch else None
-            if isinstance(first, Refused):
-                log.error("the dispatcher refused this agent: %s", first.reason)
-                return _End.REFUSED
-            if not isinstance(first, Welcome):
-                raise ProtocolError(f"expected Welcome or Refused, got {type(first).__name__}")
-            conn.mark_authenticated()
+            welcomed = await self._handshake(conn, address)
+            if isinstance(welcomed, _End):
+                return welcomed
+            welcome, rest = welcomed
             self._disarm_self_stop()
-            period = first.heartbeat_period if first.heartbeat_period > 0 else cfg.heartbeat_period
+            period = welcome.heartbeat_period
+            if period <= 0:
+                period = self._config.heartbeat_period
             heartbeats = asyncio.create_task(self._heartbeats(conn, max(period, 0.01)))
-            log.info("welcomed by %s; heartbeat every %.3gs", conn.peer, period)
-            if await self._obey(conn, batch[1:]):
-                return _End.SHUT_DOWN
-            while True:
-                if await self._obey(conn, await conn.read_batch()):
-                    return _End.SHUT_DOWN
-        except TimeoutError:
-            log.warning("no Welcome from %s within %ss", conn.peer, cfg.welcome_timeout)
-            return _End.LOST
+            log.info(
+                "welcomed by %s in epoch %d; heartbeat every %.3gs", conn.peer, self.epoch, period
+            )
+            batch = rest
+            while not await self._obey(conn, batch):
+                batch = await conn.read_batch()
+            return _End.SHUT_DOWN
         except ConnectionClosed as exc:
+            if self._lapsed:
+                return _End.DEPOSED  # closed by the lease watch: try the next dispatcher
             log.info("disconnected: %s", exc.message)
             return _End.WELCOMED if heartbeats is not None else _End.LOST
         except (ProtocolError, OSError) as exc:
             log.error("dropping the connection to %s: %s", conn.peer, exc)
             return _End.LOST
         finally:
-            self._conn = None
             if heartbeats is not None:
                 heartbeats.cancel()
-            conn.close()
-            self._arm_self_stop()
 
     # --- on its own ---------------------------------------------------------------------------
 
@@ -268,6 +311,84 @@ class Agent:
                 self._config.stop_grace,
             )
             self.launcher.terminate_all(self._config.stop_grace)
+
+    async def _handshake(
+        self, conn: Connection, address: Address
+    ) -> tuple[Welcome, list[Message]] | _End:
+        """Hello, then the dispatcher's answer: its Welcome and what came with it, or the end."""
+        await conn.send_now(self._hello())
+        # From here on every report is sent as it happens; the Hello came first.
+        self._conn = conn
+        # A dispatcher that accepts connections but never answers is stuck: after a lease
+        # (when one is known) try the next.
+        timeout = self._lease_duration or self._config.welcome_timeout
+        try:
+            batch = await asyncio.wait_for(conn.read_batch(), timeout)
+        except TimeoutError:
+            log.warning("no Welcome from %s within %ss", conn.peer, timeout)
+            return _End.LOST
+        first = batch[0] if batch else None
+        if isinstance(first, Refused):
+            log.error("the dispatcher refused this agent: %s", first.reason)
+            return _End.REFUSED
+        if not isinstance(first, Welcome):
+            raise ProtocolError(f"expected Welcome or Refused, got {type(first).__name__}")
+        if first.epoch < self.epoch:
+            log.warning(
+                "%s welcomed this agent in epoch %d, but epoch %d has begun: a deposed"
+                " dispatcher; leaving it, nothing it sent obeyed",
+                conn.peer,
+                first.epoch,
+                self.epoch,
+            )
+            return _End.DEPOSED
+        conn.mark_authenticated()
+        self.epoch = first.epoch
+        self._lease_duration = first.lease_duration
+        self._follow(first.dispatchers, address)
+        self._arm(conn)
+        return first, batch[1:]
+
+    def _renewed(self, conn: Connection, msg: Renewed) -> None:
+        if msg.epoch != self.epoch:
+            raise ProtocolError(f"a renewal of epoch {msg.epoch} on a connection of {self.epoch}")
+        self._arm(conn)
+        self._follow(msg.dispatchers, self._dispatchers[self._next])
+
+    def _follow(self, listed: list[str], current: Address) -> None:
+        """Take the dispatchers' own list (``current`` stays in it, as the one to dial next)."""
+        found = [a for a in (parse_address(text) for text in listed) if a is not None]
+        if not found:
+            return
+        if current not in found:
+            found.insert(0, current)
+        if found != self._dispatchers:
+            log.info("dispatchers: %s", ", ".join(f"{h}:{p}" for h, p in found))
+            self._dispatchers = found
+        self._next = found.index(current)
+
+    # --- the lease watch: a dispatcher silent for a whole lease is left -----------------------
+
+    def _arm(self, conn: Connection) -> None:
+        self._disarm()
+        self._lapsed = False
+        if self._lease_duration > 0:
+            loop = asyncio.get_running_loop()
+            self._lease_timer = loop.call_later(self._lease_duration, self._lapse, conn)
+
+    def _disarm(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
+
+    def _lapse(self, conn: Connection) -> None:
+        log.warning(
+            "%s has not renewed its lease for %.3gs: it lost it or is stuck; leaving it",
+            conn.peer,
+            self._lease_duration,
+        )
+        self._lapsed = True
+        conn.close()
 
     def _hello(self) -> Hello:
         cfg = self._config
@@ -318,6 +439,8 @@ class Agent:
             elif isinstance(msg, Shutdown):
                 await self._shutdown(conn, msg.grace)
                 return True
+            elif isinstance(msg, Renewed):
+                self._renewed(conn, msg)
             else:
                 raise ProtocolError(f"an agent does not accept {type(msg).__name__}")
         self.launcher.record_pending()

@@ -1,11 +1,12 @@
 """``create_app``: the FastAPI application over a :class:`DispatcherService`.
 
 The app is assembled from the route modules, the one error mapping (``api.errors``), the
-one auth middleware (``api.auth``) and the browser guard (``api.browser``). Middleware
-order, outermost first: the catch-all that turns an unexpected exception into a logged,
-generic 500; then the Host and Origin checks of browser-facing requests, so a rebound or
-foreign page learns nothing; then authentication and permission, so a request without
-credentials learns nothing, not even whether a route exists; then FastAPI.
+one auth middleware (``api.auth``), the browser guard (``api.browser``) and the standby's
+answer (``api.standby``). Middleware order, outermost first: the catch-all that turns an
+unexpected exception into a logged, generic 500; then the Host and Origin checks of
+browser-facing requests, so a rebound or foreign page learns nothing; then authentication
+and permission, so a request without credentials learns nothing, not even whether a route
+exists; then the standby's 503; then FastAPI.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from fastapi import Depends, FastAPI
 
 from corral import __version__
-from corral.api import auth, errors, responses
+from corral.api import auth, errors, responses, standby
 from corral.api._service import DispatcherService
 from corral.api.access import Sessions, Tokens, cookie_name
 from corral.api.browser import BrowserGuard
@@ -29,10 +30,11 @@ from corral.api.routes import (
     system,
     ui,
 )
+from corral.api.standby import RoleView
 
 
 def create_app(
-    service: DispatcherService,
+    service: DispatcherService | None,
     token: str,
     *,
     readonly_token: str | None = None,
@@ -40,6 +42,7 @@ def create_app(
     title: str = "corral",
     sse_keepalive: float = 15.0,
     sessions: Sessions | None = None,
+    role: RoleView | None = None,
 ) -> FastAPI:
     """Build the HTTP API over ``service``, guarded by the bearer ``token``.
 
@@ -48,7 +51,9 @@ def create_app(
     names (besides IP addresses and localhost) a browser may reach the dashboard by.
     ``sse_keepalive`` is the quiet period, in seconds, after which ``/events`` sends a
     keep-alive comment. ``sessions`` keeps the dashboard's sessions (by default for an hour
-    without a request, twelve at most).
+    without a request, twelve at most). With a ``role`` (one of several dispatchers of a
+    store), ``app.state.role`` and ``app.state.service`` may be replaced while the app runs;
+    the service may be None only while the role is not active.
     """
     app = FastAPI(
         title=title,
@@ -67,9 +72,11 @@ def create_app(
     app.state.tokens = tokens
     app.state.sessions = sessions = Sessions() if sessions is None else sessions
     app.state.cookie = cookie = cookie_name(token)
+    app.state.role = role
     for module in (system, definitions, processes, events, audit, dashboard, ui):
         app.include_router(module.router)
     # added in this order so the catch-all ends up outermost (Starlette wraps the last added)
+    standby.install(app)
     auth.install(app, tokens, sessions, cookie)
     app.add_middleware(BrowserGuard, names=tuple(ui_hosts), cookie=cookie)
     errors.install(app)

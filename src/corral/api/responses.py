@@ -28,7 +28,8 @@ ERROR_MEANINGS = {
     408: "the wait ended before the process reached the state",
     409: "the request conflicts with what exists (an id taken by something else)",
     422: "the request is invalid; `field` names the part at fault",
-    503: "the dispatcher cannot answer now (a node that holds a log is away)",
+    503: "the dispatcher cannot answer now (a node that holds a log is away, or this"
+    " dispatcher stands by: `Corral-Active` names the active one)",
     507: "the store's disk is nearly full: new work waits until space is freed",
 }
 
@@ -145,6 +146,11 @@ class LogChunkOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok"]
+    #: on a shared (PostgreSQL) store only: this dispatcher's role, the lease's epoch and
+    #: the active dispatcher's API URL (``api.standby``)
+    role: Literal["active", "standby"] | None = None
+    epoch: int | None = None
+    active: str | None = None
 
 
 class ProcessCounts(BaseModel):

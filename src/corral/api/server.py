@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import uvicorn
@@ -25,12 +27,26 @@ class APIServer:
         self.server.should_exit = True
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its signal handling.
+
+    uvicorn catches SIGTERM and SIGINT, shuts down, then raises the signal again, which
+    would kill ``corral serve`` before it closed the dispatcher (and released its lease).
+    The caller handles the signals itself, by calling `APIServer.stop`.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 async def open_api_server(app: FastAPI, host: str, port: int) -> APIServer | None:
     """Start serving ``app``; return once it listens (None if it could not start).
 
     The server shares the caller's loop, so routes call the service without a thread hop.
+    It handles no signal: the caller stops it.
     """
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=host,

@@ -4,6 +4,9 @@ State lives under ``--home`` (default ``$CORRAL_HOME``, else ``~/.corral``): the
 store, the API token (``token``, mode 0600), the read-only token (``readonly_token``), the
 agents' token, the API's address (``url``, so the client and CLI find it) and the local
 nodes' directories. The dashboard is served at ``/ui/`` of the API's address.
+
+On a PostgreSQL store several dispatchers may run at once: each serves its API at once, as
+a standby, and the one that holds the lease is active (``corral.dispatcher.standby``).
 """
 
 from __future__ import annotations
@@ -12,19 +15,24 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from fastapi import FastAPI
 
 from corral import eventloop
 from corral.api.app import create_app
-from corral.api.server import open_api_server
+from corral.api.server import APIServer, open_api_server
 from corral.config import Config, load_config, refusing_root
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
+from corral.dispatcher.service import Dispatcher
+from corral.dispatcher.standby import Role, Standby
 from corral.errors import CorralError
 from corral.secretfile import load_or_create_token
+from corral.store import open_store, supports_lease
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 
@@ -119,6 +127,13 @@ def refuse_root(config: Config) -> None:
     help="HOST:PORT to host the pipelines' shared event queue on (secret in HOME/queue_secret).",
 )
 @click.option(
+    "--lease-duration",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds the active dispatcher's lease lasts unrenewed, on a PostgreSQL store"
+    " (default: the config's, else 3): how soon a standby takes over a dead one.",
+)
+@click.option(
     "--allow-remote",
     is_flag=True,
     help="Let --listen, --queue and --agent-listen bind beyond loopback (tokens travel"
@@ -145,6 +160,7 @@ def serve(
     config_path: Path | None,
     store_url: str | None,
     queue_listen: str | None,
+    lease_duration: float | None,
     allow_remote: bool,
     ui_hosts: tuple[str, ...],
     log_level: str,
@@ -173,9 +189,14 @@ def serve(
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
     refuse_root(config)
+    store_url = store_url or config.store
     settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
     tokens = _Tokens(token, readonly_token, ui_hosts)
-    code = eventloop.run(_serve(settings, tokens, host, port))
+    if store_url is not None and supports_lease(store_url):
+        duration = lease_duration or config.lease_duration
+        code = eventloop.run(_serve_shared(settings, tokens, host, port, duration))
+    else:
+        code = eventloop.run(_serve(settings, tokens, host, port))
     sys.exit(code)
 
 
@@ -186,6 +207,75 @@ class _Tokens:
     ui_hosts: tuple[str, ...]
 
 
+def _app(tokens: _Tokens, service: Dispatcher | None, role: Role | None = None) -> FastAPI:
+    return create_app(
+        service,
+        tokens.token,
+        readonly_token=tokens.readonly_token,
+        ui_hosts=tokens.ui_hosts,
+        role=role,
+    )
+
+
+def _stop_on_signals(api: APIServer) -> None:
+    """SIGTERM and SIGINT stop the API; the dispatcher is then closed, and a shared store's
+    lease released, before the process exits."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, api.stop)
+
+
+def _write_url(home: Path, url: str) -> None:
+    # Written whole or not at all: a client reading it mid-write must not see half a URL.
+    partial = home / "url.tmp"
+    partial.write_text(url + "\n")
+    partial.replace(home / "url")
+    logging.getLogger("corral").info(
+        "API on %s, dashboard on %s/ui/; token in %s", url, url, home / "token"
+    )
+
+
+async def _serve_shared(
+    settings: RuntimeSettings, tokens: _Tokens, host: str, port: int, lease_duration: float
+) -> int:
+    """One of several dispatchers of a PostgreSQL store: a standby until it holds the lease."""
+    assert settings.store_url is not None
+    try:
+        # the schema is checked (a newer one refuses) and migrated before anything listens
+        await asyncio.to_thread(lambda: open_store(str(settings.store_url)).close())
+    except CorralError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        return 1
+    app = _app(tokens, None, Role(active=False))
+    api = await open_api_server(app, host, port)
+    if api is None:
+        return 1
+    _stop_on_signals(api)
+
+    def on_active(dispatcher: Dispatcher) -> None:
+        app.state.service = dispatcher
+
+    def on_role(role: Role) -> None:
+        if app.state.role == Role(active=False):
+            # as with a single dispatcher, the address is written once the API serves as
+            # what it is: active, or a standby that knows the active one
+            _write_url(settings.home, api.url)
+        app.state.role = role
+
+    standby = Standby(settings, api.url, on_active, on_role, lease_duration=lease_duration)
+    running = asyncio.get_running_loop().create_task(standby.run())
+    await asyncio.wait({api.task, running}, return_when=asyncio.FIRST_COMPLETED)
+    standby.stop()
+    try:
+        code = await running
+    except CorralError as exc:  # another dispatcher holds this home
+        click.echo(f"error: {exc.message}", err=True)
+        code = 1
+    api.stop()
+    await api.task
+    return code
+
+
 async def _serve(settings: RuntimeSettings, tokens: _Tokens, host: str, port: int) -> int:
     runtime = Runtime(settings)
     try:
@@ -194,23 +284,13 @@ async def _serve(settings: RuntimeSettings, tokens: _Tokens, host: str, port: in
         click.echo(f"error: {exc.message}", err=True)
         await runtime.aclose()
         return 1
-    app = create_app(
-        dispatcher,
-        tokens.token,
-        readonly_token=tokens.readonly_token,
-        ui_hosts=tokens.ui_hosts,
-    )
+    app = _app(tokens, dispatcher)
     api = await open_api_server(app, host, port)
     if api is None:
         await runtime.aclose()
         return 1
-    # Written whole or not at all: a client reading it mid-write must not see half a URL.
-    partial = settings.home / "url.tmp"
-    partial.write_text(api.url + "\n")
-    partial.replace(settings.home / "url")
-    logging.getLogger("corral").info(
-        "API on %s, dashboard on %s/ui/; token in %s", api.url, api.url, settings.home / "token"
-    )
+    _write_url(settings.home, api.url)
+    _stop_on_signals(api)
     stopped = asyncio.get_running_loop().create_task(runtime.stopped.wait())
     await asyncio.wait({api.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     api.stop()

@@ -3,7 +3,8 @@
 Discovery, in order:
 
 - URL: the ``url`` argument, ``CORRAL_URL``, the file ``<home>/url`` (where ``corral serve``
-  writes its address), then ``http://127.0.0.1:7480``;
+  writes its address), then ``http://127.0.0.1:7480``. It may list several dispatchers of one
+  store, comma-separated: see `Dispatchers`;
 - token: the ``token`` argument, ``CORRAL_TOKEN``, then the file ``<home>/token``;
 - home: ``CORRAL_HOME``, else ``~/.corral``.
 
@@ -33,6 +34,8 @@ from corral.errors import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:7480"
+#: the header of a standby dispatcher's answers (``corral.api.standby``)
+ROLE_HEADER = "Corral-Role"
 #: one long poll of wait_process; below the server's cap and any proxy's idle timeout
 WAIT_CHUNK = 30.0
 #: the server sends a keep-alive every 15 s, so this much silence means the link is dead
@@ -66,7 +69,63 @@ def _read_home_file(name: str) -> str | None:
 
 def discover_url(url: str | None = None) -> str:
     found = url or os.environ.get("CORRAL_URL") or _read_home_file("url") or DEFAULT_URL
-    return found.rstrip("/")
+    return ",".join(split_urls(found))
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs of a comma-separated list, without trailing slashes."""
+    urls = [part.strip().rstrip("/") for part in text.split(",")]
+    return [url for url in urls if url] or [DEFAULT_URL]
+
+
+class Dispatchers:
+    """The dispatchers a client knows, and which of them to ask first.
+
+    With several URLs (dispatchers sharing a PostgreSQL store, one active), a request goes
+    to the one that answered last; the next ones are asked in turn when it cannot be
+    reached or answers that it stands by (``Corral-Role: standby``). A request that may have
+    reached a dispatcher before failing is not sent again unless it only reads (GET), so
+    nothing is done twice. When no dispatcher answers, `Unavailable` names each one's
+    trouble.
+    """
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self._current = 0
+        self._troubles: list[CorralError] = []
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._current]
+
+    def order(self) -> list[str]:
+        """Every URL, the one that answered last first; starts a new request's tally."""
+        self._troubles = []
+        n = len(self.urls)
+        return [self.urls[(self._current + i) % n] for i in range(n)]
+
+    def unreachable(self, call: Call, url: str, exc: httpx.TransportError) -> None:
+        """Note that ``url`` could not answer; raise if the request must not be retried."""
+        error = unavailable(url, exc)
+        sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        if len(self.urls) == 1 or (sent and call.method != "GET"):
+            raise error
+        self._troubles.append(error)
+
+    def standing_by(self, url: str, response: httpx.Response) -> bool:
+        """Whether ``response`` comes from a standby, and another dispatcher is to be asked."""
+        if len(self.urls) == 1 or response.headers.get(ROLE_HEADER) != "standby":
+            return False
+        self._troubles.append(Unavailable(f"{url}: {error_from(response).message}"))
+        return True
+
+    def answered(self, url: str) -> None:
+        self._current = self.urls.index(url)
+
+    def none_active(self) -> Unavailable:
+        """The error once every dispatcher was asked in vain."""
+        troubles = "; ".join(error.message for error in self._troubles)
+        return Unavailable(f"no active corral dispatcher among {len(self.urls)}: {troubles}")
 
 
 def discover_token(token: str | None = None) -> str | None:
@@ -246,7 +305,7 @@ def unavailable(url: str, exc: httpx.TransportError) -> Unavailable:
     if isinstance(exc, httpx.TimeoutException):
         return Unavailable(f"no answer from the corral dispatcher at {url} in time ({exc!r})")
     return Unavailable(
-        f"cannot reach the corral dispatcher at {url} ({exc}); "
+        f"cannot reach the corral dispatcher at {url} ({exc or type(exc).__name__}); "
         "is it running? start one with `corral serve`"
     )
 

@@ -33,11 +33,11 @@ class AsyncClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = r.discover_url(url)
+        self._dispatchers = r.Dispatchers(r.split_urls(r.discover_url(url)))
         self._token = r.discover_token(token)
         self._timeout = timeout
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers=r.headers(self._token), timeout=timeout, transport=transport
+            headers=r.headers(self._token), timeout=timeout, transport=transport
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -54,18 +54,35 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    @property
+    def url(self) -> str:
+        """The dispatcher's URL: of those given, the one that answered last."""
+        return self._dispatchers.current
+
     async def _send(self, call: r.Call) -> Any:
-        try:
-            response = await self._http.request(
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                timeout=self._timeout + call.extra_timeout,
-            )
-        except httpx.TransportError as exc:
-            raise r.unavailable(self.url, exc) from None
+        response = await self._request(call, self._timeout + call.extra_timeout)
         return r.decode(response, has_token=self._token is not None)
+
+    async def _request(
+        self, call: r.Call, limits: float | httpx.Timeout, *, stream: bool = False
+    ) -> httpx.Response:
+        """Send ``call`` to the active dispatcher (see ``_requests.Dispatchers``)."""
+        dispatchers = self._dispatchers
+        for url in dispatchers.order():
+            request = self._http.build_request(
+                call.method, url + call.path, params=call.params, json=call.json, timeout=limits
+            )
+            try:
+                response = await self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                dispatchers.unreachable(call, url, exc)
+                continue
+            if dispatchers.standing_by(url, response):
+                await response.aclose()
+                continue
+            dispatchers.answered(url)
+            return response
+        raise dispatchers.none_active()
 
     async def _dict(self, call: r.Call) -> dict[str, Any]:
         return cast(dict[str, Any], await self._send(call))
@@ -188,21 +205,20 @@ class AsyncClient:
         The iterator ends only when the server closes the stream; closing it (``aclose``,
         or leaving an ``async for`` loop) closes the connection.
         """
-        call = r.events(upid)
+        response = await self._request(r.events(upid), r.events_timeout(self._timeout), stream=True)
         try:
-            async with self._http.stream(
-                call.method, call.path, params=call.params, timeout=r.events_timeout(self._timeout)
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise r.error_from(response, has_token=self._token is not None)
-                decoder = r.EventDecoder()
-                async for line in response.aiter_lines():
-                    event = decoder.feed(line)
-                    if event is not None:
-                        yield event
+            if not response.is_success:
+                await response.aread()
+                raise r.error_from(response, has_token=self._token is not None)
+            decoder = r.EventDecoder()
+            async for line in response.aiter_lines():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield event
         except httpx.TransportError as exc:
             raise r.unavailable(self.url, exc) from None
+        finally:
+            await response.aclose()
 
     # -- the dispatcher ----------------------------------------------------------------
 

@@ -34,11 +34,11 @@ class Client:
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = r.discover_url(url)
+        self._dispatchers = r.Dispatchers(r.split_urls(r.discover_url(url)))
         self._token = r.discover_token(token)
         self._timeout = timeout
         self._http = httpx.Client(
-            base_url=self.url, headers=r.headers(self._token), timeout=timeout, transport=transport
+            headers=r.headers(self._token), timeout=timeout, transport=transport
         )
 
     def __enter__(self) -> Client:
@@ -55,18 +55,35 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def url(self) -> str:
+        """The dispatcher's URL: of those given, the one that answered last."""
+        return self._dispatchers.current
+
     def _send(self, call: r.Call) -> Any:
-        try:
-            response = self._http.request(
-                call.method,
-                call.path,
-                params=call.params,
-                json=call.json,
-                timeout=self._timeout + call.extra_timeout,
-            )
-        except httpx.TransportError as exc:
-            raise r.unavailable(self.url, exc) from None
+        response = self._request(call, self._timeout + call.extra_timeout)
         return r.decode(response, has_token=self._token is not None)
+
+    def _request(
+        self, call: r.Call, limits: float | httpx.Timeout, *, stream: bool = False
+    ) -> httpx.Response:
+        """Send ``call`` to the active dispatcher (see ``_requests.Dispatchers``)."""
+        dispatchers = self._dispatchers
+        for url in dispatchers.order():
+            request = self._http.build_request(
+                call.method, url + call.path, params=call.params, json=call.json, timeout=limits
+            )
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                dispatchers.unreachable(call, url, exc)
+                continue
+            if dispatchers.standing_by(url, response):
+                response.close()
+                continue
+            dispatchers.answered(url)
+            return response
+        raise dispatchers.none_active()
 
     def _dict(self, call: r.Call) -> dict[str, Any]:
         return cast(dict[str, Any], self._send(call))
@@ -190,21 +207,20 @@ class Client:
         The iterator ends only when the server closes the stream; closing it (or leaving a
         ``for`` loop) closes the connection.
         """
-        call = r.events(upid)
+        response = self._request(r.events(upid), r.events_timeout(self._timeout), stream=True)
         try:
-            with self._http.stream(
-                call.method, call.path, params=call.params, timeout=r.events_timeout(self._timeout)
-            ) as response:
-                if not response.is_success:
-                    response.read()
-                    raise r.error_from(response, has_token=self._token is not None)
-                decoder = r.EventDecoder()
-                for line in response.iter_lines():
-                    event = decoder.feed(line)
-                    if event is not None:
-                        yield event
+            if not response.is_success:
+                response.read()
+                raise r.error_from(response, has_token=self._token is not None)
+            decoder = r.EventDecoder()
+            for line in response.iter_lines():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield event
         except httpx.TransportError as exc:
             raise r.unavailable(self.url, exc) from None
+        finally:
+            response.close()
 
     # -- the dispatcher ----------------------------------------------------------------
 

@@ -10,7 +10,6 @@ log) are sent from here.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import secrets
@@ -25,6 +24,7 @@ from corral.core.model import Engine, InstanceType, NodeRecord, ProcessRecord
 from corral.core.node_states import Health, IdleBehavior, NodeState, classify_health
 from corral.core.planner import PoolNode, plan
 from corral.core.process_states import ProcessEvent, ProcessState
+from corral.dispatcher.log_reads import LogReads
 from corral.dispatcher.partitions import Partitions
 from corral.dispatcher.rounds import moved
 from corral.dispatcher.state import State
@@ -40,10 +40,9 @@ from corral.wire.messages import (
     Kill,
     Launch,
     LogChunk,
-    LogStream,
     Message,
     ProcessReport,
-    ReadLog,
+    Renewed,
     Shutdown,
     Welcome,
 )
@@ -52,7 +51,6 @@ log = logging.getLogger("corral.nodes")
 
 #: how often instances are listed through the drivers, in ticks
 LIST_EVERY = 5
-LOG_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -84,9 +82,7 @@ class Nodes:
         self._wake_mapper = wake_mapper
         self._started = clock.monotonic()
         self._live: dict[NodeId, _Live] = {}
-        #: log reads awaiting an answer, with the node asked: only that node may answer
-        self._log_requests: dict[int, tuple[NodeId, asyncio.Future[LogChunk]]] = {}
-        self._request_ids = itertools.count(1)
+        self._logs = LogReads()
         self._ticks = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unoccupied_since: dict[NodeId, float] = {}
@@ -96,6 +92,11 @@ class Nodes:
         self._on_boot = on_boot or (lambda engine, outcome, seconds: None)
         self._booted_at: dict[NodeId, float] = {}
         self._retiring: set[NodeId] = set()
+        #: what each Welcome says: the lease's epoch and duration, and where the
+        #: dispatchers are (this one first)
+        self.epoch = 0
+        self.lease_duration = 0.0
+        self.dispatchers: list[str] = []
         self.syncer = Syncer(
             state, clock, self.send, self.kill, self.launch_one, wake_mapper, None, self._engines
         )
@@ -137,7 +138,9 @@ class Nodes:
         live.instances = {(r.upid, r.round): r.status for r in hello.inventory}
         live.version += 1
         self._healthy.add(session.node_id)  # just heard from
-        session.send(Welcome(engine.heartbeat_period))
+        session.send(
+            Welcome(engine.heartbeat_period, self.epoch, self.lease_duration, self.dispatchers)
+        )
         log.info(
             "agent %s joined from %s with %d process(es)",
             hello.node_id,
@@ -161,27 +164,25 @@ class Nodes:
                 live.version += 1
                 reports.append(msg)
             elif isinstance(msg, LogChunk):
-                self._log_answered(session.node_id, msg)
+                self._logs.answered(session.node_id, msg)
             elif not isinstance(msg, Heartbeat):
                 log.warning("unexpected %s from agent %s", type(msg).__name__, session.node_id)
         if reports:
             self.syncer.reports(session.node_id, reports)
-
-    def _log_answered(self, node_id: NodeId, chunk: LogChunk) -> None:
-        asked = self._log_requests.get(chunk.request_id)
-        if asked is None or asked[0] != node_id:
-            # an answer to no question of ours, or to one asked of another node
-            log.warning("log chunk %d from %s ignored: not asked of it", chunk.request_id, node_id)
-            return
-        del self._log_requests[chunk.request_id]
-        if not asked[1].done():
-            asked[1].set_result(chunk)
 
     def agent_left(self, session: AgentSession) -> None:
         live = self._live.get(session.node_id)
         if live is not None and live.session is session:
             live.session = None
             log.info("agent %s disconnected", session.node_id)
+
+    def renewed(self, dispatchers: list[str]) -> None:
+        """Tell every agent the lease was renewed (they leave a dispatcher gone silent)."""
+        self.dispatchers = dispatchers
+        msg = Renewed(self.epoch, dispatchers)
+        for live in self._live.values():
+            if live.session is not None:
+                live.session.send(msg)
 
     # -- commands ---------------------------------------------------------------
 
@@ -259,24 +260,7 @@ class Nodes:
         live = self._live.get(node_id)
         if live is None or live.session is None:
             raise Unavailable(f"node {node_id} is not connected; its logs cannot be read now")
-        request_id = next(self._request_ids)
-        waiter: asyncio.Future[LogChunk] = asyncio.get_running_loop().create_future()
-        self._log_requests[request_id] = (node_id, waiter)
-        which: LogStream = "stderr" if stream == "stderr" else "stdout"
-        live.session.send(ReadLog(request_id, upid, which, offset, limit))
-        try:
-            chunk = await asyncio.wait_for(waiter, LOG_TIMEOUT)
-        except TimeoutError:
-            raise Unavailable(f"node {node_id} did not send the log in {LOG_TIMEOUT:g} s") from None
-        finally:
-            self._log_requests.pop(request_id, None)
-        if chunk.error is not None:
-            raise Unavailable(f"node {node_id} could not read the log: {chunk.error}")
-        return {
-            "data": chunk.data.decode("utf-8", errors="replace"),
-            "next_offset": chunk.next_offset,
-            "size": chunk.size,
-        }
+        return await self._logs.read(node_id, live.session, upid, stream, offset, limit)
 
     # -- views ------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from corral.hub import Hub
 from corral.pool import NodePool
 from corral.queue import QueueServer
 from corral.secretfile import load_or_create_token
-from corral.store import GroupCommitter, Put, Store, Table, open_store
+from corral.store import GroupCommitter, PostgresStore, Put, Store, Table, open_store
 
 log = logging.getLogger("corral.runtime")
 
@@ -61,6 +61,15 @@ class RuntimeSettings:
     drivers: Mapping[EngineId, Driver] | None = None
     #: where to host the pipelines' shared event queue, in this dispatcher's store
     queue_listen: tuple[str, int] | None = None
+    #: the lease epoch this dispatcher holds (``dispatcher.standby``): the store refuses
+    #: commits once another dispatcher has taken the lease; None: no lease (SQLite)
+    epoch: int | None = None
+    #: how long the lease lasts unrenewed: agents leave a dispatcher silent for that long
+    lease_duration: float = 0.0
+    #: the agent addresses (HOST:PORT) of the other dispatchers of the store
+    peers: tuple[str, ...] = ()
+    #: whether the caller holds ``home``'s lock already (a standby holds it between terms)
+    home_locked: bool = False
 
 
 class Runtime:
@@ -85,9 +94,14 @@ class Runtime:
         settings = self.settings
         home = settings.home
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = _lock_home(home)
+        if not settings.home_locked:
+            self._lock = lock_home(home)
         store_url = settings.store_url or f"sqlite:///{home / 'corral.db'}"
         self._store = store = await asyncio.to_thread(open_store, store_url)
+        if settings.epoch is not None:
+            if not isinstance(store, PostgresStore):
+                raise Conflict("a lease needs a PostgreSQL store", field="store")
+            store.fence(settings.epoch)
         loaded = await asyncio.to_thread(store.load, State.convert)
         self._committer = committer = GroupCommitter(store)
         await committer.start()
@@ -112,7 +126,8 @@ class Runtime:
         host, port = sock.getsockname()[:2]
         self.agent_address = (host, port)
         (home / "agent_address").write_text(f"{host}:{port}\n")
-        drivers = self._drivers(f"{host}:{port}")
+        dispatchers = [f"{host}:{port}", *settings.peers]
+        drivers = self._drivers(",".join(dispatchers))
         nodes_ref: list[Nodes] = []
         metrics = Metrics(state, lambda: nodes_ref[0].describe_nodes(), self.clock.time)
         state.add_listener(metrics.on_commit)
@@ -128,6 +143,9 @@ class Runtime:
             metrics.boot_ended,
         )
         nodes_ref.append(nodes)
+        nodes.epoch = settings.epoch or 0
+        nodes.lease_duration = settings.lease_duration
+        nodes.dispatchers = dispatchers
         mapper = Mapper(state, settings.config, self.clock, nodes)
         mapper_ref.append(mapper)
         self._events = events = EventBus()
@@ -163,6 +181,12 @@ class Runtime:
         )
         return self.dispatcher
 
+    def renewed(self, peers: list[str]) -> None:
+        """The lease was renewed: tell the agents, and which dispatchers there are now."""
+        if self._nodes is not None and self.agent_address is not None:
+            host, port = self.agent_address
+            self._nodes.renewed([f"{host}:{port}", *peers])
+
     def _drivers(self, agent_address: str) -> dict[EngineId, Driver]:
         """One driver per engine: given in the settings, else made from the engine's."""
         settings = self.settings
@@ -187,6 +211,15 @@ class Runtime:
                     cloud, agent_address, settings.agent_token
                 )
             else:
+                nodes_dir = engine.driver_options.get("nodes_dir")
+                if nodes_dir is not None:
+                    drivers[engine.engine_id] = LocalDriver(
+                        settings.home,
+                        agent_address,
+                        settings.agent_token,
+                        Path(nodes_dir).expanduser(),
+                    )
+                    continue
                 if local is None:
                     local = LocalDriver(settings.home, agent_address, settings.agent_token)
                 drivers[engine.engine_id] = local
@@ -247,9 +280,9 @@ class Runtime:
         self.stopped.set()
 
 
-def _lock_home(home: Path) -> int:
+def lock_home(home: Path) -> int:
     """Hold ``home/dispatcher.lock`` while this dispatcher runs: two dispatchers on one
-    store would each believe they own every process."""
+    store would each believe they own every process. Close the descriptor to let go."""
     fd = os.open(home / "dispatcher.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

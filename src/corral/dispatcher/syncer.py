@@ -11,6 +11,7 @@ and nothing is lost if the dispatcher dies in between.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -172,7 +173,12 @@ class Syncer:
         future = self._state.save_processes(changed)
         if forget:
 
-            def forget_committed(_: object) -> None:
+            def forget_committed(done: asyncio.Future[None]) -> None:
+                # Only a durable end may be forgotten: after a failed commit (a deposed
+                # dispatcher, a broken store) the agent must keep reporting it to whoever
+                # loads the store next.
+                if done.cancelled() or done.exception() is not None:
+                    return
                 for upid, round_ in forget:
                     self._send(node_id, Forget(upid, round_))
 

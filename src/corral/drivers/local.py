@@ -4,7 +4,8 @@ An instance is a directory ``<home>/nodes/<node_id>`` holding ``instance.json`` 
 pid, its start time and the tags), the node's own agent token (``token``, mode 0600) and
 the agent's state (logs, pid files of its children).
 Agents are started in their own session so they outlive the dispatcher, which finds them
-again by listing these directories.
+again by listing these directories. Dispatchers sharing a store on one host share the
+directory (``nodes_dir``), so that a standby taking over finds the active one's agents.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from corral.secretfile import node_token, write_secret
 class LocalDriver:
     limits = UNLIMITED
 
-    def __init__(self, home: Path, dispatcher_address: str, secret: str) -> None:
+    def __init__(
+        self, home: Path, dispatcher_address: str, secret: str, nodes_dir: Path | None = None
+    ) -> None:
         """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
-        self.nodes_dir = home / "nodes"
+        self.nodes_dir = nodes_dir or home / "nodes"
         self.dispatcher_address = dispatcher_address
         self._secret = secret
         #: agents this dispatcher started, by node: its children until they are reaped

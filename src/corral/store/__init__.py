@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "Table",
     "open_store",
+    "supports_lease",
 ]
 
 _SYNCHRONOUS: dict[str, Synchronous] = {"FULL": "FULL", "NORMAL": "NORMAL"}
@@ -38,6 +39,12 @@ _SUPPORTED = (
     "supported: sqlite:///absolute/path.db, sqlite:relative/path.db,"
     " a plain path ending in .db or .sqlite, or postgresql://user@host:port/database"
 )
+
+
+def supports_lease(url: str) -> bool:
+    """Whether the store at ``url`` may be shared by several dispatchers (one active, the
+    others standing by: ``corral.store.lease``). A SQLite store has one dispatcher."""
+    return url.partition(":")[0].lower() in ("postgresql", "postgres")
 
 
 def open_store(url: str) -> Store:

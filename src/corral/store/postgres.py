@@ -11,6 +11,11 @@ dispatcher at once: `apply` reconnects and runs the same transaction again for u
 ``outage_grace`` seconds. That is safe because every change is a whole-row upsert or a
 delete, so a transaction whose COMMIT was lost with the connection may run twice and leave
 the same rows. Past the grace the error stands, and the dispatcher stops.
+
+Once `fence` is called (by a dispatcher holding the lease of ``corral.store.lease``), every
+transaction first checks, under a share lock of the lease row, that the lease is still at
+that epoch: the commits of a deposed dispatcher fail at once, are not tried again, and
+apply nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store import rows
+from corral.store import rows, schema
 from corral.store.base import Change, Convert, Loaded, Table
 
 log = logging.getLogger("corral.store")
@@ -34,9 +39,35 @@ OUTAGE_GRACE = 30.0
 _SECRET = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
-def _redacted(url: str) -> str:
+#: libpq settings used unless the URL sets them: a dead server or a cut link fails a
+#: statement within seconds instead of the kernel's many minutes of retransmissions, so a
+#: dispatcher that lost its database notices (and fences itself) in time
+_LIVENESS = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+
+
+def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     return _SECRET.sub(r"\1***@", url)
+
+
+def conninfo(url: str, timeout: float) -> str:
+    """What to connect with: the URL's settings, then the liveness defaults and ``timeout``."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    options = conninfo_to_dict(url)
+    for key, value in {**_LIVENESS, "connect_timeout": str(max(1, round(timeout)))}.items():
+        options.setdefault(key, value)
+    return make_conninfo("", **options)
+
+
+class _Deposed(StoreError):
+    """A fenced transaction found the lease at another epoch: never worth trying again."""
 
 
 class PostgresStore:
@@ -53,11 +84,12 @@ class PostgresStore:
             ) from None
         self._psycopg = psycopg
         self.url = url
-        self._where = _redacted(url)
+        self._where = redacted(url)
         self._timeout = connect_timeout
         self._outage_grace = outage_grace
         self._conn: Any = None
         self._closed = False
+        self._epoch: int | None = None
         conn = self._connection()
         try:
             self._migrate(conn)
@@ -73,9 +105,8 @@ class PostgresStore:
             raise StoreError(f"store {self._where} is closed")
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = self._psycopg.connect(
-                    self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
-                )
+                info = conninfo(self.url, self._timeout)
+                self._conn = self._psycopg.connect(info, autocommit=True)
             except self._psycopg.Error as exc:
                 raise StoreError(f"cannot open store {self._where}: {exc}") from exc
         return self._conn
@@ -105,6 +136,10 @@ class PostgresStore:
             raise StoreError(f"store {self._where}: could not load: {exc}") from exc
         return Loaded(tables=tables)
 
+    def fence(self, epoch: int) -> None:
+        """Commit only while the dispatchers' lease is at ``epoch`` (this dispatcher's)."""
+        self._epoch = epoch
+
     def apply(self, changes: Sequence[Change]) -> None:
         """Apply ``changes`` in one transaction; see `corral.store.Store.apply`."""
         if not changes:
@@ -114,10 +149,9 @@ class PostgresStore:
         delay = 0.05
         while True:
             try:
-                conn = self._connection()
-                with conn.transaction(), conn.cursor() as cursor:
-                    for sql, values in statements:
-                        cursor.executemany(sql, values)
+                self._transact(statements, len(changes))
+            except _Deposed:
+                raise
             except (self._psycopg.OperationalError, StoreError) as exc:
                 # The server is unreachable or went away mid-transaction: try again on a
                 # new connection until the grace runs out.
@@ -145,6 +179,24 @@ class PostgresStore:
             f"store {self._where}: a transaction of {len(changes)} changes failed and was"
             f" rolled back, nothing of it applied: {exc}"
         )
+
+    def _transact(self, statements: rows.Statements, count: int) -> None:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cursor:
+            if self._epoch is not None:
+                self._check_epoch(cursor, count)
+            for sql, values in statements:
+                cursor.executemany(sql, values)
+
+    def _check_epoch(self, cursor: Any, count: int) -> None:
+        row = cursor.execute(schema.LEASE_GUARD).fetchone()
+        if row is None or int(row[0]) != self._epoch:
+            now = "no lease" if row is None else f"epoch {row[0]}"
+            raise _Deposed(
+                f"store {self._where}: this dispatcher was deposed (it held epoch"
+                f" {self._epoch}; the lease is at {now}); a transaction of {count} changes"
+                " was refused, nothing of it applied"
+            )
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -43,10 +43,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE history (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",
         "CREATE TABLE audit (key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL)",
     ),
+    # 4: the active dispatcher's lease and the dispatchers standing by (``corral.store.lease``;
+    # used on PostgreSQL only: a SQLite store has one dispatcher, held by a file lock)
+    (
+        "CREATE TABLE leases ("
+        " name TEXT NOT NULL PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL,"
+        " expires DOUBLE PRECISION NOT NULL, doc TEXT NOT NULL)",
+        "CREATE TABLE dispatchers ("
+        " key TEXT NOT NULL PRIMARY KEY, doc TEXT NOT NULL, seen DOUBLE PRECISION NOT NULL)",
+    ),
 )
 
 #: the version a database has once every migration has run
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: the one row of ``leases`` the dispatchers contend for (``corral.store.lease``)
+DISPATCHER_LEASE = "dispatcher"
+#: the epoch of that lease, share-locked: a takeover (which updates the row) waits for the
+#: transaction that read it
+LEASE_GUARD = f"SELECT epoch FROM leases WHERE name = '{DISPATCHER_LEASE}' FOR SHARE"
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,8 +90,8 @@ def open_test_dispatcher(
             shutil.rmtree(home, ignore_errors=True)
 
 
-def destroy_local_nodes(home: Path) -> None:
-    """Kill every local agent under ``home`` and what it runs.
+def destroy_local_nodes(home: Path, nodes_dir: Path | None = None) -> None:
+    """Kill every local agent under ``home`` (or ``nodes_dir``) and what it runs.
 
     Callable from a coroutine too (a benchmark's ``finally``): the driver's own loop then
     runs in a thread of its own.
@@ -99,18 +99,18 @@ def destroy_local_nodes(home: Path) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(_destroy_local_nodes(home))
+        asyncio.run(_destroy_local_nodes(home, nodes_dir))
         return
-    worker = threading.Thread(target=asyncio.run, args=(_destroy_local_nodes(home),))
+    worker = threading.Thread(target=asyncio.run, args=(_destroy_local_nodes(home, nodes_dir),))
     worker.start()
     worker.join()
 
 
-async def _destroy_local_nodes(home: Path) -> None:
-    nodes = home / "nodes"
+async def _destroy_local_nodes(home: Path, nodes_dir: Path | None) -> None:
+    nodes = nodes_dir or home / "nodes"
     if not nodes.is_dir():
         return
-    driver = LocalDriver(home, "127.0.0.1:0", "")  # destroys only: no agent token needed
+    driver = LocalDriver(home, "127.0.0.1:0", "", nodes)  # destroys only: no agent token needed
     for node in list(nodes.iterdir()):
         await driver.destroy(node.name)
 

@@ -7,18 +7,23 @@ what travels on the wire (see ``corral.wire.codec``), after a small integer that
 
 Agent → dispatcher: ``Hello`` (first frame), ``ProcessReport``, ``Heartbeat``, ``LogChunk``.
 Dispatcher → agent: ``Welcome`` or ``Refused`` (answers to Hello), ``Launch``, ``Kill``,
-``Withdraw``, ``Forget``, ``ReadLog``, ``Shutdown``.
+``Withdraw``, ``Forget``, ``ReadLog``, ``Shutdown``, ``Renewed``.
 
 Every command names a process by ``(upid, round)``, so a repeated command is harmless and a
 command for an older round can be told apart from the current one.
+
+Fencing: when several dispatchers share a store, the active one holds a lease whose epoch
+grows at each takeover. Every order on a connection is given in the epoch its ``Welcome``
+named; an agent remembers the highest epoch it was welcomed in and drops, unobeyed, a
+connection of an older one (a deposed dispatcher that does not know it yet).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """Sent in ``Hello.version``; the hub refuses agents that speak another version."""
 
 ReportStatus: TypeAlias = Literal["queued", "running", "exited", "spawn_failed", "not_started"]
@@ -107,9 +112,20 @@ class LogChunk:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """The hub accepted the Hello; heartbeats start at this period (seconds)."""
+    """The hub accepted the Hello; heartbeats start at this period (seconds).
+
+    ``epoch`` is the dispatcher's lease epoch (0 when it holds none: a SQLite store has a
+    single dispatcher); every order of this connection is of that epoch. With a lease, the
+    dispatcher sends ``Renewed`` at each renewal, and an agent that hears none for
+    ``lease_duration`` seconds leaves it (0: never). ``dispatchers`` lists the agent
+    addresses (``HOST:PORT``) of every dispatcher of the store, this one first: where to
+    go when this one is gone.
+    """
 
     heartbeat_period: float
+    epoch: int = 0
+    lease_duration: float = 0.0
+    dispatchers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +196,17 @@ class Shutdown:
     grace: float
 
 
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    """The dispatcher renewed its lease of ``epoch``; the dispatchers are now these."""
+
+    epoch: int
+    dispatchers: list[str]
+
+
 AgentMessage: TypeAlias = Hello | ProcessReport | Heartbeat | LogChunk
 DispatcherMessage: TypeAlias = (
-    Welcome | Refused | Launch | Kill | Withdraw | Forget | ReadLog | Shutdown
+    Welcome | Refused | Launch | Kill | Withdraw | Forget | ReadLog | Shutdown | Renewed
 )
 Message: TypeAlias = AgentMessage | DispatcherMessage
 
@@ -199,5 +223,6 @@ TYPE_CODES: Final[dict[type[Message], int]] = {
     ReadLog: 21,
     Shutdown: 22,
     Withdraw: 23,
+    Renewed: 24,
 }
 """The number that leads each message on the wire. Never reuse a retired number."""

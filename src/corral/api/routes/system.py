@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from corral.api.responses import DumpOut, EngineOut, HealthOut, NodeOut, answers
 from corral.api.routes import Actor, Service
+from corral.api.standby import describe
 
 router = APIRouter(tags=["system"])
 
@@ -16,8 +17,11 @@ router = APIRouter(tags=["system"])
 @router.get(
     "/health", summary="health (no token needed)", response_model=None, responses=answers(HealthOut)
 )
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health(request: Request) -> dict[str, Any]:
+    """``status`` is ``ok``. On a PostgreSQL store, whose dispatchers share a lease, also
+    ``role`` (``active`` or ``standby``), the lease's ``epoch`` and the ``active``
+    dispatcher's URL."""
+    return {"status": "ok", **describe(request.app.state.role)}
 
 
 @router.get("/dump", summary="dump", response_model=None, responses=answers(DumpOut))
