@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -285,3 +286,86 @@ def test_a_stopped_active_dispatcher_hands_over_at_once(pair: Pair) -> None:
     assert (after["state"], after["pid"]) == ("500-RUNNING", before["pid"])
     assert pair.starts() == Counter({("svc-1", 1): 1})
     client.close()
+
+
+TAKEOVERS = 20
+
+
+class _Submitter(threading.Thread):
+    """Schedules ``processes`` in batches through both dispatchers' URLs, retrying each
+    batch (the API is idempotent) until one of them acknowledges it."""
+
+    def __init__(self, pair: Pair, processes: list[dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        self._pair = pair
+        self._batches = [processes[i : i + 25] for i in range(0, len(processes), 25)]
+        self.retries = 0
+
+    def run(self) -> None:
+        for batch in self._batches:
+            while True:
+                try:
+                    with self._pair.client() as client:
+                        client.schedule_processes(batch)
+                    break
+                except (CorralError, OSError):
+                    self.retries += 1
+                    time.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
+def test_twenty_takeovers_under_a_load_lose_nothing_and_run_nothing_twice(pair: Pair) -> None:
+    """SIGKILL whichever dispatcher is active, twenty times, while 300 processes of mixed
+    modes are scheduled: each time the other takes over, and the killed one comes back as
+    the standby."""
+    with pair.client() as client:
+        pair.define(client, "ok", "exit 0")
+        pair.define(client, "bad", "exit 3")
+        pair.define(client, "svc", "exec sleep 600")
+    processes = [
+        *({"upid": f"ok-{i}", "definition_id": "ok", "restart_mode": "NEVER"} for i in range(200)),
+        *({"upid": f"bad-{i}", "definition_id": "bad", "restart_mode": "NEVER"} for i in range(98)),
+        *({"upid": f"svc-{i}", "definition_id": "svc", "restart_mode": "ALWAYS"} for i in range(2)),
+    ]
+    submitter = _Submitter(pair, processes)
+    submitter.start()
+    serves = {pair.a.home.name: pair.a, pair.b.home.name: pair.b}
+    active, standby = pair.a, pair.b
+    for _ in range(TAKEOVERS):
+        time.sleep(0.3)
+        active.kill()
+        pair.wait_role(standby, "active")
+        active.start()
+        pair.wait_role(active, "standby", active=standby.url)
+        active, standby = standby, active
+    submitter.join(120)
+    assert not submitter.is_alive(), "the load was never fully acknowledged"
+    assert set(serves) == {active.home.name, standby.home.name}
+
+    upids = [p["upid"] for p in processes]
+
+    def settled() -> dict[str, dict[str, Any]] | None:
+        with pair.client() as reader:
+            records = {r["upid"]: r for r in reader.describe_processes()}
+        for upid in upids:
+            state = records.get(upid, {}).get("state")
+            if state not in (("500-RUNNING",) if upid.startswith("svc") else TERMINAL):
+                return None
+        return records
+
+    records = wait_until(settled, "every process to settle", 90.0)
+    assert not [key for key, count in pair.starts().items() if count > 1], "a round ran twice"
+    ran = pair.starts()
+    wrong = []
+    for upid in upids:
+        record, starts = records[upid], sum(c for (u, _), c in ran.items() if u == upid)
+        expected = {"ok": ("800-EXITED", 0), "bad": ("850-FAILED", 3)}.get(upid.split("-")[0])
+        if expected is not None and ((record["state"], record["exit_code"]), starts) != (
+            expected,
+            1,
+        ):
+            wrong.append((upid, record["state"], record["exit_code"], starts))
+        if upid.startswith("svc") and not pid_alive(record["pid"]):
+            wrong.append((upid, "its recorded copy is not running", record["pid"]))
+    assert not wrong, f"{len(wrong)} wrong: {wrong[:10]}"
+    print(f"{TAKEOVERS} takeovers; {submitter.retries} batch retries")
