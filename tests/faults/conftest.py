@@ -31,12 +31,13 @@ from corral.testing.serve import ServeProcess, pid_alive, wait_until
 
 T = TypeVar("T")
 
-CONFIG = """
+SLOTS = 4
+CONFIG_TEMPLATE = """
 [[engines]]
 id = "default"
 allow_root = true  # the tests may run as root
 driver = "local"
-slots = 4
+slots = {slots}
 base_need = 1
 maximum_vms = 1
 heartbeat_period = 0.2
@@ -44,8 +45,8 @@ heartbeat_warning = 1.0
 heartbeat_missing = 2.0
 terminate_grace = 1.0
 """
+CONFIG = CONFIG_TEMPLATE.format(slots=SLOTS)
 HEARTBEAT_MISSING = 2.0
-SLOTS = 4
 
 #: every wait in these tests ends well before the per-test timeout
 DEADLINE = 20.0
@@ -199,15 +200,20 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
 
 @pytest.fixture
 def make_served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
-    """``make_served(config, store_url, home)``: a started ``corral serve`` with its node
-    connected, on a home of its own under ``tmp_path`` unless one is given."""
+    """``make_served(slots=, store_url=, home=, top=)``: a started ``corral serve`` with its
+    node connected: these tests' engine with ``slots`` slots, ``top`` (top-level config keys)
+    before it, on a home of its own under ``tmp_path`` unless one is given."""
     homes = itertools.count()
     with contextlib.ExitStack() as stack:
 
         def make(
-            config: str = CONFIG, store_url: str | None = None, home: Path | None = None
+            slots: int = SLOTS,
+            store_url: str | None = None,
+            home: Path | None = None,
+            top: str = "",
         ) -> Served:
             home = home or tmp_path / f"home-{next(homes)}"
+            config = top + CONFIG_TEMPLATE.format(slots=slots)
             server = stack.enter_context(serving(home, request, config, store_url))
             server.start()
             server.wait_node()

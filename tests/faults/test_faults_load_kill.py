@@ -36,19 +36,6 @@ from corral.testing.postgres import PostgresServer
 SEED_ENV = "CORRAL_FAULTS_SEED"
 KILLS = 20
 BATCH = 50
-CONFIG = """
-[[engines]]
-id = "default"
-allow_root = true  # the tests may run as root
-driver = "local"
-slots = 8
-base_need = 1
-maximum_vms = 1
-heartbeat_period = 0.2
-heartbeat_warning = 1.0
-heartbeat_missing = 3.0
-terminate_grace = 1.0
-"""
 FAST_RESTARTS = {"corral": {"restart": {"backoff_initial": 0.05, "backoff_max": 0.2}}}
 
 pytestmark = pytest.mark.timeout(300)
@@ -90,7 +77,7 @@ def load_served(request: pytest.FixtureRequest, make_served: Callable[..., Any])
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
         store_url = server.database()
-    return make_served(CONFIG, store_url)
+    return make_served(slots=8, store_url=store_url)
 
 
 def test_twenty_dispatcher_sigkills_under_a_load_of_mixed_modes(load_served: Any) -> None:

@@ -32,19 +32,6 @@ import pytest
 from corral.errors import CorralError, StoreFull
 from corral.testing.postgres import PostgresServer, binaries
 
-CONFIG = """
-[[engines]]
-id = "default"
-allow_root = true  # the tests may run as root
-driver = "local"
-slots = 8
-base_need = 1
-maximum_vms = 1
-heartbeat_period = 0.2
-heartbeat_warning = 1.0
-heartbeat_missing = 3.0
-"""
-
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -63,7 +50,7 @@ def own_postgres() -> Iterator[PostgresServer]:
 def test_a_postgresql_restart_under_load_loses_nothing(
     own_postgres: PostgresServer, make_served: Callable[..., Any]
 ) -> None:
-    served = make_served(CONFIG, own_postgres.database())
+    served = make_served(slots=8, store_url=own_postgres.database())
     served.define("ok", "exit 0")
     pid = served.proc.pid
     upids = [f"p{i:03d}" for i in range(400)]
@@ -102,7 +89,6 @@ def test_a_postgresql_restart_under_load_loses_nothing(
 # --- the disk of the SQLite store fills up ---------------------------------------------------
 
 DISK_MB = 32
-FULL_CONFIG = "store_reserve_mb = {reserve}\n" + CONFIG
 
 
 @pytest.fixture
@@ -149,7 +135,7 @@ def test_new_work_is_refused_below_the_reserve_and_taken_again_once_space_return
     small_disk: Path, make_served: Callable[..., Any]
 ) -> None:
     home = small_disk / "home"
-    served = make_served(FULL_CONFIG.format(reserve=8), None, home)
+    served = make_served(home=home, top="store_reserve_mb = 8\n")
     client = served.client()
     served.define("ok", "exit 0")
     served.define("svc", "exec sleep 600")
@@ -183,7 +169,7 @@ def test_a_disk_that_fills_completely_stops_the_dispatcher_cleanly_and_it_starts
     small_disk: Path, make_served: Callable[..., Any]
 ) -> None:
     home = small_disk / "home"
-    served = make_served(FULL_CONFIG.format(reserve=0), None, home)
+    served = make_served(home=home, top="store_reserve_mb = 0\n")
     client = served.client()
     served.define("ok", "exit 0")
     client.schedule_process("before", "ok", restart_mode="NEVER")
