@@ -38,12 +38,8 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A server of this test's own, since the test restarts it."""
-    server = PostgresServer()
-    server.start()
-    try:
+    with PostgresServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.skipif(binaries() is None, reason="no PostgreSQL server installed")

@@ -100,6 +100,14 @@ class PostgresServer:
         time.sleep(down_for)
         self._pg_ctl_start()
 
+    def __enter__(self) -> PostgresServer:
+        """Start the server; leaving the block stops it and removes its files."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         try:
             self._pg_ctl_stop()
