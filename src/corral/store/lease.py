@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import StoreError
-from corral.store.postgres import conninfo, redacted
+from corral.store.postgres import conninfo, import_psycopg, redacted
 from corral.store.schema import DISPATCHER_LEASE
 
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
@@ -102,13 +102,7 @@ class PostgresLease:
     """
 
     def __init__(self, url: str, me: str, doc: Mapping[str, Any], *, timeout: float = 2.0) -> None:
-        try:
-            import psycopg
-        except ImportError:
-            raise StoreError(
-                "the PostgreSQL store needs psycopg: pip install 'corral[postgres]'"
-            ) from None
-        self._psycopg = psycopg
+        self._psycopg = import_psycopg()
         self._url = url
         self._where = redacted(url)
         self.me = me

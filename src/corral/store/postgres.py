@@ -51,6 +51,17 @@ _LIVENESS = {
 }
 
 
+def import_psycopg() -> Any:
+    """psycopg, or a `StoreError` saying which extra installs it."""
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(
+            "the PostgreSQL store needs psycopg: pip install 'corral[postgres]'"
+        ) from None
+    return psycopg
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     return _SECRET.sub(r"\1***@", url)
@@ -76,13 +87,7 @@ class PostgresStore:
     def __init__(
         self, url: str, *, connect_timeout: float = 10.0, outage_grace: float = OUTAGE_GRACE
     ) -> None:
-        try:
-            import psycopg
-        except ImportError:
-            raise StoreError(
-                "the PostgreSQL store needs psycopg: pip install 'corral[postgres]'"
-            ) from None
-        self._psycopg = psycopg
+        self._psycopg = import_psycopg()
         self.url = url
         self._where = redacted(url)
         self._timeout = connect_timeout
