@@ -137,6 +137,30 @@ def test_a_repeated_launch_starts_nothing_and_repeats_the_report(tmp_path: Path)
     assert count.read_text() == f"{pid}\n"
 
 
+def test_a_bare_program_name_is_found_on_the_process_s_own_path(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "tool"
+    tool.write_text('#!/bin/sh\necho "$0 ran with $1"\n')
+    tool.chmod(0o755)
+
+    async def scenario() -> None:
+        async with running_hub() as hub, running_agent(hub.port, tmp_path):
+            session = await hub.next_session()
+            session.send(
+                Launch("found", 1, "tool", ["x"], {"PATH": str(bin_dir)}, None, "{}"),
+                Launch("system", 1, "true", [], {}, None, "{}"),  # the agent's own PATH
+                Launch("lost", 1, "tool", [], {"PATH": "/nowhere"}, None, "{}"),
+            )
+            assert (await session.report("found", "exited")).exit_code == 0
+            assert (await session.report("system", "exited")).exit_code == 0
+            lost = await session.report("lost", "spawn_failed")
+            assert lost.error == "No such file or directory on PATH /nowhere: tool"
+
+    run(scenario())
+    assert (tmp_path / "state/logs/found.stdout").read_text() == f"{tool} ran with x\n"
+
+
 @pytest.mark.timeout(30)
 def test_two_rounds_of_one_process_run_side_by_side(tmp_path: Path) -> None:
     async def scenario() -> None:

@@ -53,8 +53,10 @@ class Identity(Protocol):
     def config_dir(self, state_dir: Path) -> Path: ...
 
     def spawn(
-        self, launch: Launch, env: Mapping[str, str], stdin: int, out: int, err: int
-    ) -> int: ...
+        self, launch: Launch, program: str, env: Mapping[str, str], stdin: int, out: int, err: int
+    ) -> int:
+        """Start ``program`` (``launch.exec`` found on PATH) as ``launch`` says; its pid."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,9 @@ class Refuse:
     def config_dir(self, state_dir: Path) -> Path:
         return state_dir / "config"
 
-    def spawn(self, launch: Launch, env: Mapping[str, str], stdin: int, out: int, err: int) -> int:
+    def spawn(
+        self, launch: Launch, program: str, env: Mapping[str, str], stdin: int, out: int, err: int
+    ) -> int:
         raise PermissionError(errno.EPERM, self.reason)
 
 
@@ -100,13 +104,13 @@ class RunAs:
             link.symlink_to(directory, target_is_directory=True)
         return directory
 
-    def spawn(self, launch: Launch, env: Mapping[str, str], stdin: int, out: int, err: int) -> int:
-        # posix_spawn takes exec as a path, never searching PATH: so does this
-        executable = launch.exec if "/" in launch.exec else os.path.join(".", launch.exec)
+    def spawn(
+        self, launch: Launch, program: str, env: Mapping[str, str], stdin: int, out: int, err: int
+    ) -> int:
         try:
             child = subprocess.Popen(
                 [launch.exec, *launch.argv],
-                executable=executable,
+                executable=program,
                 env=dict(env),
                 stdin=stdin,
                 stdout=out,

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -145,7 +146,7 @@ class Launcher:
         out = err = -1
         try:
             out, err = self.logs.open(launch.upid)
-            pid = self._spawn(launch, env, out, err)
+            pid = self._spawn(launch, find_program(launch.exec, env), env, out, err)
         except BaseException:
             self._drop_config(config_path)
             if out >= 0:
@@ -174,20 +175,20 @@ class Launcher:
         self._unrecorded[pid] = child
         return report
 
-    def _spawn(self, launch: Launch, env: dict[str, str], out: int, err: int) -> int:
+    def _spawn(self, launch: Launch, program: str, env: dict[str, str], out: int, err: int) -> int:
         """Start the process and return its pid; raise OSError or ValueError if it cannot.
 
         ``posix_spawn`` has no working directory of its own: the agent steps into it for the
         call (it is single-threaded there, and uses no relative paths) and back out.
         """
         if self._identity is not None:
-            return self._identity.spawn(launch, env, self._devnull, out, err)
+            return self._identity.spawn(launch, program, env, self._devnull, out, err)
         cwd = launch.working_directory
         if cwd is not None:
             os.chdir(cwd)
         try:
             return os.posix_spawn(
-                launch.exec,
+                program,
                 [launch.exec, *launch.argv],
                 env,
                 file_actions=[
@@ -404,6 +405,19 @@ def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
         return killed
     finally:
         os.close(lock)
+
+
+def find_program(name: str, env: Mapping[str, str]) -> str:
+    """``name`` itself when it holds a slash; else where the process's own PATH finds it, as
+    a shell would (the dispatcher accepted the name because its PATH has it). Raises
+    FileNotFoundError naming the PATH searched."""
+    if "/" in name:
+        return name
+    path = env.get("PATH", os.defpath)
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, f"No such file or directory on PATH {path}", name)
+    return found
 
 
 def describe_spawn_error(exc: BaseException) -> str:
