@@ -35,6 +35,7 @@ CONFIG = """
 [[engines]]
 id = "default"
 driver = "local"
+allow_root = true  # the benchmarks may run as root
 slots = 4
 base_need = 1
 maximum_vms = 1

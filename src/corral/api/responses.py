@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 ERROR_BODY_REF = "#/components/schemas/ErrorBody"
 
@@ -169,6 +170,16 @@ class DumpOut(BaseModel):
     delayed_restarts: int
     definitions: int
     agents: dict[str, int]
+
+
+def json_body(content: Any) -> Response:
+    """``content`` as a JSON response, encoded at once by pydantic's encoder.
+
+    A route whose body is only described (``response_model=None``) would otherwise have
+    FastAPI walk every value through ``jsonable_encoder``, in Python: for the 10,000 records
+    of a large ``describe_processes``, that took three times as long as the rest.
+    """
+    return Response(to_json(content), media_type="application/json")
 
 
 def answers(model: Any, *errors: int) -> dict[int | str, dict[str, Any]]:

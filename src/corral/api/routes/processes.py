@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from corral.api import redact
-from corral.api.responses import LogChunkOut, ProcessOut, answers
+from corral.api.responses import LogChunkOut, ProcessOut, answers, json_body
 from corral.api.routes import Actor, Caller, Service
 from corral.api.schemas import ProcessCreate, ScheduleBatch, ScheduleBody
 
@@ -30,8 +30,8 @@ async def create_process(body: ProcessCreate, service: Service, actor: Actor) ->
 @router.get(
     "", summary="describe_processes", response_model=None, responses=answers(list[ProcessOut])
 )
-async def describe_processes(service: Service, caller: Caller) -> list[dict[str, Any]]:
-    return redact.processes(caller, service.describe_processes())
+async def describe_processes(service: Service, caller: Caller) -> Response:
+    return json_body(redact.processes(caller, service.describe_processes()))
 
 
 @router.post(
