@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from corral.api.responses import answers
+from corral.api.responses import answers, json_body
 from corral.api.routes import Service
 
 router = APIRouter(tags=["audit"])
@@ -26,5 +26,5 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1)] = None,
     target: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
-) -> dict[str, Any]:
-    return service.views.audit_log(limit, before, target)
+) -> Response:
+    return json_body(service.views.audit_log(limit, before, target))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from corral.api.responses import answers
+from corral.api.responses import answers, json_body
 from corral.api.routes import Caller, Service
 
 router = APIRouter(prefix="/ui/api", tags=["dashboard"])
@@ -49,18 +49,20 @@ async def processes(
     order: Literal["asc", "desc"] = "desc",
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> dict[str, Any]:
+) -> Response:
     """One page of the processes that match every filter, and how many match."""
-    return service.views.processes(
-        states=state or (),
-        engine=engine,
-        node=node,
-        definition=definition,
-        text=q or None,
-        sort=sort,
-        descending=order == "desc",
-        offset=offset,
-        limit=limit,
+    return json_body(
+        service.views.processes(
+            states=state or (),
+            engine=engine,
+            node=node,
+            definition=definition,
+            text=q or None,
+            sort=sort,
+            descending=order == "desc",
+            offset=offset,
+            limit=limit,
+        )
     )
 
 

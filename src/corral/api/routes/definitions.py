@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from corral.api import redact
-from corral.api.responses import DefinitionOut, answers
+from corral.api.responses import DefinitionOut, answers, json_body
 from corral.api.routes import Actor, Caller, Service
 from corral.api.schemas import DefinitionBody, DefinitionCreate
 from corral.errors import InvalidRequest
@@ -37,8 +37,8 @@ async def create_definition(
 @router.get(
     "", summary="list_definitions", response_model=None, responses=answers(list[DefinitionOut])
 )
-async def list_definitions(service: Service, caller: Caller) -> list[dict[str, Any]]:
-    return redact.definitions(caller, service.list_definitions())
+async def list_definitions(service: Service, caller: Caller) -> Response:
+    return json_body(redact.definitions(caller, service.list_definitions()))
 
 
 @router.get(

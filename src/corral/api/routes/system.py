@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from corral.api.responses import DumpOut, EngineOut, HealthOut, NodeOut, answers
+from corral.api.responses import DumpOut, EngineOut, HealthOut, NodeOut, answers, json_body
 from corral.api.routes import Actor, Service
 from corral.api.standby import describe
 
@@ -25,8 +25,8 @@ async def health(request: Request) -> dict[str, Any]:
 
 
 @router.get("/dump", summary="dump", response_model=None, responses=answers(DumpOut))
-async def dump(service: Service) -> dict[str, Any]:
-    return service.dump()
+async def dump(service: Service) -> Response:
+    return json_body(service.dump())
 
 
 @router.get(
@@ -40,8 +40,8 @@ async def metrics(service: Service) -> Response:
 
 
 @router.get("/nodes", summary="list_nodes", response_model=None, responses=answers(list[NodeOut]))
-async def list_nodes(service: Service) -> list[dict[str, Any]]:
-    return service.list_nodes()
+async def list_nodes(service: Service) -> Response:
+    return json_body(service.list_nodes())
 
 
 @router.get(
@@ -72,5 +72,5 @@ async def node_action(
 @router.get(
     "/engines", summary="list_engines", response_model=None, responses=answers(list[EngineOut])
 )
-async def list_engines(service: Service) -> list[dict[str, Any]]:
-    return service.list_engines()
+async def list_engines(service: Service) -> Response:
+    return json_body(service.list_engines())
