@@ -143,6 +143,11 @@ class Served(ServeProcess):
     def starts_of(self, upid: str) -> list[tuple[int, int]]:
         return [(r, p) for u, r, p in self.starts() if u == upid]
 
+    def has_started(self, record: dict[str, Any]) -> bool:
+        """Whether the round of ``record`` has recorded its start. RUNNING is reported once
+        the process exists, a moment before its shell records itself."""
+        return (record["round"], record["pid"]) in self.starts_of(record["upid"])
+
     def duplicate_starts(self) -> list[tuple[str, int]]:
         """``(upid, round)`` pairs that were started more than once."""
         counts = Counter((u, r) for u, r, _ in self.starts())

@@ -62,8 +62,7 @@ def test_agent_sigkill_loses_the_node_and_restarts_by_policy(served: Any) -> Non
     assert not alive, f"processes of the dead agent still run: {alive}"
     assert again["assigned"] == new_node
     assert again["pid"] != always["pid"]
-    # RUNNING is reported once the process exists, a moment before its shell records itself
-    served.wait_until(lambda: len(served.starts_of("always")) == 2, "the new round's start")
+    served.wait_until(lambda: served.has_started(again), "the new round's start")
     assert served.starts_of("always") == [
         (always["round"], always["pid"]),
         (again["round"], again["pid"]),
@@ -115,8 +114,7 @@ def test_agent_sigkill_then_dispatcher_sigkill_still_loses_the_node_once(served:
     assert not served.pid_alive(always["pid"])
     assert not served.pid_alive(never["pid"])
     assert served.starts_of("never") == [(never["round"], never["pid"])]
-    # RUNNING is reported once the process exists, a moment before its shell records itself
-    served.wait_until(lambda: len(served.starts_of("always")) == 2, "the new round's start")
+    served.wait_until(lambda: served.has_started(again), "the new round's start")
     assert served.starts_of("always") == [
         (always["round"], always["pid"]),
         (again["round"], again["pid"]),

@@ -295,11 +295,13 @@ def test_a_process_being_terminated_when_the_dispatcher_dies_ends_terminated(
     ends TERMINATED, is not brought back by its ALWAYS restart mode, and no longer runs."""
     client = served.client()
     # ignores SIGTERM, so it stays TERMINATING for terminate_grace (1 s) before the SIGKILL
-    served.define("stubborn", "trap '' TERM; while true; do sleep 0.05; done")
+    armed = served.home / "stubborn-armed"
+    served.define("stubborn", f"trap '' TERM; touch {armed}; while true; do sleep 0.05; done")
     client.schedule_process("stubborn-1", "stubborn", restart_mode="ALWAYS")
     running = served.wait_until(
         lambda: _in_state(client, "stubborn-1", "500-RUNNING"), "stubborn-1 to be RUNNING"
     )
+    served.wait_until(armed.exists, "stubborn-1 to ignore SIGTERM")
     terminating = client.terminate_process("stubborn-1")
     assert terminating["state"] == "600-TERMINATING", terminating
     served.kill()
