@@ -42,11 +42,9 @@ async def describe_processes(service: Service, caller: Caller) -> Response:
     description="Schedule many processes in one request and one commit: every item is "
     "accepted, or none is (the error names the item).",
 )
-async def schedule_processes(
-    body: ScheduleBatch, service: Service, actor: Actor
-) -> list[dict[str, Any]]:
+async def schedule_processes(body: ScheduleBatch, service: Service, actor: Actor) -> Response:
     items = [item.model_dump() for item in body.processes]
-    return await service.schedule_processes(items, actor=actor)
+    return json_body(await service.schedule_processes(items, actor=actor))
 
 
 @router.get(
