@@ -3,9 +3,9 @@
 A process is started with ``os.posix_spawn`` (a vfork and an exec, with none of
 ``subprocess``'s per-call Python work), in a new session so that it leads its own process
 group, with stdin on /dev/null and stdout/stderr appended to its logs (see
-``logs.LogSpool``). Its exit is watched with a pidfd registered on the event loop: no thread
-per child, no polling. When
-the leader exits, the rest of its group is SIGKILLed (stragglers) while the unreaped leader
+``logs.LogSpool``). Its exit is watched with a pidfd in the launcher's own epoll set, whose
+one descriptor the event loop watches: no thread per child, no polling, and a registration
+costs one syscall (closing the pidfd removes it). When the leader exits, the rest of its group is SIGKILLed (stragglers) while the unreaped leader
 still pins the group id, then the leader is reaped with ``waitpid`` and the exit code or
 signal reported.
 
@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import shutil
 import signal
 import time
@@ -88,6 +89,9 @@ class Launcher:
         self._environ = dict(environ)
         self._loop = asyncio.get_running_loop()
         self._live: dict[Key, _Child] = {}
+        self._exits = select.epoll()
+        self._pidfds: dict[int, Key] = {}
+        self._loop.add_reader(self._exits.fileno(), self._on_exits)
         # Records are written after a batch of spawns (see record_pending).
         self._unrecorded: dict[int, _Child] = {}
         self._idle = asyncio.Event()
@@ -239,7 +243,14 @@ class Launcher:
         key = (child.report.upid, child.report.round)
         self._live[key] = child
         self._idle.clear()
-        self._loop.add_reader(child.pidfd, self._on_ready, key)
+        self._pidfds[child.pidfd] = key
+        self._exits.register(child.pidfd, select.EPOLLIN)
+
+    def _unwatch(self, child: _Child) -> None:
+        del self._pidfds[child.pidfd]
+        os.close(child.pidfd)  # which takes it out of the epoll set
+        if child.kill_timer is not None:
+            child.kill_timer.cancel()
 
     def _spill(self) -> None:
         self.logs.spill_due()
@@ -291,6 +302,12 @@ class Launcher:
 
     # --- exits --------------------------------------------------------------------------------
 
+    def _on_exits(self) -> None:
+        for pidfd, _ in self._exits.poll(0):
+            key = self._pidfds.get(pidfd)
+            if key is not None:
+                self._on_ready(key)
+
     def _on_ready(self, key: Key) -> None:
         child = self._live.get(key)
         if child is None:
@@ -300,10 +317,7 @@ class Launcher:
             return  # a readable pidfd means exit; this check only keeps a live group unkilled
         del self._live[key]
         self._unrecorded.pop(child.pid, None)
-        self._loop.remove_reader(child.pidfd)
-        os.close(child.pidfd)
-        if child.kill_timer is not None:
-            child.kill_timer.cancel()
+        self._unwatch(child)
         exit_code: int | None = None
         signum: int | None = None
         error: str | None = UNKNOWN_STATUS
@@ -375,11 +389,10 @@ class Launcher:
         self._spill_timer.cancel()
         self.record_pending()
         for child in self._live.values():
-            self._loop.remove_reader(child.pidfd)
-            os.close(child.pidfd)
-            if child.kill_timer is not None:
-                child.kill_timer.cancel()
+            self._unwatch(child)
         self._live.clear()
+        self._loop.remove_reader(self._exits.fileno())
+        self._exits.close()
 
 
 def kill_orphans(state_dir: str | os.PathLike[str]) -> int:

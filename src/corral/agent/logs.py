@@ -86,7 +86,7 @@ def log_path(state_dir: Path, upid: str, stream: str) -> Path:
     return state_dir / "logs" / f"{safe_name(upid)}.{stream}"
 
 
-def open_for_append(path: Path) -> int:
+def open_for_append(path: str | Path) -> int:
     """A write-only, append-mode descriptor, created 0600, not inherited by accident."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
@@ -106,6 +106,9 @@ class LogSpool:
     def __init__(self, state_dir: Path) -> None:
         self._logs = state_dir / "logs"
         self._spool = state_dir / "spool"
+        # plain strings for the per-launch paths: pathlib's joins cost more than the syscalls
+        self._logs_dir = str(self._logs)
+        self._spool_dir = str(self._spool)
         #: without a tmpfs behind ``spool``, processes write straight to their disk logs
         self.spooled = self._spool.is_symlink()
         self._watched: dict[str, _Watch] = {}
@@ -135,11 +138,11 @@ class LogSpool:
 
     def _open_stream(self, name: str, stream: str) -> int:
         if not self.spooled:
-            return open_for_append(self._logs / f"{name}.{stream}")
-        fd = open_for_append(self._spool / f"{name}.{stream}")
+            return open_for_append(f"{self._logs_dir}/{name}.{stream}")
+        fd = open_for_append(f"{self._spool_dir}/{name}.{stream}")
         try:
             if os.fstat(fd).st_size == 0:
-                copied = _size(self._logs / f"{name}.{stream}")
+                copied = _size(f"{self._logs_dir}/{name}.{stream}")
                 if copied:
                     os.ftruncate(fd, copied)  # a hole: new output lands after the disk log
         except BaseException:
@@ -195,7 +198,7 @@ class LogSpool:
         if watch.rounds == 0:
             for stream in STREAMS:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._spool / f"{name}.{stream}")
+                    os.unlink(f"{self._spool_dir}/{name}.{stream}")
             del self._watched[name]
             return
         watch.every = SPILL_EVERY if copied else min(watch.every * 2, SPILL_QUIET_MAX)
@@ -203,13 +206,18 @@ class LogSpool:
 
     def _spill(self, name: str, stream: str) -> int:
         """Copy what the spool holds beyond the disk log; return the bytes copied."""
+        spool = f"{self._spool_dir}/{name}.{stream}"
+        # Most rounds write nothing: an empty spool (no hole either, so an empty disk log)
+        # is settled by this one stat, without opening either file.
+        if _size(spool) == 0:
+            return 0
         try:
-            src = os.open(self._spool / f"{name}.{stream}", os.O_RDWR | os.O_CLOEXEC)
+            src = os.open(spool, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             return 0
         try:
             end = os.fstat(src).st_size
-            dst_path = self._logs / f"{name}.{stream}"
+            dst_path = f"{self._logs_dir}/{name}.{stream}"
             start = _size(dst_path)
             if end <= start:
                 return 0
@@ -269,7 +277,7 @@ def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
         os.close(fd)
 
 
-def _size(path: Path) -> int:
+def _size(path: str | Path) -> int:
     try:
         return os.stat(path).st_size
     except FileNotFoundError:

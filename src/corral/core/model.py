@@ -1,6 +1,7 @@
 """Frozen records: engines, definitions, processes and nodes, and their document form.
 
-Records are immutable; a change is a new record (``dataclasses.replace``). ``as_doc`` and
+Records are immutable; a change is a new record (``dataclasses.replace``, or
+:func:`evolved` for process records on the dispatcher's hot paths). ``as_doc`` and
 ``from_doc`` give the JSON document the store keeps and the API returns, so the two can
 never drift apart.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -335,6 +336,31 @@ class ProcessRecord:
             ended_at=doc.get("ended_at"),
             disconnected_since=doc.get("disconnected_since"),
         )
+
+
+#: each field of a process record, with its slot's getter and setter
+_RECORD_SLOTS = tuple(
+    (f.name, getattr(ProcessRecord, f.name).__get__, getattr(ProcessRecord, f.name).__set__)
+    for f in fields(ProcessRecord)
+)
+_RECORD_FIELDS = frozenset(name for name, _, _ in _RECORD_SLOTS)
+
+
+def evolved(record: ProcessRecord, **changes: Any) -> ProcessRecord:
+    """``dataclasses.replace(record, **changes)`` at half the cost.
+
+    Every state change of every process makes a new record, several per launch: replace's
+    generic walk over the fields and the frozen ``__init__`` were a tenth of the
+    dispatcher's time at a thousand launches a second. This copies slot by slot instead; a
+    name that is not a field is refused as replace refuses it.
+    """
+    if not changes.keys() <= _RECORD_FIELDS:
+        unknown = ", ".join(sorted(changes.keys() - _RECORD_FIELDS))
+        raise TypeError(f"ProcessRecord has no field {unknown}")
+    new = object.__new__(ProcessRecord)
+    for name, get, set_ in _RECORD_SLOTS:
+        set_(new, changes[name] if name in changes else get(record))
+    return new
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,12 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from dataclasses import replace
 
 from corral.clock import Clock
 from corral.config import Config
 from corral.core.ids import NodeId, Round, Upid
 from corral.core.matchmaker import Match, match
-from corral.core.model import NodeRecord, ProcessRecord
+from corral.core.model import NodeRecord, ProcessRecord, evolved
 from corral.core.process_states import ProcessEvent, ProcessState
 from corral.core.snapshot import EngineView, NodeView, Snapshot
 from corral.dispatcher.nodes import Nodes
@@ -196,7 +195,7 @@ class Mapper:
             if record.state is not ProcessState.WAITING:
                 changed.append(moved(record, ProcessEvent.WAIT, now, waiting_reason=reason.message))
             elif record.waiting_reason != reason.message:
-                changed.append(replace(record, waiting_reason=reason.message, updated_at=now))
+                changed.append(evolved(record, waiting_reason=reason.message, updated_at=now))
         for upid, reason in result.rejected.items():
             changed.append(
                 moved(processes[upid], ProcessEvent.REJECT, now, end_reason=reason.message)

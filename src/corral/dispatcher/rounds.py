@@ -7,12 +7,11 @@ service only choose *which* of these to call.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import cast
 
 from corral.core.disconnect import Fence, is_at_most_once
 from corral.core.ids import NodeId, Round
-from corral.core.model import MAX_DISPATCH_ATTEMPTS, ProcessRecord
+from corral.core.model import MAX_DISPATCH_ATTEMPTS, ProcessRecord, evolved
 from corral.core.process_states import ProcessEvent, ProcessState, advance
 from corral.core.restart import Outcome, RestartPolicy, decide
 
@@ -32,13 +31,13 @@ def moved(
             **fields,
         }
     waiting = cast(str | None, fields.pop("waiting_reason", None))
-    return replace(
+    return evolved(
         record,
         round=Round(round_),
         state=state,
         updated_at=now,
         waiting_reason=waiting if state.is_queued else None,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

@@ -25,6 +25,7 @@ from corral.core.model import (
     ProcessRecord,
     ProcessRequest,
     Resources,
+    evolved,
 )
 from corral.core.node_states import IdleBehavior
 from corral.core.process_states import ProcessEvent, ProcessState
@@ -336,9 +337,9 @@ class Dispatcher:
                 return existing, False
             record = existing
         check.disconnect_policy(record.request)
-        record = replace(moved(record, ProcessEvent.SCHEDULE, now), scheduled=True, attempts=0)
+        record = moved(record, ProcessEvent.SCHEDULE, now, scheduled=True, attempts=0)
         if record.round == 0:
-            record = replace(record, round=Round(1))
+            record = evolved(record, round=Round(1))
         return record, True
 
     def _resources(self, given: dict[str, Any]) -> Resources:
