@@ -5,9 +5,9 @@ A process is started with ``os.posix_spawn`` (a vfork and an exec, with none of
 group, with stdin on /dev/null and stdout/stderr appended to its logs (see
 ``logs.LogSpool``). Its exit is watched with a pidfd in the launcher's own epoll set, whose
 one descriptor the event loop watches: no thread per child, no polling, and a registration
-costs one syscall (closing the pidfd removes it). When the leader exits, the rest of its group is SIGKILLed (stragglers) while the unreaped leader
-still pins the group id, then the leader is reaped with ``waitpid`` and the exit code or
-signal reported.
+costs one syscall (closing the pidfd removes it). When the leader exits, the rest of its
+group is SIGKILLed (stragglers) while the unreaped leader still pins the group id, then the
+leader is reaped with ``waitpid`` and the exit code or signal reported.
 
 Processes outlive the agent: the records in ``STATE_DIR/pids`` let a restarted agent adopt
 them (their exit status is then unknowable, since they are no longer its children) and let
