@@ -102,19 +102,24 @@ class State:
     # -- writes ---------------------------------------------------------------
 
     def save_processes(self, records: Iterable[ProcessRecord]) -> asyncio.Future[None]:
-        changes: list[Change] = []
+        """Index ``records`` in order (several steps of one process may come at once: each
+        is an event and a history step) and commit each process's last one."""
+        latest: dict[Upid, ProcessRecord] = {}
         steps: list[Change] = []
         events: list[Change_] = []
         for record in records:
             previous = self.processes.get(record.upid)
             self._index(previous, record)
-            changes.append(Put(Table.PROCESSES, record.upid, record.as_doc()))
+            latest[record.upid] = record
             if previous is None or (previous.round, previous.state) != (record.round, record.state):
                 events.append(Change_(previous, record))
                 steps.extend(self.history.noted(record))
+        changes: list[Change] = [
+            Put(Table.PROCESSES, upid, record.as_doc()) for upid, record in latest.items()
+        ]
         future = self._commit(changes + steps, events)
-        for change in changes:
-            self._last_commit[Upid(change.key)] = future
+        for upid in latest:
+            self._last_commit[upid] = future
         return future
 
     def save_definition(self, definition: Definition) -> asyncio.Future[None]:
