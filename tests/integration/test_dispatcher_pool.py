@@ -4,6 +4,7 @@ retired node's agent stopped and its instance gone."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,9 @@ from corral.testing.serve import pid_alive
 
 pytestmark = pytest.mark.timeout(60)
 
-ELASTIC = """
+IDLE_TIMEOUT = 1.0
+
+ELASTIC = f"""
 [[engines]]
 id = "default"
 allow_root = true  # the tests may run as root
@@ -22,7 +25,7 @@ slots = 1
 launch_ahead = 0  # what finds no free slot waits in the dispatcher's queue
 base_need = 1
 maximum_vms = 3
-idle_timeout = 1.0
+idle_timeout = {IDLE_TIMEOUT}
 heartbeat_period = 0.2
 heartbeat_warning = 1.0
 heartbeat_missing = 2.0
@@ -34,9 +37,10 @@ def test_a_queue_grows_the_pool_which_shrinks_back_newest_first(
     start_corral, tmp_path: Path
 ) -> None:
     with start_corral(ELASTIC) as corral:
-        first = corral.wait_until(lambda: corral.ready_nodes(), "the base node")[0]
-        gate = tmp_path / "gate"
-        upids = [corral.run(corral.WAIT_FOR_GATE, env={"GATE": gate}) for _ in range(4)]
+        first = corral.wait_until(lambda: corral.ready_nodes(), "the base node")[0]["node_id"]
+        gate, last_gate = tmp_path / "gate", tmp_path / "last-gate"
+        upids = [corral.run(corral.WAIT_FOR_GATE, env={"GATE": gate}) for _ in range(3)]
+        upids.append(corral.run(corral.WAIT_FOR_GATE, env={"GATE": last_gate}))
         running = [corral.wait_state(u, "500-RUNNING", timeout=30) for u in upids[:3]]
         assert len({r["assigned"] for r in running}) == 3
         assert len(corral.nodes()) == 3  # capped at maximum_vms: the fourth waits
@@ -45,15 +49,32 @@ def test_a_queue_grows_the_pool_which_shrinks_back_newest_first(
         assert "maximum_vms" in waiting["waiting_reason"]
         grown = {n["node_id"]: corral.agent_pid(n["node_id"]) for n in corral.nodes()}
 
+        # A node is retired once idle for idle_timeout, newest first among the nodes idle
+        # that long: which one is kept depends on when each went idle, so the test orders
+        # that. The grown nodes are held (kept, given nothing new), so the fourth process
+        # runs on the base node, which goes idle last.
+        newer = [node_id for node_id in grown if node_id != first]
+        for node_id in newer:
+            assert corral.client.hold_node(node_id)["idle_behavior"] == "hold"
         gate.touch()
-        for upid in upids:
+        for upid in upids[:3]:
             assert corral.wait_end(upid)["state"] == "800-EXITED"
+        assert corral.wait_state(upids[3], "500-RUNNING")["assigned"] == first
+        last_gate.touch()
+        assert corral.wait_end(upids[3])["state"] == "800-EXITED"
+        # Once every node has been idle for idle_timeout, there are more candidates than
+        # surplus nodes, and only their age decides: the newest go, the oldest stays. (Were
+        # load to cut this wait short, the base node would merely not be a candidate yet:
+        # the test would prove less, not fail.)
+        time.sleep(2 * IDLE_TIMEOUT)
+        for node_id in newer:
+            assert corral.client.run_node(node_id)["idle_behavior"] == "run"
         left = corral.wait_until(
             lambda: len(corral.nodes()) == 1 and corral.nodes(), "the pool back at base_need"
         )
-        assert left[0]["node_id"] == first["node_id"]  # the oldest stays
+        assert left[0]["node_id"] == first  # the oldest stays
         for node_id, pid in grown.items():
-            if node_id != first["node_id"]:
+            if node_id != first:
                 corral.wait_until(lambda pid=pid: not pid_alive(pid), f"agent {pid} gone")
                 assert not (corral.home / "nodes" / node_id).exists()
 
