@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.agent import logs
-from corral.agent.logs import LogSpool, open_round_streams, safe_name, stream_dirs
+from corral.agent.logs import LogSpool
 from corral.agent.pidfiles import prepare_state_dir, remove_runtime_dirs
 
 
@@ -22,13 +22,6 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     prepare_state_dir(state, runtime)
     yield state
     remove_runtime_dirs(state)
-
-
-def start_round(spool: LogSpool, state_dir: Path, upid: str) -> tuple[int, int]:
-    """What the agent and its spawn helper do for a new round: watch its spool, open its
-    stdout and stderr."""
-    spool.watch(upid)
-    return open_round_streams(*stream_dirs(state_dir), safe_name(upid))
 
 
 def write(fd: int, data: bytes) -> None:
@@ -45,7 +38,7 @@ def read_all(spool: LogSpool, upid: str, stream: str = "stdout") -> bytes:
 def test_the_spool_is_on_tmpfs_and_a_silent_process_costs_no_disk_file(state_dir: Path) -> None:
     spool = LogSpool(state_dir)
     assert spool.spooled
-    out, err = start_round(spool, state_dir, "quiet")
+    out, err = spool.open("quiet")
     os.close(out)
     os.close(err)
     spool.settle("quiet")
@@ -56,7 +49,7 @@ def test_the_spool_is_on_tmpfs_and_a_silent_process_costs_no_disk_file(state_dir
 
 def test_output_is_readable_at_once_and_on_disk_after_the_round(state_dir: Path) -> None:
     spool = LogSpool(state_dir)
-    out, err = start_round(spool, state_dir, "p")
+    out, err = spool.open("p")
     write(out, b"hello\n")
     write(err, b"oops\n")
     # Nothing spilled yet: a reader still sees it, from the spool.
@@ -75,7 +68,7 @@ def test_a_running_process_is_spilled_and_its_copied_pages_are_freed(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = LogSpool(state_dir)
-    out, err = start_round(spool, state_dir, "chatty")
+    out, err = spool.open("chatty")
     block = b"x" * (1 << 20)
     for _ in range(4):
         write(out, block)
@@ -98,7 +91,7 @@ def test_a_running_process_is_spilled_and_its_copied_pages_are_freed(
 def test_a_new_round_appends_after_the_disk_log(state_dir: Path) -> None:
     spool = LogSpool(state_dir)
     for round_ in range(3):
-        out, err = start_round(spool, state_dir, "svc")
+        out, err = spool.open("svc")
         write(out, f"round {round_}\n".encode())
         os.close(out)
         os.close(err)
@@ -108,8 +101,8 @@ def test_a_new_round_appends_after_the_disk_log(state_dir: Path) -> None:
 
 def test_a_round_started_before_the_last_one_settled_keeps_its_spool(state_dir: Path) -> None:
     spool = LogSpool(state_dir)
-    first, first_err = start_round(spool, state_dir, "svc")
-    second, second_err = start_round(spool, state_dir, "svc")
+    first, first_err = spool.open("svc")
+    second, second_err = spool.open("svc")
     write(first, b"one\n")
     spool.settle("svc")  # the first round ends; the second still writes to the same spool
     write(second, b"two\n")
@@ -121,7 +114,7 @@ def test_a_round_started_before_the_last_one_settled_keeps_its_spool(state_dir: 
 
 def test_a_spill_cut_short_by_a_crash_resumes_where_the_disk_log_ends(state_dir: Path) -> None:
     spool = LogSpool(state_dir)
-    out, err = start_round(spool, state_dir, "p")
+    out, err = spool.open("p")
     write(out, b"0123456789")
     os.close(out)
     os.close(err)
@@ -135,7 +128,7 @@ def test_a_spill_cut_short_by_a_crash_resumes_where_the_disk_log_ends(state_dir:
 
 def test_recovery_leaves_the_spool_of_an_adopted_process_in_place(state_dir: Path) -> None:
     spool = LogSpool(state_dir)
-    out, err = start_round(spool, state_dir, "adopted")
+    out, err = spool.open("adopted")
     write(out, b"before the restart\n")
     restarted = LogSpool(state_dir)
     restarted.adopt("adopted")
@@ -152,7 +145,7 @@ def test_without_a_runtime_dir_processes_write_straight_to_disk(tmp_path: Path) 
     prepare_state_dir(state, None)
     spool = LogSpool(state)
     assert not spool.spooled
-    out, err = start_round(spool, state, "p")
+    out, err = spool.open("p")
     write(out, b"direct\n")
     assert (state / "logs/p.stdout").read_bytes() == b"direct\n"
     os.close(out)
@@ -165,7 +158,7 @@ def test_a_disk_error_keeps_the_output_in_the_spool_for_a_retry(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = LogSpool(state_dir)
-    out, err = start_round(spool, state_dir, "p")
+    out, err = spool.open("p")
     write(out, b"precious\n")
     os.close(out)
     os.close(err)

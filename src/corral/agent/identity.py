@@ -11,11 +11,11 @@
   user this node does not know, or another user than its own for an agent that is not
   root (only root may switch users).
 
-``posix_spawn`` cannot change user, so the spawn helper (``spawner``) starts the processes
-of a :class:`RunAs` with ``subprocess.Popen(user=, group=, extra_groups=)``, whose child
-switches before it execs (a fork, not a vfork: slower, but only processes that switch pay
-it). Popen's exec errors come back as ``OSError`` as posix_spawn's do, so a launch that
-fails is ``spawn_failed`` either way.
+``posix_spawn`` cannot change user, so :class:`RunAs` starts processes with
+``subprocess.Popen(user=, group=, extra_groups=)``, whose child switches before it execs
+(a fork, not a vfork: slower, but only processes that switch pay it). Popen's exec errors
+come back as ``OSError`` as posix_spawn's do, so a launch that fails is ``spawn_failed``
+either way.
 
 The configuration file of a process that runs as USER must be readable by USER, and the
 agent's own directories are not: such files live in a directory of root's that anyone may
@@ -31,6 +31,7 @@ import hashlib
 import os
 import pwd
 import stat
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 from corral.agent.pidfiles import CONFIG_LINK
+from corral.wire.messages import Launch
 
 
 class Identity(Protocol):
@@ -50,6 +52,12 @@ class Identity(Protocol):
 
     def config_dir(self, state_dir: Path) -> Path: ...
 
+    def spawn(
+        self, launch: Launch, program: str, env: Mapping[str, str], stdin: int, out: int, err: int
+    ) -> int:
+        """Start ``program`` (``launch.exec`` found on PATH) as ``launch`` says; its pid."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
@@ -60,6 +68,11 @@ class Refuse:
 
     def config_dir(self, state_dir: Path) -> Path:
         return state_dir / "config"
+
+    def spawn(
+        self, launch: Launch, program: str, env: Mapping[str, str], stdin: int, out: int, err: int
+    ) -> int:
+        raise PermissionError(errno.EPERM, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +89,6 @@ class RunAs:
     def owner(self) -> int | None:
         return self.uid
 
-    def spawn_as(self) -> list[object]:
-        """Who the spawn helper starts processes as: ``[name, uid, gid, groups]``."""
-        return [self.name, self.uid, self.gid, list(self.groups)]
-
     def environ(self, base: Mapping[str, str]) -> dict[str, str]:
         """The agent's environment as the user's processes start from it."""
         return {**base, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
@@ -94,6 +103,30 @@ class RunAs:
             link.unlink(missing_ok=True)
             link.symlink_to(directory, target_is_directory=True)
         return directory
+
+    def spawn(
+        self, launch: Launch, program: str, env: Mapping[str, str], stdin: int, out: int, err: int
+    ) -> int:
+        try:
+            child = subprocess.Popen(
+                [launch.exec, *launch.argv],
+                executable=program,
+                env=dict(env),
+                stdin=stdin,
+                stdout=out,
+                stderr=err,
+                cwd=launch.working_directory,
+                start_new_session=True,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=list(self.groups),
+            )
+        except subprocess.SubprocessError as exc:
+            raise PermissionError(errno.EPERM, f"cannot run as {self.name}: {exc}") from None
+        # The launcher watches and reaps this child through its pidfd, like the others:
+        # the Popen object must neither reap it later nor warn that it still runs.
+        child.returncode = 0
+        return child.pid
 
 
 def resolve(run_as: str | None, allow_root: bool, euid: int | None = None) -> Identity | None:

@@ -1,20 +1,17 @@
-"""Running, watching and killing the agent's processes, each in its own process group.
+"""Spawning, watching and killing the agent's processes, each in its own process group.
 
-The spawn helper (``spawner``, a process of its own) starts them: a spawn waits for the
-child's exec, and the agent's loop must not. A process starts in a new session, so that it
-leads its own process group, with stdin on /dev/null and stdout/stderr appended to its logs
-(see ``logs.LogSpool``). ``spawn`` prepares a round and asks the helper; the helper's
-answer (started, with its pid, or failed) reaches ``on_started``, its exit ``on_exit``. The
-helper is their parent: it kills a leader's stragglers while the unreaped leader pins the
-group id, reaps it and reports its exit code or signal, and it signals a group for the
-launcher only while its leader is unreaped, so the group cannot be a stranger's.
+A process is started with ``os.posix_spawn`` (a vfork and an exec, with none of
+``subprocess``'s per-call Python work), in a new session so that it leads its own process
+group, with stdin on /dev/null and stdout/stderr appended to its logs (see
+``logs.LogSpool``). Its exit is watched with a pidfd in the launcher's own epoll set, whose
+one descriptor the event loop watches: no thread per child, no polling, and a registration
+costs one syscall (closing the pidfd removes it). When the leader exits, the rest of its
+group is SIGKILLed (stragglers) while the unreaped leader still pins the group id, then the
+leader is reaped with ``waitpid`` and the exit code or signal reported.
 
-Processes outlive the agent: the records in ``STATE_DIR/pids`` (written by the helper before
-a start is reported) let a restarted agent adopt them (their exit status is then
-unknowable, since they are no longer its children; their exits are watched with pidfds in
-the launcher's own epoll set) and let ``kill_orphans`` clean up after an agent that is gone
-for good. If the helper itself dies, its processes are adopted the same way and a new
-helper is started.
+Processes outlive the agent: the records in ``STATE_DIR/pids`` let a restarted agent adopt
+them (their exit status is then unknowable, since they are no longer its children) and let
+``kill_orphans`` clean up after an agent that is gone for good.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import select
@@ -34,10 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from corral.agent import pidfiles
-from corral.agent.identity import Identity, Refuse, RunAs
+from corral.agent.identity import Identity
 from corral.agent.logs import SPILL_EVERY, LogSpool, safe_name
-from corral.agent.spawn_link import SpawnLink
-from corral.agent.spawner import describe_spawn_error
 from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
 
 log = logging.getLogger("corral.agent")
@@ -45,9 +39,10 @@ log = logging.getLogger("corral.agent")
 Key = tuple[str, int]
 """A process round: ``(upid, round)``."""
 
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
 UNKNOWN_STATUS = "exit status unknown: the process was adopted after an agent restart"
 ENDED_UNWATCHED = "exit status unknown: the process ended while no agent was watching it"
-HELPER_LOST = "exit status unknown: the spawn helper, its parent, stopped"
 
 
 @dataclass(slots=True)
@@ -56,32 +51,20 @@ class _Child:
 
     report: ProcessReport
     pid: int
-    #: the pidfd an adopted process is watched with; -1 for the helper's own children
     pidfd: int
-    ours: bool  # True: the helper's child, which it reaps; False: adopted
+    ours: bool  # False when adopted: not our child, so it cannot be reaped
+    identity: int  # its pidfs inode number, or 0 where the kernel has no pidfs
     config_path: Path
     kill_timer: asyncio.TimerHandle | None = None
     kill_at: float | None = None
 
 
-@dataclass(slots=True)
-class _Starting:
-    """A round the helper was asked to start and has not answered for yet."""
-
-    launch: Launch
-    config_path: Path
-    #: a kill asked meanwhile: its grace, applied once the round has started
-    kill_grace: float | None = None
-
-
 class Launcher:
-    """Runs process rounds: ``on_started`` gets the first report of each (running, or
-    spawn_failed), ``on_exit`` the final one."""
+    """Runs process rounds and calls ``on_exit`` with the final report of each."""
 
     def __init__(
         self,
         state_dir: Path,
-        on_started: Callable[[ProcessReport], None],
         on_exit: Callable[[ProcessReport], None],
         environ: Mapping[str, str],
         identity: Identity | None = None,
@@ -95,55 +78,53 @@ class Launcher:
         self._config_dir = (
             identity.config_dir(state_dir) if identity is not None else state_dir / "config"
         )
-        # Most processes have no configuration: they share one file instead of costing a
-        # file creation each (syscalls are dear here).
+        # Most processes have no configuration: they share one file, and one /dev/null,
+        # instead of costing a file creation and an open each (syscalls are dear here).
         self._empty_config = self._config_dir / "empty.json"
         # shared by the processes of another user too: theirs to read, not to change
         _write_private(self._empty_config, "{}", mode=0o600 if self._owner is None else 0o644)
-        self._on_started = on_started
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._on_exit = on_exit
         self._environ = dict(environ)
         self._loop = asyncio.get_running_loop()
         self._live: dict[Key, _Child] = {}
-        self._ours: dict[int, Key] = {}  # the helper's children, by pid
-        self._starting: dict[int, _Starting] = {}  # by token
-        self._starting_keys: dict[Key, int] = {}
-        self._tokens = itertools.count(1)
         self._exits = select.epoll()
         self._pidfds: dict[int, Key] = {}
         self._loop.add_reader(self._exits.fileno(), self._on_exits)
+        # Records are written after a batch of spawns (see record_pending).
+        self._unrecorded: dict[int, _Child] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.logs = LogSpool(state_dir)
         self._spill_timer = self._loop.call_later(SPILL_EVERY, self._spill)
-        self._link = self._start_helper()
 
     @property
     def running(self) -> int:
-        """Rounds holding a slot: live, or being started."""
-        return len(self._live) + len(self._starting)
+        return len(self._live)
 
     def is_live(self, key: Key) -> bool:
-        return key in self._live or key in self._starting_keys
-
-    def is_starting(self, key: Key) -> bool:
-        return key in self._starting_keys
-
-    def _start_helper(self) -> SpawnLink:
-        run_as = self._identity.spawn_as() if isinstance(self._identity, RunAs) else None
-        return SpawnLink(self._state_dir, self._environ, run_as, self)
+        return key in self._live
 
     # --- spawning -----------------------------------------------------------------------------
 
-    def spawn(self, launch: Launch) -> ProcessReport | None:
-        """Start a round. A round that cannot start at all gets its ``spawn_failed`` report
-        at once; otherwise None, and ``on_started`` gets the helper's answer."""
+    def spawn(self, launch: Launch) -> ProcessReport:
+        """Start a round; the report says ``running`` or, never raising, ``spawn_failed``."""
+        started_at = time.time()
         try:
-            self._ask(launch)
+            return self._start(launch, started_at)
         except (OSError, ValueError) as exc:
-            now = time.time()
-            return _failed(launch, describe_spawn_error(exc), now)
-        return None
+            return ProcessReport(
+                launch.upid,
+                launch.round,
+                SPAWN_FAILED,
+                None,
+                None,
+                None,
+                describe_spawn_error(exc),
+                started_at,
+                time.time(),
+            )
 
     def _drop_config(self, path: Path) -> None:
         if path != self._empty_config:
@@ -152,117 +133,111 @@ class Launcher:
     def _config_path(self, upid: str, round_: int) -> Path:
         return self._config_dir / f"{safe_name(upid)}.{round_}.json"
 
-    def _ask(self, launch: Launch) -> None:
-        if isinstance(self._identity, Refuse):
-            raise PermissionError(errno.EPERM, self._identity.reason)
+    def _start(self, launch: Launch, started_at: float) -> ProcessReport:
         if launch.configuration == "{}":
             config_path = self._empty_config
         else:
             config_path = self._config_path(launch.upid, launch.round)
             _write_private(config_path, launch.configuration, owner=self._owner)
         env = {
+            **self._environ,
             **launch.env,
             "CORRAL_UPID": launch.upid,
             "CORRAL_ROUND": str(launch.round),
             "CORRAL_CONFIGURATION": launch.configuration,
             "CORRAL_CONFIGURATION_FILE": str(config_path),
         }
+        out = err = -1
         try:
-            program = find_program(launch.exec, env if "PATH" in env else self._environ)
-            self.logs.watch(launch.upid)
+            out, err = self.logs.open(launch.upid)
+            pid = self._spawn(launch, find_program(launch.exec, env), env, out, err)
         except BaseException:
             self._drop_config(config_path)
+            if out >= 0:
+                self.logs.settle(launch.upid)
             raise
-        token = next(self._tokens)
-        key = (launch.upid, launch.round)
-        self._starting[token] = _Starting(launch, config_path)
-        self._starting_keys[key] = token
-        self._idle.clear()
-        self._link.spawn(
-            token,
-            launch.upid,
-            launch.round,
-            program,
-            [launch.exec, *launch.argv],
-            env,
-            launch.working_directory,
-        )
-
-    # --- the helper's answers (see spawn_link.SpawnAnswers) -----------------------------------
-
-    def started(self, token: int, pid: int, started_at: float) -> None:
-        starting = self._take(token)
-        if starting is None:
-            return
-        launch = starting.launch
+        finally:
+            for fd in (out, err):
+                if fd >= 0:
+                    os.close(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            # Out of descriptors, most likely: a process we cannot watch must not run at all.
+            _killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self._drop_config(config_path)
+            self.logs.settle(launch.upid)
+            raise
         report = ProcessReport(
             launch.upid, launch.round, RUNNING, pid, None, None, None, started_at, None
         )
-        self._live[(launch.upid, launch.round)] = _Child(
-            report, pid, -1, True, starting.config_path
-        )
-        self._ours[pid] = (launch.upid, launch.round)
-        self._on_started(report)
-        if starting.kill_grace is not None:
-            self.kill((launch.upid, launch.round), starting.kill_grace)
+        child = _Child(report, pid, pidfd, True, pidfiles.pidfd_identity(pidfd), config_path)
+        self._watch(child)
+        if not self._unrecorded:  # a safety net for callers that never call record_pending
+            self._loop.call_soon(self.record_pending)
+        self._unrecorded[pid] = child
+        return report
 
-    def failed(self, token: int, reason: str) -> None:
-        starting = self._take(token)
-        if starting is None:
-            return
-        self._drop_config(starting.config_path)
-        self.logs.settle(starting.launch.upid)
-        self._settle_idle()
-        self._on_started(_failed(starting.launch, reason, time.time()))
+    def _spawn(self, launch: Launch, program: str, env: dict[str, str], out: int, err: int) -> int:
+        """Start the process and return its pid; raise OSError or ValueError if it cannot.
 
-    def exited(self, pid: int, exit_code: int | None, signum: int | None) -> None:
-        key = self._ours.pop(pid, None)
-        child = self._live.pop(key) if key is not None else None
-        if child is not None:
-            self._finish(child, exit_code, signum, None)
-
-    def link_lost(self, reason: str) -> None:
-        """The helper stopped on its own: adopt its processes, start another."""
-        log.error("the spawn helper stopped (%s): adopting its processes", reason)
-        records = {
-            (r.upid, r.round): (pid, r)
-            for pid, r in pidfiles.read_records(self._pids_dir)
-            if r is not None
-        }
-        for pid, key in list(self._ours.items()):
-            child = self._live.pop(key)
-            found = records.get(key)
-            pidfd = pidfiles.open_pidfd_if_same(pid, found[1]) if found else None
-            if pidfd is None:
-                pidfiles.remove_record(self._pids_dir, pid)
-                self._finish(child, None, None, HELPER_LOST)
-            else:
-                child.ours, child.pidfd = False, pidfd
-                self._watch(child)
-        self._ours.clear()
-        # A start it made but never answered for has its record, if it got that far.
-        for token, starting in list(self._starting.items()):
-            key = (starting.launch.upid, starting.launch.round)
-            found = records.get(key)
-            if found is None or (pidfd := pidfiles.open_pidfd_if_same(*found)) is None:
-                self.failed(token, "the spawn helper stopped before it started the process")
-                continue
-            self._take(token)
-            pid, record = found
-            report = ProcessReport(
-                key[0], key[1], RUNNING, pid, None, None, None, record.started_at, None
+        ``posix_spawn`` has no working directory of its own: the agent steps into it for the
+        call (it is single-threaded there, and uses no relative paths) and back out.
+        """
+        if self._identity is not None:
+            return self._identity.spawn(launch, program, env, self._devnull, out, err)
+        cwd = launch.working_directory
+        if cwd is not None:
+            os.chdir(cwd)
+        try:
+            return os.posix_spawn(
+                program,
+                [launch.exec, *launch.argv],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, err, 2),
+                ],
+                setsid=True,
+                # What Python ignores for itself, a child gets back at the default.
+                setsigdef=_RESET_SIGNALS,
+                setsigmask=(),
             )
-            self._watch(_Child(report, pid, pidfd, False, starting.config_path))
-            self._on_started(report)
-        self._link = self._start_helper()
+        finally:
+            if cwd is not None:
+                os.fchdir(self._cwd)
 
-    def _take(self, token: int) -> _Starting | None:
-        starting = self._starting.pop(token, None)
-        if starting is not None:
-            del self._starting_keys[(starting.launch.upid, starting.launch.round)]
-        return starting
+    def record_pending(self) -> None:
+        """Write the ``pids/`` records of the rounds spawned since the last call.
 
-    # --- adopted processes --------------------------------------------------------------------
+        Reading ``/proc/<pid>/stat`` right after a spawn would wait for the child to finish
+        its exec; after a batch of spawns it no longer has to, so records are written per
+        batch. Call this before the batch's reports can leave, so that a process reported
+        running always has its record.
+        """
+        pending, self._unrecorded = self._unrecorded, {}
+        for pid, child in pending.items():
+            start_time = 0
+            if not child.identity:
+                # Unreaped (reaping drops it from _unrecorded): /proc/<pid> is still this child.
+                identity = pidfiles.proc_identity(pid)
+                start_time = identity[2] if identity else 0
+            report = child.report
+            record = pidfiles.PidRecord(
+                report.upid,
+                report.round,
+                pid,
+                start_time,
+                report.started_at or 0.0,
+                child.identity,
+            )
+            try:
+                pidfiles.write_record(self._pids_dir, pid, record)
+            except OSError as exc:
+                # The process runs on; only an orphan clean-up after an agent crash misses it.
+                log.warning("cannot record pid %d of %s: %s", pid, report.upid, exc)
 
     def _watch(self, child: _Child) -> None:
         key = (child.report.upid, child.report.round)
@@ -271,9 +246,17 @@ class Launcher:
         self._pidfds[child.pidfd] = key
         self._exits.register(child.pidfd, select.EPOLLIN)
 
+    def _unwatch(self, child: _Child) -> None:
+        del self._pidfds[child.pidfd]
+        os.close(child.pidfd)  # which takes it out of the epoll set
+        if child.kill_timer is not None:
+            child.kill_timer.cancel()
+
     def _spill(self) -> None:
         self.logs.spill_due()
         self._spill_timer = self._loop.call_later(SPILL_EVERY, self._spill)
+
+    # --- adoption after an agent restart ------------------------------------------------------
 
     def adopt(self) -> list[ProcessReport]:
         """Take over the processes a previous agent left running; report the ones that ended.
@@ -286,8 +269,6 @@ class Launcher:
             if record is None:
                 pidfiles.remove_record(self._pids_dir, pid)
                 continue
-            if (record.upid, record.round) in self._live:
-                continue  # this agent's own (its helper wrote the record)
             pidfd = pidfiles.open_pidfd_if_same(pid, record)
             if pidfd is None:
                 reports.append(self._ended_unwatched(pid, record))
@@ -297,7 +278,7 @@ class Launcher:
             )
             key = (record.upid, record.round)
             config_path = self._config_path(*key)
-            self._watch(_Child(report, pid, pidfd, False, config_path))
+            self._watch(_Child(report, pid, pidfd, False, record.pidfd_ino, config_path))
             self.logs.adopt(record.upid)
             reports.append(report)
         self.logs.recover()
@@ -319,25 +300,36 @@ class Launcher:
             None,
         )
 
-    def _on_exits(self) -> None:
-        for pidfd, _ in self._exits.poll(0):
-            key = self._pidfds.pop(pidfd, None)
-            child = self._live.pop(key) if key is not None else None
-            if child is None:
-                continue
-            os.close(pidfd)  # which takes it out of the epoll set
-            # Someone else reaps an adopted leader, and its group id may be reused since:
-            # leave that group alone rather than risk killing a stranger.
-            pidfiles.remove_record(self._pids_dir, child.pid)
-            self._finish(child, None, None, UNKNOWN_STATUS)
-
     # --- exits --------------------------------------------------------------------------------
 
-    def _finish(
-        self, child: _Child, exit_code: int | None, signum: int | None, error: str | None
-    ) -> None:
-        if child.kill_timer is not None:
-            child.kill_timer.cancel()
+    def _on_exits(self) -> None:
+        for pidfd, _ in self._exits.poll(0):
+            key = self._pidfds.get(pidfd)
+            if key is not None:
+                self._on_ready(key)
+
+    def _on_ready(self, key: Key) -> None:
+        child = self._live.get(key)
+        if child is None:
+            return
+        exited = _peek_exit(child.pidfd) if child.ours else False
+        if exited is None:
+            return  # a readable pidfd means exit; this check only keeps a live group unkilled
+        del self._live[key]
+        self._unrecorded.pop(child.pid, None)
+        self._unwatch(child)
+        exit_code: int | None = None
+        signum: int | None = None
+        error: str | None = UNKNOWN_STATUS
+        if exited:
+            # Stragglers first: the unreaped leader still holds the group id, so it cannot
+            # have been reused by an unrelated group.
+            _killpg(child.pid, signal.SIGKILL)
+        if child.ours:
+            exit_code, signum, error = _reap(child.pid)
+        # A leader someone else reaped (an adopted one) may have had its group id reused:
+        # leave that group alone rather than risk killing a stranger.
+        pidfiles.remove_record(self._pids_dir, child.pid)
         self._drop_config(child.config_path)
         self.logs.settle(child.report.upid)
         report = replace(
@@ -348,12 +340,9 @@ class Launcher:
             error=error,
             ended_at=time.time(),
         )
-        self._settle_idle()
-        self._on_exit(report)
-
-    def _settle_idle(self) -> None:
-        if not self._live and not self._starting:
+        if not self._live:
             self._idle.set()
+        self._on_exit(report)
 
     # --- killing ------------------------------------------------------------------------------
 
@@ -361,14 +350,8 @@ class Launcher:
         """SIGTERM the round's process group; SIGKILL it after ``grace`` seconds if alive.
 
         Returns False when the round is not running. A repeated kill only ever brings the
-        SIGKILL closer. A round still starting is killed as soon as it has started.
+        SIGKILL closer.
         """
-        token = self._starting_keys.get(key)
-        if token is not None:
-            starting = self._starting[token]
-            if starting.kill_grace is None or grace < starting.kill_grace:
-                starting.kill_grace = grace
-            return True
         child = self._live.get(key)
         if child is None:
             return False
@@ -387,47 +370,29 @@ class Launcher:
             self._signal_group(child, signal.SIGKILL)
 
     def _signal_group(self, child: _Child, signum: int) -> None:
-        if child.ours:
-            # The helper signals only a leader it has not reaped: its group id is its own.
-            self._link.signal(child.pid, signum)
-            return
-        # An adopted leader could have been reaped; checking its pidfd first narrows that to
-        # nothing practical.
-        if pidfiles.has_exited(child.pidfd):
+        # Our own leader cannot be reaped before _on_ready runs, so its group id is ours. An
+        # adopted leader could be; checking its pidfd first narrows that to nothing practical.
+        if not child.ours and pidfiles.has_exited(child.pidfd):
             return
         _killpg(child.pid, signum)
 
     def terminate_all(self, grace: float) -> None:
-        for key in [*self._live, *self._starting_keys]:
+        for key in list(self._live):
             self.kill(key, grace)
 
     async def wait_idle(self) -> None:
-        """Wait until no process is running or starting."""
+        """Wait until no process is running."""
         await self._idle.wait()
 
     def detach(self) -> None:
-        """Stop watching without killing: the processes keep running, their records stay.
-
-        The helper leaves once it has answered what it was asked (a round it starts meanwhile
-        has its record, and the next agent adopts it).
-        """
+        """Stop watching without killing: the processes keep running, their records stay."""
         self._spill_timer.cancel()
-        self._link.close()
-        for key, child in list(self._live.items()):
-            if child.kill_timer is not None:
-                child.kill_timer.cancel()
-            if not child.ours:
-                del self._pidfds[child.pidfd]
-                os.close(child.pidfd)
-            del self._live[key]
+        self.record_pending()
+        for child in self._live.values():
+            self._unwatch(child)
+        self._live.clear()
         self._loop.remove_reader(self._exits.fileno())
         self._exits.close()
-
-
-def _failed(launch: Launch, reason: str, now: float) -> ProcessReport:
-    return ProcessReport(
-        launch.upid, launch.round, SPAWN_FAILED, None, None, None, reason, now, now
-    )
 
 
 def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
@@ -468,6 +433,13 @@ def find_program(name: str, env: Mapping[str, str]) -> str:
     return found
 
 
+def describe_spawn_error(exc: BaseException) -> str:
+    """A one-line reason such as ``No such file or directory: /x``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _write_private(path: Path, text: str, owner: int | None = None, mode: int = 0o600) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -479,6 +451,28 @@ def _write_private(path: Path, text: str, owner: int | None = None, mode: int = 
         os.close(fd)
 
 
+def _peek_exit(pidfd: int) -> bool | None:
+    """Has our child exited? None: not yet; True: a zombie, unreaped, still pinning its pid
+    and group id; False: already reaped by someone else. WNOWAIT leaves it unreaped."""
+    try:
+        result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return None if result is None else True
+
+
 def _killpg(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
+
+
+def _reap(pid: int) -> tuple[int | None, int | None, str | None]:
+    """Reap the exited leader: ``(exit_code, signal, error)``."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        reaped = 0
+    if reaped == 0:  # someone else reaped it
+        return None, None, f"exit status lost: {os.strerror(errno.ECHILD)}"
+    code = os.waitstatus_to_exitcode(status)
+    return (code, None, None) if code >= 0 else (None, -code, None)

@@ -91,42 +91,6 @@ def open_for_append(path: str | Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
-def stream_dirs(state_dir: Path) -> tuple[str, str | None]:
-    """Where rounds write: the disk logs' directory, and the spool's (None when no tmpfs is
-    behind ``spool``: processes then write straight to their disk logs)."""
-    spool = state_dir / "spool"
-    return str(state_dir / "logs"), str(spool) if spool.is_symlink() else None
-
-
-def open_round_streams(logs_dir: str, spool_dir: str | None, name: str) -> tuple[int, int]:
-    """Append-mode descriptors for a new round's stdout and stderr (the caller closes them):
-    in ``spool_dir`` when there is one (see the module doc), else in ``logs_dir``."""
-    fds: list[int] = []
-    try:
-        for stream in STREAMS:
-            fds.append(_open_stream(logs_dir, spool_dir, f"{name}.{stream}"))
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds[0], fds[1]
-
-
-def _open_stream(logs_dir: str, spool_dir: str | None, file_name: str) -> int:
-    if spool_dir is None:
-        return open_for_append(f"{logs_dir}/{file_name}")
-    fd = open_for_append(f"{spool_dir}/{file_name}")
-    try:
-        if os.fstat(fd).st_size == 0:
-            copied = _size(f"{logs_dir}/{file_name}")
-            if copied:
-                os.ftruncate(fd, copied)  # a hole: new output lands after the disk log
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 @dataclass(slots=True)
 class _Watch:
     """A spooled log name and when its spool is next copied."""
@@ -145,23 +109,46 @@ class LogSpool:
         # plain strings for the per-launch paths: pathlib's joins cost more than the syscalls
         self._logs_dir = str(self._logs)
         self._spool_dir = str(self._spool)
-        self.spooled = stream_dirs(state_dir)[1] is not None
+        #: without a tmpfs behind ``spool``, processes write straight to their disk logs
+        self.spooled = self._spool.is_symlink()
         self._watched: dict[str, _Watch] = {}
         self._warned: set[str] = set()
         self._can_punch = _fallocate is not None
 
     # --- the process side ---------------------------------------------------------------------
 
-    def watch(self, upid: str) -> None:
-        """A round of ``upid`` is starting: its output, once spooled, is copied to disk
-        until it settles. Raises UnsafeName for a upid that has no file name."""
+    def open(self, upid: str) -> tuple[int, int]:
+        """Append-mode descriptors for a new round's stdout and stderr (caller closes them)."""
+        name = safe_name(upid)
+        fds: list[int] = []
+        try:
+            for stream in STREAMS:
+                fds.append(self._open_stream(name, stream))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         if self.spooled:
-            name = safe_name(upid)
             watch = self._watched.get(name)
             if watch is None:
                 self._watched[name] = _Watch(1, time.monotonic() + SPILL_EVERY, SPILL_EVERY)
             else:
                 watch.rounds += 1
+        return fds[0], fds[1]
+
+    def _open_stream(self, name: str, stream: str) -> int:
+        if not self.spooled:
+            return open_for_append(f"{self._logs_dir}/{name}.{stream}")
+        fd = open_for_append(f"{self._spool_dir}/{name}.{stream}")
+        try:
+            if os.fstat(fd).st_size == 0:
+                copied = _size(f"{self._logs_dir}/{name}.{stream}")
+                if copied:
+                    os.ftruncate(fd, copied)  # a hole: new output lands after the disk log
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def settle(self, upid: str) -> None:
         """A round of ``upid`` ended: copy its output to disk, drop its spool when unused."""

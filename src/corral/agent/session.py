@@ -147,8 +147,6 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
         self._inventory: dict[Key, ProcessReport] = {}
-        #: Launches repeated while their round was starting, each owed a report
-        self._repeated: dict[Key, int] = {}
         self._queue = LaunchQueue(config.slots)
         self._due_scheduled = False
         self._conn: Connection | None = None
@@ -180,9 +178,7 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum, task)
         cfg = self._config
-        self._launcher = Launcher(
-            cfg.state_dir, self._on_started, self._on_exit, cfg.environ, cfg.identity
-        )
+        self._launcher = Launcher(cfg.state_dir, self._on_exit, cfg.environ, cfg.identity)
         for report in self._launcher.adopt():
             self._inventory[(report.upid, report.round)] = report
             log.info("adopted %s round %s: %s", report.upid, report.round, report.status)
@@ -421,7 +417,9 @@ class Agent:
                 self._launch(msg)
                 launches += 1
                 if launches % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the helper's answers in
+                    # Reports leave only when the loop turns: their records must exist first.
+                    self.launcher.record_pending()
+                    await asyncio.sleep(0)
             elif isinstance(msg, Kill):
                 self._kill(msg)
             elif isinstance(msg, Withdraw):
@@ -445,6 +443,7 @@ class Agent:
                 self._renewed(conn, msg)
             else:
                 raise ProtocolError(f"an agent does not accept {type(msg).__name__}")
+        self.launcher.record_pending()
         return False
 
     # --- commands -----------------------------------------------------------------------------
@@ -459,10 +458,6 @@ class Agent:
         if known is not None:
             self._send(known)  # a repeated Launch: say where that round is, start nothing
             return
-        if self.launcher.is_starting(key):
-            # a repeated Launch of a round being started: answered when it has started
-            self._repeated[key] = self._repeated.get(key, 0) + 1
-            return
         self._queue.add(msg)
         self._start_due()
 
@@ -473,24 +468,16 @@ class Agent:
             self._start(launch)
 
     def _start(self, msg: Launch) -> None:
+        key = (msg.upid, msg.round)
         report = self.launcher.spawn(msg)
-        if report is not None:
-            self._on_started(report)
-
-    def _on_started(self, report: ProcessReport) -> None:
-        key = (report.upid, report.round)
         self._inventory[key] = report
-        for _ in range(self._repeated.pop(key, 0)):
-            self._send(report)
         if report.error is None:
             # Per-process lines are debug: at a thousand launches a second, writing them
             # costs the agent more than the launches.
-            log.debug("started %s round %s: pid %s", report.upid, report.round, report.pid)
+            log.debug("started %s round %s: pid %s", msg.upid, msg.round, report.pid)
         else:
-            log.warning("cannot start %s round %s: %s", report.upid, report.round, report.error)
+            log.warning("cannot start %s round %s: %s", msg.upid, msg.round, report.error)
         self._send(report)
-        if report.error is not None and self._queue:
-            self._start_soon()  # its slot is free again
 
     def _on_exit(self, report: ProcessReport) -> None:
         self._inventory[(report.upid, report.round)] = report
@@ -503,14 +490,15 @@ class Agent:
         )
         log.debug("%s round %s (pid %s) ended: %s", report.upid, report.round, report.pid, how)
         self._send(report)
-        if self._queue:
-            self._start_soon()
-
-    def _start_soon(self) -> None:
-        """Start what is queued once this loop turn is over: once for all the slots it freed."""
-        if not self._due_scheduled:
+        if self._queue and not self._due_scheduled:
+            # Once per loop turn, for every exit of the turn; record_pending then writes the
+            # pid records of what started before its reports can leave.
             self._due_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_due)
+            asyncio.get_running_loop().call_soon(self._start_queued_after_exits)
+
+    def _start_queued_after_exits(self) -> None:
+        self._start_due()
+        self.launcher.record_pending()
 
     def _drop_queued(self, key: Key) -> bool:
         """Take a round that has not started out of the queue and report it never ran."""
