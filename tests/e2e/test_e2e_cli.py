@@ -279,6 +279,34 @@ def test_kill_and_restart(cli: Any, served: Any) -> None:
     assert _describe(cli, "svc-e2e")["state"] == "700-TERMINATED"
 
 
+def test_history_and_audit(cli: Any) -> None:
+    _ok(cli("process schedule hist-e2e --exec /bin/true --restart-mode NEVER"))
+    _ok(cli("process wait hist-e2e --timeout 20"))
+    history = _ok(cli("process history hist-e2e --json")).json()
+    assert history["upid"] == "hist-e2e"
+    states = [step["state"] for step in history["steps"]]
+    assert states[0] == "200-REQUESTED"
+    assert states[-2:] == ["500-RUNNING", "800-EXITED"]
+    assert all(step["round"] == 1 for step in history["steps"])
+    table = _ok(cli("process history hist-e2e")).out
+    assert "800-EXITED" in table
+    assert "exited with status 0" in table  # the detail of the last step
+
+    # the definition and the schedule were both noted, newest first, by the API token
+    page = _ok(cli("audit --target hist-e2e --json")).json()
+    actions = [entry["action"] for entry in page["entries"]]
+    assert actions == ["schedule_process", "create_definition"]
+    assert all(entry["actor"].startswith("api token") for entry in page["entries"])
+    one = _ok(cli("audit --limit 1 --json")).json()
+    assert len(one["entries"]) == 1
+    older = _ok(cli(f"audit --limit 1 --before {one['next_before']} --json")).json()
+    assert older["entries"][0]["id"] < one["entries"][0]["id"]
+    assert "schedule_process" in _ok(cli("audit --target hist-e2e")).out
+
+    assert "no-such" in _one_error_line(cli("process history no-such"))
+    assert _ok(cli("audit --target no-such --json")).json()["entries"] == []
+
+
 def test_node_and_engine_list(cli: Any) -> None:
     nodes = _ok(cli("node list --json")).json()
     assert len(nodes) == 1

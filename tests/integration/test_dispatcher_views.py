@@ -7,6 +7,7 @@ idempotent repeat) is not an action.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from corral import AsyncClient
+from corral.errors import NotFound
 from corral.testing import dispatcher as harness
 from corral.testing.dispatcher import open_test_dispatcher
 from corral.testing.serve import wait_until
@@ -188,3 +191,26 @@ def test_the_views_count_filter_and_page_processes(first_run: harness.TestDispat
     assert (pool["kind"], pool["name"], pool["live"]) == ("shared pool", "shared", 0)
     assert [w["upid"] for w in pool["workers"]] == ["corral-pool-shared-w0"]
     assert pipelines == {"time": pipelines["time"], "queue": None, "pipelines": []}
+
+
+def test_both_clients_read_histories_and_the_audit_log(first_run: harness.TestDispatcher) -> None:
+    node_up(first_run)
+    client = first_run.client
+    client.create_definition("true", "exec", {"exec": "/bin/true"})
+    client.schedule_process("seen", "true", restart_mode="NEVER")
+    client.wait_process("seen", timeout=DEADLINE)
+    history = client.process_history("seen")
+    assert states(history)[-1] == "800-EXITED"
+    audit = client.audit_log(target="seen")
+    assert [e["action"] for e in audit["entries"]] == ["schedule_process"]
+    with pytest.raises(NotFound):
+        client.process_history("unseen")
+
+    async def read() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with AsyncClient(first_run.url, first_run.token) as aio:
+            return await aio.process_history("seen"), await aio.audit_log(limit=1)
+
+    async_history, page = asyncio.run(read())
+    assert async_history == history
+    assert len(page["entries"]) == 1
+    assert page["next_before"] == page["entries"][0]["id"]

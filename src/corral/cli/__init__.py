@@ -20,6 +20,7 @@ import click
 
 from corral import __version__
 from corral.cli._context import CliFailure, Settings, failure
+from corral.cli.audit import audit
 from corral.cli.definition import definition
 from corral.cli.node import engine, node
 from corral.cli.pipeline import pipeline, queue_group
@@ -117,6 +118,7 @@ cli.add_command(node)
 cli.add_command(engine)
 cli.add_command(pipeline)
 cli.add_command(queue_group)
+cli.add_command(audit)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -90,7 +90,7 @@ def cell(key: str, value: Any) -> str:
     """One value as a table shows it: times readable, lists and maps compact."""
     if value is None or value == "" or value == [] or value == {}:
         return "-"
-    if key.endswith("_at") and isinstance(value, int | float):
+    if (key.endswith("_at") or key == "time") and isinstance(value, int | float):
         return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
     if key == "last_heard" and isinstance(value, int | float):
         return f"{value:.1f}s ago"

@@ -1,4 +1,5 @@
-"""``corral process``: schedule, describe, list, kill, restart, wait for, dump, and logs."""
+"""``corral process``: schedule, describe, list, kill, restart, wait for, dump, logs and
+history."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from corral.cli._files import (
     parse_constraints,
     same_definition,
 )
-from corral.cli.output import Format, detail_table, emit, format_options, processes_table
+from corral.cli.output import (
+    Format,
+    detail_table,
+    emit,
+    format_options,
+    processes_table,
+    rows_table,
+)
 from corral.client import Client
 from corral.errors import Conflict, CorralError, NotFound, WaitTimeout
 
@@ -213,6 +221,20 @@ def restart(settings: Settings, upid: str, fmt: Format) -> None:
     """Restart a process in a new round."""
     with settings.client() as client:
         emit(client.restart_process(upid), fmt, _state_line)
+
+
+@process.command()
+@click.argument("upid")
+@format_options
+@pass_settings
+def history(settings: Settings, upid: str, fmt: Format) -> None:
+    """Show a process's last state changes, oldest first."""
+    with settings.client() as client:
+        emit(
+            client.process_history(upid),
+            fmt,
+            lambda found: rows_table(found["steps"], ("time", "round", "state", "detail")),
+        )
 
 
 @process.command()

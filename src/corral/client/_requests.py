@@ -215,6 +215,19 @@ def describe_processes() -> Call:
     return Call("GET", "/processes")
 
 
+def process_history(upid: str) -> Call:
+    return Call("GET", f"/processes/{_seg(upid)}/history")
+
+
+def audit_log(limit: int, before: int | None, target: str | None) -> Call:
+    params: Params = [("limit", limit)]
+    if before is not None:
+        params.append(("before", before))
+    if target is not None:
+        params.append(("target", target))
+    return Call("GET", "/audit", params=params)
+
+
 def restart_process(upid: str) -> Call:
     return Call("POST", f"/processes/{_seg(upid)}/restart")
 

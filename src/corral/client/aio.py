@@ -167,6 +167,19 @@ class AsyncClient:
     async def describe_processes(self) -> list[dict[str, Any]]:
         return await self._list(r.describe_processes())
 
+    async def process_history(self, upid: str) -> dict[str, Any]:
+        """The process's last state changes, oldest first: ``{"upid", "steps", "kept"}``,
+        each step ``{"round", "state", "time", "detail"}``."""
+        return await self._dict(r.process_history(upid))
+
+    async def audit_log(
+        self, limit: int = 100, before: int | None = None, target: str | None = None
+    ) -> dict[str, Any]:
+        """Operators' actions, newest first: ``{"entries", "next_before", "kept"}``. Pass
+        ``next_before`` as ``before`` for the page before; ``target`` keeps the entries
+        about one process, node or definition."""
+        return await self._dict(r.audit_log(limit, before, target))
+
     async def restart_process(self, upid: str) -> dict[str, Any]:
         return await self._dict(r.restart_process(upid))
 
