@@ -140,13 +140,15 @@ def test_a_process_terminated_while_its_placement_commits_never_runs(
         client = corral.client
         wait_until(lambda: client.list_nodes() and client.list_nodes()[0]["connected"], "a node")
         client.create_definition("true", "exec", {"exec": "/bin/true"})
-        client.schedule_process("victim", "true")
-        assert placed.wait(10)
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(2) as pool:
+            # The placement commits with the schedule itself, so that answers at the gate too.
+            scheduling = pool.submit(client.schedule_process, "victim", "true")
+            assert placed.wait(10)
             # Its commit queues behind the gated one, so it answers once the gate opens.
             terminating = pool.submit(client.terminate_process, "victim")
             time.sleep(0.2)
             gate.set()
+            assert scheduling.result(10)["upid"] == "victim"
             assert terminating.result(10)["state"] == "600-TERMINATING"
         ended = client.wait_process("victim", ["TERMINATED"], timeout=10)
         assert ended["state"] == "700-TERMINATED"

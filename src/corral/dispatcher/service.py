@@ -241,8 +241,11 @@ class Dispatcher:
         if changed:
             self._check_space()
             self._note(actor, "schedule_process", upid, round=record.round)
-            await self._state.save_processes([record])
+            committed = self._state.save_processes([record])
+            # Woken before the commit lands, the mapper's placement joins its transaction:
+            # one fsync, not two, before the launch (sent once the placement is durable).
             self._wake_mapper()
+            await asyncio.shield(committed)  # a caller who gives up must not cancel it
         else:
             await self._state.durable(record.upid)
         return public_process(self._state.processes[record.upid])
@@ -276,8 +279,9 @@ class Dispatcher:
             # a batch is one entry; the first BATCH_NAMED of its processes are named in it
             upids = [r.upid for r in changed[:BATCH_NAMED]]
             self._note(actor, "schedule_processes", f"{len(changed)} processes", upids=upids)
-            await self._state.save_processes(changed)
-            self._wake_mapper()
+            committed = self._state.save_processes(changed)
+            self._wake_mapper()  # as in schedule_process: placements join this commit
+            await asyncio.shield(committed)
         for record in records:
             await self._state.durable(record.upid)
         return [public_process(self._state.processes[r.upid]) for r in records]
