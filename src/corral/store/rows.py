@@ -56,9 +56,13 @@ def migrate(conn: Executes, where: str, sql: SQL) -> None:
         conn.execute(insert, (schema.SCHEMA_VERSION,))
 
 
+#: allow_nan=False: NaN is not JSON, and PostgreSQL's json types would refuse it. One
+#: encoder for every document: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(doc: object) -> str:
-    # allow_nan=False: NaN is not JSON, and PostgreSQL's json types would refuse it
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(doc)
 
 
 def loads(where: str, table: Table, key: str, text: str) -> dict[str, Any]:
