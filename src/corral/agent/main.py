@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corral import eventloop
+from corral.agent.dialing import parse_address
 from corral.agent.identity import Identity, Refuse, RunAs, resolve
 from corral.agent.pidfiles import (
     StateDirBusy,
@@ -32,7 +33,7 @@ from corral.agent.pidfiles import (
     prepare_state_dir,
     private_runtime_root,
 )
-from corral.agent.session import EXIT_USAGE, Agent, AgentConfig, parse_address
+from corral.agent.session import EXIT_USAGE, Agent, AgentConfig
 
 TOKEN_ENV = "CORRAL_AGENT_TOKEN"
 

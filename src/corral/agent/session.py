@@ -34,15 +34,14 @@ import contextlib
 import enum
 import logging
 import os
-import random
 import signal
-import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from corral.agent.dialing import Address, Backoff, parse_address, tune_socket
 from corral.agent.identity import Identity
 from corral.agent.launcher import Key, Launcher
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
@@ -74,17 +73,6 @@ _YIELD_EVERY: Final = 64  # launches handled between two loop turns, so exits an
 # are not starved by a big batch and the reports leave in batches of this size
 
 
-Address = tuple[str, int]
-
-
-def parse_address(text: str) -> Address | None:
-    """``HOST:PORT`` (``[::1]:7000`` for an IPv6 host) as a pair; None if it is not one."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        return None
-    return host.strip("[]"), int(port)
-
-
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything the agent is told on its command line."""
@@ -113,24 +101,6 @@ class AgentConfig:
     """Seconds between SIGTERM and SIGKILL when the agent stops them on its own."""
     link_timeout: float = 30.0
     """Seconds a link may leave the heartbeats unacknowledged before it counts as gone."""
-
-
-class Backoff:
-    """Exponential delays with jitter: each in [d/2, d], d doubling from start to cap."""
-
-    def __init__(self, start: float, cap: float, rand: Callable[[], float] = random.random) -> None:
-        self._start = start
-        self._cap = cap
-        self._rand = rand
-        self._next = start
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._cap, delay * 2)
-        return delay * (0.5 + self._rand() / 2)
-
-    def reset(self) -> None:
-        self._next = self._start
 
 
 class _End(enum.Enum):
@@ -248,7 +218,7 @@ class Agent:
             self._unreachable.add(address)
             return None
         self._unreachable.discard(address)
-        _tune_socket(conn, self._config.link_timeout)
+        tune_socket(conn, self._config.link_timeout)
         log.info("connected to %s", conn.peer)
         return conn
 
@@ -557,18 +527,3 @@ class Agent:
         # gone too, and a Shutdown is only sent by a dispatcher that wants the node empty.
         with contextlib.suppress(ConnectionClosed):
             await conn.drain()
-
-
-def _tune_socket(conn: Connection, link_timeout: float) -> None:
-    """Notice a silently vanished dispatcher within ``link_timeout`` (heartbeats always
-    wait for an acknowledgement) or about a minute when idle, instead of many."""
-    sock = conn.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not TCP: keep the defaults
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        # Unacknowledged data (heartbeats to a dead peer) also fails the connection in time.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(link_timeout * 1000))
