@@ -7,7 +7,9 @@ introducer and both nonces, so a proof cannot be replayed on another connection 
 back to its author. Until both proofs hold, a connection carries small frames of plain
 msgpack values: nothing is unpickled, nothing is acted on. Callers bound the exchange with a
 timeout. The three messages belong to every protocol that uses the handshake (each gives
-them codes in its own ``MessageSet``).
+them codes in its own ``MessageSet``). The secret may differ per introducer: the answering
+side then derives it from the peer the Hello claims (the agent link proves each node's own
+token this way).
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from corral.errors import Unauthorized
-from corral.wire.codec import FramedConnection
+
+if TYPE_CHECKING:
+    # Only for annotations: the agent's message set (imported by codec) holds these messages.
+    from corral.wire.codec import FramedConnection
 
 NONCE_BYTES: Final = 32
 
@@ -75,12 +81,18 @@ def _proof(secret: str, role: bytes, hello: Hello, first: bytes, second: bytes) 
 async def _one(conn: FramedConnection[Any], kind: type[T]) -> T:
     batch = await conn.read_batch()
     if len(batch) != 1 or not isinstance(batch[0], kind):
-        raise AuthenticationFailed(f"expected {kind.__name__} from {conn.peer}")
+        got = ", ".join(type(msg).__name__ for msg in batch) or "nothing"
+        raise AuthenticationFailed(f"expected {kind.__name__} from {conn.peer}, got {got}")
     return batch[0]
 
 
-async def answer_hello(conn: FramedConnection[Any], secret: str, realm: str, version: int) -> Hello:
-    """The answering side: read Hello, prove, check the introducer's proof; return Hello."""
+async def answer_hello(
+    conn: FramedConnection[Any], secret: str | Callable[[str], str], realm: str, version: int
+) -> Hello:
+    """The answering side: read Hello, prove, check the introducer's proof; return Hello.
+
+    ``secret`` is the secret, or a function giving the secret of the peer a Hello claims.
+    """
     hello = await _one(conn, Hello)
     if hello.version != version:
         raise AuthenticationFailed(
@@ -90,6 +102,8 @@ async def answer_hello(conn: FramedConnection[Any], secret: str, realm: str, ver
         raise AuthenticationFailed(f"{hello.peer} asks for {hello.realm!r}, not {realm!r}")
     if len(hello.nonce) != NONCE_BYTES:
         raise AuthenticationFailed(f"{hello.peer} sent a nonce of the wrong size")
+    if not isinstance(secret, str):
+        secret = secret(hello.peer)
     nonce = os.urandom(NONCE_BYTES)
     await conn.send_now(Challenge(nonce, _proof(secret, b"answer", hello, hello.nonce, nonce)))
     proof = await _one(conn, Proof)
