@@ -1,8 +1,9 @@
 """A tiny hub and a real agent subprocess for the agent tests, plus the handshake tests.
 
 The hub is an asyncio TCP server on 127.0.0.1 that speaks ``corral.wire`` through the same
-``Connection`` the real hub uses; each accepted agent becomes a ``HubSession`` whose messages
-land in a queue the test reads. The agent is ``python -m corral.agent`` in its own process,
+``Connection`` and handshake the real hub uses (one token for every node, where the real hub
+derives each node's); each accepted agent becomes a ``HubSession`` whose messages land in a
+queue the test reads. The agent is ``python -m corral.agent`` in its own process,
 with its state directory in the test's tmp dir. The other ``test_agent_*`` modules import
 these helpers.
 """
@@ -23,8 +24,17 @@ import pytest
 import corral.wire
 from corral.agent.launcher import kill_orphans
 from corral.agent.pidfiles import StateDirBusy
-from corral.wire.codec import Connection, ConnectionClosed
-from corral.wire.messages import Hello, Message, ProcessReport, Refused, Welcome
+from corral.wire.codec import Connection, ConnectionClosed, ProtocolError
+from corral.wire.handshake import AuthenticationFailed, answer_hello
+from corral.wire.messages import (
+    AGENT_REALM,
+    PROTOCOL_VERSION,
+    Hello,
+    Message,
+    ProcessReport,
+    Refused,
+    Welcome,
+)
 
 TOKEN = "s3cret-token"
 SRC = Path(corral.wire.__file__).resolve().parents[2]
@@ -93,7 +103,8 @@ class HubSession:
 
 
 class Hub:
-    """A test hub: Welcome for the right token, Refused for any other.
+    """A test hub: the handshake with ``token`` as the node's token, then Welcome for a Hello
+    of the node it proved; a failed handshake is kept in ``failures``.
 
     ``welcome`` replaces the default Welcome (to play a dispatcher of some epoch), and
     ``orders`` follow it in the same frame.
@@ -112,6 +123,8 @@ class Hub:
         self.orders = orders
         self.sessions: asyncio.Queue[HubSession] = asyncio.Queue()
         self.live: list[HubSession] = []
+        self.failures: list[Exception] = []
+        self.failed = asyncio.Event()
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -122,14 +135,20 @@ class Hub:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
-        batch = await conn.read_batch()
-        hello = batch[0]
-        assert isinstance(hello, Hello), hello
-        if hello.token != self.token:
-            conn.send(Refused("wrong token"))
+        try:
+            proven = await answer_hello(conn, self.token, AGENT_REALM, PROTOCOL_VERSION)
+            batch = await conn.read_batch()
+        except (AuthenticationFailed, ConnectionClosed, ProtocolError) as exc:
+            self.failures.append(exc)
+            self.failed.set()
             await conn.aclose()
             return
-        conn.mark_authenticated()
+        hello = batch[0]
+        assert isinstance(hello, Hello), hello
+        if hello.node_id != proven.peer:
+            conn.send(Refused(f"this connection proved {proven.peer!r}"))
+            await conn.aclose()
+            return
         conn.send_many([self.welcome, *self.orders])
         session = HubSession(conn, hello)
         for msg in batch[1:]:
@@ -315,12 +334,12 @@ def is_alive(pid: int) -> bool:
 
 
 @pytest.mark.timeout(30)
-def test_hello_carries_node_id_token_and_description(tmp_path: Path) -> None:
+def test_hello_carries_node_id_and_description(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub() as hub, running_agent(hub.port, tmp_path) as agent:
             session = await hub.next_session()
             hello = session.hello
-            assert (hello.token, hello.node_id, hello.engine) == (TOKEN, "node-a", "eng-1")
+            assert (hello.node_id, hello.engine) == ("node-a", "eng-1")
             assert (hello.slots, hello.labels, hello.pid) == (4, {"zone": "a"}, agent.proc.pid)
             assert hello.version == corral.wire.PROTOCOL_VERSION
             assert hello.inventory == []
@@ -329,6 +348,57 @@ def test_hello_carries_node_id_token_and_description(tmp_path: Path) -> None:
             second = await session.expect(corral.wire.Heartbeat)
             assert 0.05 < second.sent_at - first.sent_at < 0.9
             assert second.running == 0
+
+    run(scenario())
+
+
+async def _relay(
+    listener: asyncio.StreamReader, writer: asyncio.StreamWriter, sent: bytearray | None
+) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await listener.read(65536):
+            if sent is not None:
+                sent.extend(data)
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def recording_relay(port: int) -> AsyncIterator[tuple[int, bytearray]]:
+    """A TCP relay to ``port`` on 127.0.0.1: its own port, and every byte sent through it
+    toward ``port``."""
+    sent = bytearray()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        tasks.add(asyncio.create_task(_relay(reader, up_writer, sent)))
+        tasks.add(asyncio.create_task(_relay(up_reader, writer, None)))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], sent
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.timeout(30)
+def test_the_agent_never_sends_its_token(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with (
+            running_hub() as hub,
+            recording_relay(hub.port) as (port, sent),
+            running_agent(port, tmp_path),
+        ):
+            session = await hub.next_session()
+            await session.expect(corral.wire.Heartbeat)
+            await session.expect(corral.wire.Heartbeat)
+        assert b"node-a" in sent  # the relay did see the agent's side
+        assert TOKEN.encode() not in sent
 
     run(scenario())
 
@@ -343,6 +413,28 @@ def test_wrong_token_is_refused_and_the_agent_exits_3(tmp_path: Path) -> None:
             assert await agent.wait() == 3
             assert "refused" in agent.log()
             assert hub.sessions.empty()
+            # the agent found the hub's proof wrong, and never sent its own
+            await hub.failed.wait()
+            assert [type(exc) for exc in hub.failures] == [ConnectionClosed]
+
+    run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_an_impostor_dispatcher_is_refused_and_the_agent_joins_the_next(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with (
+            running_hub(token="not-the-secret") as impostor,
+            running_hub() as hub,
+            running_agent(f"127.0.0.1:{impostor.port},127.0.0.1:{hub.port}", tmp_path) as agent,
+        ):
+            session = await hub.next_session()
+            assert session.hello.node_id == "node-a"
+            assert impostor.sessions.empty()
+            await impostor.failed.wait()
+            assert [type(exc) for exc in impostor.failures] == [ConnectionClosed]
+            assert agent.proc.returncode is None
+            assert f"refused the dispatcher at 127.0.0.1:{impostor.port}" in agent.log()
 
     run(scenario())
 

@@ -2,7 +2,8 @@
 
 The agents here are raw wire connections the test scripts itself (an honest *victim* and
 a hostile *intruder*, each with a valid token of its own) against a real dispatcher, so
-the test decides exactly what each one says and when.
+the test decides exactly what each one says and when: the handshake proves a node's
+token, and the Hello that follows must be that node's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 
 from corral.errors import NotFound
@@ -20,8 +22,10 @@ from corral.secretfile import node_token
 from corral.testing.dispatcher import TestDispatcher as Dispatcher
 from corral.testing.dispatcher import open_test_dispatcher
 from corral.testing.serve import wait_until
+from corral.wire import handshake
 from corral.wire.codec import Connection, open_connection
 from corral.wire.messages import (
+    AGENT_REALM,
     PROTOCOL_VERSION,
     Heartbeat,
     Hello,
@@ -58,25 +62,36 @@ def secret(corral: Dispatcher) -> str:
     return (corral.home / "agent_token").read_text().strip()
 
 
-def hello(token: str, node_id: str, **labels: str) -> Hello:
-    return Hello(token, node_id, "manual", node_id, 2, labels, 1, PROTOCOL_VERSION, [])
+def hello(node_id: str, **labels: str) -> Hello:
+    return Hello(node_id, "manual", node_id, 2, labels, 1, PROTOCOL_VERSION, [])
 
 
-async def say_hello(corral: Dispatcher, greeting: Hello) -> tuple[Connection, Message]:
+async def connect(corral: Dispatcher) -> Connection:
     host, port = corral.runtime.agent_address or ("", 0)
-    conn = await open_connection(host, port)
-    await conn.send_now(greeting)
-    answer = (await asyncio.wait_for(conn.read_batch(), 10))[0]
+    return await open_connection(host, port)
+
+
+async def say_hello(
+    corral: Dispatcher, token: str, node_id: str, greeting: Hello
+) -> tuple[Connection, Message]:
+    """Prove ``token`` as ``node_id``'s, then say ``greeting``; the dispatcher's answer."""
+    conn = await connect(corral)
+    try:
+        introduction = handshake.new_hello(PROTOCOL_VERSION, AGENT_REALM, node_id, "test")
+        await handshake.send_hello(conn, token, introduction)
+        await conn.send_now(greeting)
+        answer = (await asyncio.wait_for(conn.read_batch(), 10))[0]
+    except BaseException:
+        await conn.aclose()
+        raise
     return conn, answer
 
 
 @contextlib.asynccontextmanager
 async def joined(corral: Dispatcher, node_id: str, role: str) -> AsyncIterator[Agent]:
-    conn, answer = await say_hello(
-        corral, hello(node_token(secret(corral), node_id), node_id, role=role)
-    )
+    token = node_token(secret(corral), node_id)
+    conn, answer = await say_hello(corral, token, node_id, hello(node_id, role=role))
     assert isinstance(answer, Welcome), answer
-    conn.mark_authenticated()
     agent = Agent(conn)
     try:
         yield agent
@@ -121,18 +136,70 @@ def report(upid: str, status: str, pid: int, exit_code: int | None = None) -> Pr
     return ProcessReport(upid, 1, status, pid, exit_code, None, None, now, ended)  # type: ignore[arg-type]
 
 
+async def prove_regardless(corral: Dispatcher, token: str, node_id: str) -> Message:
+    """Introduce as ``node_id`` and prove with ``token`` without checking the dispatcher's
+    proof (an honest agent stops there). The dispatcher's answer."""
+    conn = await connect(corral)
+    try:
+        introduction = handshake.new_hello(PROTOCOL_VERSION, AGENT_REALM, node_id, "test")
+        await conn.send_now(introduction)
+        (challenge,) = await conn.read_batch()
+        assert isinstance(challenge, handshake.Challenge)
+        proof = handshake._proof(
+            token, b"introduce", introduction, challenge.nonce, introduction.nonce
+        )
+        await conn.send_now(handshake.Proof(proof))
+        return (await asyncio.wait_for(conn.read_batch(), 10))[0]
+    finally:
+        await conn.aclose()
+
+
 @pytest.mark.anyio
 async def test_an_agent_with_node_a_s_token_cannot_join_as_node_b(corral: Dispatcher) -> None:
     token_of_a = node_token(secret(corral), "node-a")
     for token in (token_of_a, secret(corral), ""):
-        conn, answer = await say_hello(corral, hello(token, "node-b"))
-        conn.close()
-        assert answer == Refused("wrong agent token"), token
+        # an honest agent finds the dispatcher's proof wrong, and proves nothing
+        with pytest.raises(handshake.AuthenticationFailed):
+            await say_hello(corral, token, "node-b", hello("node-b"))
+        # one that proves anyway is refused
+        answer = await prove_regardless(corral, token, "node-b")
+        assert isinstance(answer, Refused), token
+        assert "wrong secret" in answer.reason
     # with its own token, node B joins
-    conn, answer = await say_hello(corral, hello(node_token(secret(corral), "node-b"), "node-b"))
+    token_of_b = node_token(secret(corral), "node-b")
+    conn, answer = await say_hello(corral, token_of_b, "node-b", hello("node-b"))
     conn.close()
     assert isinstance(answer, Welcome)
     assert [n["node_id"] for n in corral.client.list_nodes()] == ["node-b"]
+
+
+@pytest.mark.anyio
+async def test_a_hello_for_another_node_than_the_proved_one_is_refused(
+    corral: Dispatcher,
+) -> None:
+    token_of_a = node_token(secret(corral), "node-a")
+    conn, answer = await say_hello(corral, token_of_a, "node-a", hello("node-b"))
+    conn.close()
+    assert isinstance(answer, Refused)
+    assert "node-a" in answer.reason
+    assert corral.client.list_nodes() == []
+
+
+@pytest.mark.anyio
+async def test_an_agent_of_protocol_version_3_is_refused_clearly(corral: Dispatcher) -> None:
+    conn = await connect(corral)
+    try:
+        # version 3's Hello, token first: [code, token, node_id, engine, hostname, slots,
+        # labels, pid, version, inventory]
+        body = [1, node_token(secret(corral), "node-a"), "node-a", "manual", "h", 2, {}, 1, 3, []]
+        payload = msgpack.packb([body], use_bin_type=True)
+        conn._writer.write(len(payload).to_bytes(4, "big") + payload)
+        (answer,) = await asyncio.wait_for(conn.read_batch(), 10)
+    finally:
+        conn.close()
+    assert isinstance(answer, Refused)
+    assert f"version {PROTOCOL_VERSION}" in answer.reason
+    assert corral.client.list_nodes() == []
 
 
 @pytest.mark.anyio

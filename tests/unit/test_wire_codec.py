@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.wire import codec
+from corral.wire import codec, handshake
 from corral.wire.codec import (
     MAX_FRAME,
     MAX_FRAME_BEFORE_AUTH,
@@ -106,11 +106,17 @@ def test_messages_round_trip_through_one_frame(batch: list[Message]) -> None:
 
 
 def test_a_message_is_a_compact_array_led_by_its_type_code() -> None:
-    frame = encode_frame([Hello("t", "n", "e", "h", 2, {}, 9, 1, [report()])])
+    frame = encode_frame([Hello("n", "e", "h", 2, {}, 9, 1, [report()])])
     raw = msgpack.unpackb(frame[4:])
     assert raw == [
-        [1, "t", "n", "e", "h", 2, {}, 9, 1, [[2, "u", 1, "running", 42, *[None] * 3, 1.5, None]]]
+        [1, "n", "e", "h", 2, {}, 9, 1, [[2, "u", 1, "running", 42, *[None] * 3, 1.5, None]]]
     ]
+
+
+def test_the_agent_protocol_carries_the_handshake_and_no_token() -> None:
+    for cls in (handshake.Hello, handshake.Challenge, handshake.Proof):
+        assert cls in TYPE_CODES
+    assert "token" not in {f.name for f in dataclasses.fields(Hello)}
 
 
 def test_an_integer_where_a_float_is_declared_decodes_as_a_float() -> None:

@@ -63,7 +63,7 @@ values = st.recursive(
 )
 # arrays led by a code of the set (and a few beyond it), with fields of any kind and number
 messages = st.builds(
-    lambda code, fields: [code, *fields], st.integers(0, 24), st.lists(values, max_size=12)
+    lambda code, fields: [code, *fields], st.integers(0, 28), st.lists(values, max_size=12)
 )
 
 

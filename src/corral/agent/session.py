@@ -3,12 +3,19 @@
 1. Dial a dispatcher: the one that last welcomed the agent, else the next of the list (a
    standby does not listen for agents). After a whole pass over the list without a welcome,
    wait (jittered exponential backoff, 50 ms up to 2 s).
-2. Send Hello with the whole inventory: every running round and every finished one not yet
-   forgotten, so whatever happened while disconnected reaches the dispatcher.
+2. Prove the node's token, and have the dispatcher prove it knows the secret the token
+   derives from (``corral.wire.handshake``; the token itself never travels). A dispatcher
+   that cannot prove it is left like any failed connection: nothing it says is obeyed, and
+   this agent's proof is never sent to it. Then send Hello with the whole inventory: every
+   running round and every finished one not yet forgotten, so whatever happened while
+   disconnected reaches the dispatcher.
 3. Welcome starts the heartbeats; Refused ends the agent (exit code 3: a wrong token must not
-   retry forever). A Welcome of an older epoch than one already seen comes from a deposed
-   dispatcher: the connection is dropped before anything on it is obeyed. The Welcome and
-   each ``Renewed`` bring the list of dispatchers to follow.
+   retry forever). So does a whole pass over the dispatchers in which every one that
+   answered failed its proof: the agent cannot tell a wrong token of its own from impostors,
+   but only a wrong token makes every dispatcher fail. A Welcome of an older epoch than one
+   already seen comes from a deposed dispatcher: the connection is dropped before anything
+   on it is obeyed. The Welcome and each ``Renewed`` bring the list of dispatchers to
+   follow.
 4. Commands are idempotent: a Launch of a known ``(upid, round)`` only re-sends its report, a
    Kill of a finished round re-sends its end, a Forget of a running round is refused.
    A Launch that finds every slot busy waits in the ``LaunchQueue`` and starts, in order, as
@@ -45,8 +52,10 @@ from corral.agent.dialing import Address, Backoff, parse_address, tune_socket
 from corral.agent.identity import Identity
 from corral.agent.launcher import Key, Launcher
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
+from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
 from corral.wire.launch_queue import LaunchQueue
 from corral.wire.messages import (
+    AGENT_REALM,
     PROTOCOL_VERSION,
     Forget,
     Heartbeat,
@@ -104,7 +113,9 @@ class AgentConfig:
 
 
 class _End(enum.Enum):
+    UNREACHABLE = "unreachable"  # no connection: try the next dispatcher
     LOST = "lost"  # never welcomed: try the next dispatcher
+    UNPROVEN = "unproven"  # failed its proof: try the next dispatcher
     DEPOSED = "deposed"  # welcomed in an older epoch, or silent past its lease: the next one
     WELCOMED = "welcomed"  # a good session ended: reconnect quickly, to the same one first
     REFUSED = "refused"
@@ -177,6 +188,7 @@ class Agent:
     async def _serve(self) -> int:
         backoff = Backoff(self._config.backoff_start, self._config.backoff_cap)
         failed = 0  # dispatchers tried in a row without a welcome
+        ends: list[_End] = []  # how each dispatcher of this pass ended
         while True:
             end = await self._session(self._dispatchers[self._next])
             if end is _End.REFUSED:
@@ -186,11 +198,20 @@ class Agent:
             if end is _End.WELCOMED:
                 backoff.reset()
                 failed = 0
+                ends.clear()
             else:
                 self._next = (self._next + 1) % len(self._dispatchers)
                 failed += 1
+                ends.append(end)
                 if failed % len(self._dispatchers):
                     continue  # the rest of the pass at once: one of them may be active
+                if _no_dispatcher_knows_the_token(ends):
+                    log.error(
+                        "refused: no dispatcher proved it knows this node's token, so the "
+                        "token is wrong (or every dispatcher that answered is an impostor)"
+                    )
+                    return EXIT_REFUSED
+                ends.clear()
             await asyncio.sleep(backoff.next())
 
     # --- one connection -----------------------------------------------------------------------
@@ -198,7 +219,7 @@ class Agent:
     async def _session(self, address: Address) -> _End:
         conn = await self._dial(address)
         if conn is None:
-            return _End.LOST
+            return _End.UNREACHABLE
         try:
             return await self._converse(conn, address)
         finally:
@@ -285,13 +306,29 @@ class Agent:
     async def _handshake(
         self, conn: Connection, address: Address
     ) -> tuple[Welcome, list[Message]] | _End:
-        """Hello, then the dispatcher's answer: its Welcome and what came with it, or the end."""
+        """The proofs, Hello, then the dispatcher's answer: its Welcome and what came with it,
+        or the end."""
+        cfg = self._config
+        # A dispatcher that accepts connections but never answers is stuck: after a lease
+        # (when one is known) try the next.
+        timeout = self._lease_duration or cfg.welcome_timeout
+        introduction = new_hello(PROTOCOL_VERSION, AGENT_REALM, cfg.node_id, cfg.hostname)
+        try:
+            await asyncio.wait_for(send_hello(conn, cfg.token, introduction), timeout)
+        except AuthenticationFailed as exc:
+            log.error(
+                "refused the dispatcher at %s: it did not prove it knows this node's token"
+                " (an impostor, or this agent's token is wrong): %s",
+                conn.peer,
+                exc.message,
+            )
+            return _End.UNPROVEN
+        except TimeoutError:
+            log.warning("no answer to the handshake from %s within %ss", conn.peer, timeout)
+            return _End.LOST
         await conn.send_now(self._hello())
         # From here on every report is sent as it happens; the Hello came first.
         self._conn = conn
-        # A dispatcher that accepts connections but never answers is stuck: after a lease
-        # (when one is known) try the next.
-        timeout = self._lease_duration or self._config.welcome_timeout
         try:
             batch = await asyncio.wait_for(conn.read_batch(), timeout)
         except TimeoutError:
@@ -312,7 +349,6 @@ class Agent:
                 self.epoch,
             )
             return _End.DEPOSED
-        conn.mark_authenticated()
         self.epoch = first.epoch
         self._lease_duration = first.lease_duration
         self._follow(first.dispatchers, address)
@@ -363,7 +399,6 @@ class Agent:
     def _hello(self) -> Hello:
         cfg = self._config
         return Hello(
-            token=cfg.token,
             node_id=cfg.node_id,
             engine=cfg.engine,
             hostname=cfg.hostname,
@@ -527,3 +562,9 @@ class Agent:
         # gone too, and a Shutdown is only sent by a dispatcher that wants the node empty.
         with contextlib.suppress(ConnectionClosed):
             await conn.drain()
+
+
+def _no_dispatcher_knows_the_token(ends: list[_End]) -> bool:
+    """Whether, in a pass, every dispatcher that could be reached failed its proof."""
+    reached = [end for end in ends if end is not _End.UNREACHABLE]
+    return bool(reached) and all(end is _End.UNPROVEN for end in reached)

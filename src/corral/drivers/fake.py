@@ -1,12 +1,13 @@
 """The fake driver: a simulated cloud whose instances run simulated agents, in-process.
 
 For tests and benchmarks, and to try corral without machines. An instance boots after
-``boot_delay``; its agent then joins the dispatcher through the hub's ``attach`` (the same
-token check and handler as a connection, but no socket, so 10,000 nodes cost no file
-descriptors), sends heartbeats, and "runs" what it is launched: a process is RUNNING at once
-(or, while every slot is busy, waits in a ``LaunchQueue`` as on a real agent) and ends
-after the seconds given as the first argument of ``sleep`` (``sleep infinity`` runs until
-killed), at once otherwise, with status 1 for ``false`` and 0 for the rest.
+``boot_delay``; its agent then joins the dispatcher through the hub's ``attach`` (its node's
+token checked and the handler asked as for a connection, but no socket and no handshake, so
+10,000 nodes cost no file descriptors), sends heartbeats, and "runs" what it is launched: a
+process is RUNNING at once (or, while every slot is busy, waits in a ``LaunchQueue`` as on a
+real agent) and ends after the seconds given as the first argument of ``sleep`` (``sleep
+infinity`` runs until killed), at once otherwise, with status 1 for ``false`` and 0 for the
+rest.
 
 Faults are knobs (:class:`FakeFaults`), in the manner of Arvados' stub driver: error rates on
 create and destroy, a call rate above which calls are rate limited, a quota, a capacity and
@@ -101,7 +102,8 @@ class AgentPort(Protocol):
     def detach(self) -> None: ...
 
 
-Connect = Callable[[Hello, "FakeAgent"], "AgentPort | str"]
+Connect = Callable[[Hello, str, "FakeAgent"], "AgentPort | str"]
+"""The hub's ``attach``: an agent's Hello, its node's token (no wire carries it), itself."""
 
 
 @dataclass(slots=True)
@@ -354,7 +356,8 @@ class FakeAgent:
         period = max(self.spec.engine.heartbeat_period, 0.01)
         while not self.gone and not self._shut:
             connect = await self._driver.wait_bound()
-            port = connect(self._hello(), self)
+            token = node_token(self._driver.secret, self.spec.node_id)
+            port = connect(self._hello(), token, self)
             if isinstance(port, str):
                 log.warning("fake agent %s refused: %s", self.spec.node_id, port)
                 return
@@ -367,7 +370,6 @@ class FakeAgent:
 
     def _hello(self) -> Hello:
         return Hello(
-            token=node_token(self._driver.secret, self.spec.node_id),
             node_id=self.spec.node_id,
             engine=self.spec.engine.engine_id,
             hostname=self.instance_id,

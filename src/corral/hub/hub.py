@@ -1,8 +1,14 @@
-"""TCP server for agents: authenticate the Hello, then relay batches to the handler.
+"""TCP server for agents: authenticate each agent, then relay batches to the handler.
 
-An agent proves the node id its Hello claims: its token must be that node's own
-(``corral.secretfile.node_token`` of the dispatcher's agent secret), so an agent holding
-node A's token cannot join as node B.
+A connection opens with the mutual handshake of ``corral.wire.handshake``: the agent proves
+it holds the token of the node it claims (``corral.secretfile.node_token`` of the
+dispatcher's agent secret, derived here from the claimed node id), and the hub proves it
+knows that secret; the token never travels. Only then is the agent's Hello read, and it
+must name the node the handshake proved, so an agent holding node A's token cannot join as
+node B. Nothing a peer sends is acted on before both proofs hold.
+
+In-process agents (the fake driver's, through ``attach``) have no link to sniff: they hand
+their token to ``attach`` beside their Hello, and it is checked against their node's.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from typing import Protocol
 from corral.core.ids import NodeId
 from corral.secretfile import node_token
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError
-from corral.wire.messages import PROTOCOL_VERSION, Hello, Message, Refused
+from corral.wire.handshake import AuthenticationFailed, answer_hello
+from corral.wire.messages import AGENT_REALM, PROTOCOL_VERSION, Hello, Message, Refused
 
 log = logging.getLogger("corral.hub")
 
-#: an agent that connects but sends no Hello within this many seconds is dropped
+#: an agent that connects but has not proved its token and sent its Hello within this many
+#: seconds is dropped
 HELLO_TIMEOUT = 10.0
 
 
@@ -113,11 +121,11 @@ class Hub:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def attach(self, hello: Hello, link: Link) -> Attached | str:
-        """Join an in-process agent (the fake driver's) exactly as a connection would: the
-        token is checked and the handler asked; returns where its messages go, or why it was
-        refused."""
-        if not self._proves_its_node(hello):
+    def attach(self, hello: Hello, token: str, link: Link) -> Attached | str:
+        """Join an in-process agent (the fake driver's) as a connection would: its ``token``
+        must be its node's and the handler is asked; returns where its messages go, or why it
+        was refused."""
+        if not self._is_token_of(hello.node_id, token):
             return "wrong agent token"
         session = AgentSession(hello, link)
         reason = self._handler.agent_joined(session)
@@ -129,9 +137,9 @@ class Hub:
         self._sessions[session.node_id] = session
         return Attached(self, session)
 
-    def _proves_its_node(self, hello: Hello) -> bool:
-        expected = node_token(self._secret, hello.node_id).encode()
-        return hmac.compare_digest(hello.token.encode("utf-8", "surrogatepass"), expected)
+    def _is_token_of(self, node_id: str, token: str) -> bool:
+        expected = node_token(self._secret, node_id).encode()
+        return hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected)
 
     def _deliver(self, session: AgentSession, messages: list[Message]) -> None:
         self._handler.agent_batch(session, messages)
@@ -159,20 +167,28 @@ class Hub:
             self._tasks.discard(task)
 
     async def _authenticate(self, conn: Connection) -> AgentSession | None:
-        batch = await asyncio.wait_for(conn.read_batch(), HELLO_TIMEOUT)
+        async with asyncio.timeout(HELLO_TIMEOUT):
+            node_id = await self._prove(conn)
+            if node_id is None:
+                return None
+            batch = await conn.read_batch()
         hello = batch[0] if batch else None
         if not isinstance(hello, Hello):
-            raise ProtocolError("the first message of an agent must be a Hello")
-        if not self._proves_its_node(hello):
-            log.warning("refused agent %r from %s: wrong token", hello.node_id, conn.peer)
-            await conn.send_now(Refused("wrong agent token"))
+            raise ProtocolError("the first message after the handshake must be a Hello")
+        if hello.node_id != node_id:
+            log.warning(
+                "refused agent %r from %s: its Hello names node %r",
+                node_id,
+                conn.peer,
+                hello.node_id,
+            )
+            await conn.send_now(Refused(f"this connection proved node {node_id!r}, not another"))
             return None
         if hello.version != PROTOCOL_VERSION:
             await conn.send_now(
                 Refused(f"protocol version {hello.version} is not {PROTOCOL_VERSION}")
             )
             return None
-        conn.mark_authenticated()
         session = AgentSession(hello, conn)
         reason = self._handler.agent_joined(session)
         if reason is not None:
@@ -187,6 +203,47 @@ class Hub:
         if rest:
             self._handler.agent_batch(session, rest)
         return session
+
+    async def _prove(self, conn: Connection) -> str | None:
+        """The mutual handshake; the node id it proved, or None once the agent is refused."""
+        claimed: list[str] = []  # the node id of the agent's Hello, once one was read
+
+        def token_of(node_id: str) -> str:
+            claimed.append(node_id)
+            return node_token(self._secret, node_id)
+
+        try:
+            proven = await answer_hello(conn, token_of, AGENT_REALM, PROTOCOL_VERSION)
+        except AuthenticationFailed as exc:
+            log.warning("refused the agent at %s: %s", conn.peer, exc.message)
+            await conn.send_now(Refused(f"handshake failed: {exc.message}"))
+            return None
+        except ProtocolError as exc:
+            # An agent of protocol version 3 or older opens with a Hello that carries its
+            # token: its shape is refused before any field is looked at, and a Refused (which
+            # every version reads) stops it.
+            log.warning(
+                "refused the agent at %s: not agent protocol version %d (an older agent?): %s",
+                conn.peer,
+                PROTOCOL_VERSION,
+                exc.message,
+            )
+            await conn.send_now(
+                Refused(f"this dispatcher speaks agent protocol version {PROTOCOL_VERSION}")
+            )
+            return None
+        except ConnectionClosed:
+            if not claimed:
+                raise
+            # The agent checks this side's proof first: with a wrong token, it finds it wrong.
+            log.warning(
+                "agent %r at %s left the handshake without proving its token: its token is "
+                "wrong (or it takes this dispatcher for an impostor)",
+                claimed[0],
+                conn.peer,
+            )
+            return None
+        return proven.peer
 
     async def _relay(self, session: AgentSession, conn: Connection) -> None:
         try:

@@ -5,9 +5,16 @@ what travels on the wire (see ``corral.wire.codec``), after a small integer that
 (``TYPE_CODES``). Adding, removing or reordering a field changes the protocol: bump
 ``PROTOCOL_VERSION`` when you do.
 
-Agent → dispatcher: ``Hello`` (first frame), ``ProcessReport``, ``Heartbeat``, ``LogChunk``.
-Dispatcher → agent: ``Welcome`` or ``Refused`` (answers to Hello), ``Launch``, ``Kill``,
-``Withdraw``, ``Forget``, ``ReadLog``, ``Shutdown``, ``Renewed``.
+A connection opens with the mutual proof of ``corral.wire.handshake`` (its ``Hello``,
+``Challenge`` and ``Proof`` have codes here too; the realm is ``AGENT_REALM``, the peer the
+node id): the agent proves it holds its node's token, the dispatcher that it knows the
+secret the token derives from, and the token itself never travels. Then:
+
+Agent → dispatcher: ``Hello`` (first frame after the proofs), ``ProcessReport``,
+``Heartbeat``, ``LogChunk``.
+Dispatcher → agent: ``Welcome`` or ``Refused`` (answers to Hello, or to a failed
+handshake), ``Launch``, ``Kill``, ``Withdraw``, ``Forget``, ``ReadLog``, ``Shutdown``,
+``Renewed``.
 
 Every command names a process by ``(upid, round)``, so a repeated command is harmless and a
 command for an older round can be told apart from the current one.
@@ -23,8 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-PROTOCOL_VERSION: Final = 3
-"""Sent in ``Hello.version``; the hub refuses agents that speak another version."""
+from corral.wire import handshake
+
+PROTOCOL_VERSION: Final = 4
+"""Sent in the handshake's Hello and in ``Hello.version``; the hub refuses agents that speak
+another version."""
+
+AGENT_REALM: Final = "agents"
+"""The handshake's realm on the agent link."""
 
 ReportStatus: TypeAlias = Literal["queued", "running", "exited", "spawn_failed", "not_started"]
 """What the agent observed. ``queued``: received while every slot was busy, it starts when
@@ -65,14 +78,14 @@ class ProcessReport:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First message of every connection: who the agent is and everything it knows.
+    """First message once the handshake proved the node: who the agent is and everything it
+    knows. ``node_id`` must be the node the handshake proved.
 
     ``inventory`` lists every process the agent tracks: running ones, and finished ones the
     dispatcher has not yet told it to ``Forget``. It is how missed reports catch up after a
     disconnection.
     """
 
-    token: str
     node_id: str
     engine: str
     hostname: str
@@ -130,7 +143,8 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The hub rejected the Hello (wrong token, wrong version); it closes the connection next."""
+    """The hub rejected the agent (a failed handshake, a wrong version, a Hello for another
+    node); it closes the connection next."""
 
     reason: str
 
@@ -204,17 +218,20 @@ class Renewed:
     dispatchers: list[str]
 
 
+HandshakeMessage: TypeAlias = handshake.Hello | handshake.Challenge | handshake.Proof
 AgentMessage: TypeAlias = Hello | ProcessReport | Heartbeat | LogChunk
 DispatcherMessage: TypeAlias = (
     Welcome | Refused | Launch | Kill | Withdraw | Forget | ReadLog | Shutdown | Renewed
 )
-Message: TypeAlias = AgentMessage | DispatcherMessage
+Message: TypeAlias = HandshakeMessage | AgentMessage | DispatcherMessage
 
 TYPE_CODES: Final[dict[type[Message], int]] = {
     Hello: 1,
     ProcessReport: 2,
     Heartbeat: 3,
     LogChunk: 4,
+    handshake.Hello: 5,
+    handshake.Proof: 6,
     Welcome: 16,
     Refused: 17,
     Launch: 18,
@@ -224,5 +241,6 @@ TYPE_CODES: Final[dict[type[Message], int]] = {
     Shutdown: 22,
     Withdraw: 23,
     Renewed: 24,
+    handshake.Challenge: 25,
 }
 """The number that leads each message on the wire. Never reuse a retired number."""
