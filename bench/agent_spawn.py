@@ -5,7 +5,8 @@ A test hub (an asyncio server speaking ``corral.wire``) sends N ``Launch`` messa
 to the N-th ``exited`` report. The baseline spawns the same N with ``subprocess.Popen`` two
 at a time (start two, wait for both) in this process. Both rates and their ratio are printed.
 
-    .venv/bin/python bench/agent_spawn.py [--count 2000] [--batch 200] [--log-level INFO]
+    .venv/bin/python bench/agent_spawn.py [--count 2000] [--batch 200] [--slots 2×cores]
+        [--log-level INFO]
 """
 
 from __future__ import annotations
@@ -26,20 +27,27 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from corral.wire.codec import Connection
-from corral.wire.messages import Hello, Launch, ProcessReport, Welcome
+from corral.wire.handshake import answer_hello
+from corral.wire.messages import (
+    AGENT_REALM,
+    PROTOCOL_VERSION,
+    Hello,
+    Launch,
+    ProcessReport,
+    Welcome,
+)
 
 TOKEN = "bench-token"
 
 
-async def agent_rate(count: int, batch: int, log_level: str, state_dir: Path) -> float:
+async def agent_rate(count: int, batch: int, slots: int, log_level: str, state_dir: Path) -> float:
     sessions: asyncio.Queue[Connection] = asyncio.Queue()
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
+        await answer_hello(conn, TOKEN, AGENT_REALM, PROTOCOL_VERSION)
         hello = (await conn.read_batch())[0]
         assert isinstance(hello, Hello)
-        assert hello.token == TOKEN
-        conn.mark_authenticated()
         conn.send(Welcome(5.0))
         sessions.put_nowait(conn)
 
@@ -54,6 +62,7 @@ async def agent_rate(count: int, batch: int, log_level: str, state_dir: Path) ->
         "--dispatcher", f"127.0.0.1:{port}",
         "--state-dir", str(state_dir),
         "--log-level", log_level,
+        "--slots", str(slots),
         "--allow-root",  # as whoever runs it: the fast path is what is measured
         env=env,
         stdout=subprocess.DEVNULL,
@@ -96,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--tmp", default=None, help="where the agent's state dir goes")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved")
@@ -106,11 +116,15 @@ def main() -> None:
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             state = Path(tmp) / "state"
-            agent.append(asyncio.run(agent_rate(args.count, args.batch, args.log_level, state)))
+            agent.append(
+                asyncio.run(agent_rate(args.count, args.batch, args.slots, args.log_level, state))
+            )
         baseline.append(subprocess_rate(args.count))
     where = args.tmp or tempfile.gettempdir()
     print(f"{args.count} x /bin/true; median of {args.repeat} (min..max); state dir in {where}")
-    print(f"agent, batches of {args.batch}, log {args.log_level}: {_rates(agent)}")
+    print(
+        f"agent, {args.slots} slots, batches of {args.batch}, log {args.log_level}: {_rates(agent)}"
+    )
     print(f"subprocess.Popen, two at a time:     {_rates(baseline)}")
     print(f"ratio agent / subprocess: {statistics.median(agent) / statistics.median(baseline):.2f}")
 
