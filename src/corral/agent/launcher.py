@@ -92,8 +92,10 @@ class Launcher:
         self._exits = select.epoll()
         self._pidfds: dict[int, Key] = {}
         self._loop.add_reader(self._exits.fileno(), self._on_exits)
-        # Records are written after a batch of spawns (see record_pending).
+        # Records are written after a batch of spawns (see record_pending), ends once a turn.
+        self._journal = pidfiles.PidJournal(self._pids_dir)
         self._unrecorded: dict[int, _Child] = {}
+        self._ends_due = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.logs = LogSpool(state_dir)
@@ -210,14 +212,15 @@ class Launcher:
                 os.fchdir(self._cwd)
 
     def record_pending(self) -> None:
-        """Write the ``pids/`` records of the rounds spawned since the last call.
+        """Write the pid records of the rounds spawned since the last call.
 
         Reading ``/proc/<pid>/stat`` right after a spawn would wait for the child to finish
         its exec; after a batch of spawns it no longer has to, so records are written per
-        batch. Call this before the batch's reports can leave, so that a process reported
-        running always has its record.
+        batch (one append to the journal). Call this before the batch's reports can leave,
+        so that a process reported running always has its record.
         """
         pending, self._unrecorded = self._unrecorded, {}
+        records = []
         for pid, child in pending.items():
             start_time = 0
             if not child.identity:
@@ -225,19 +228,39 @@ class Launcher:
                 identity = pidfiles.proc_identity(pid)
                 start_time = identity[2] if identity else 0
             report = child.report
-            record = pidfiles.PidRecord(
-                report.upid,
-                report.round,
-                pid,
-                start_time,
-                report.started_at or 0.0,
-                child.identity,
+            records.append(
+                (
+                    pid,
+                    pidfiles.PidRecord(
+                        report.upid,
+                        report.round,
+                        pid,
+                        start_time,
+                        report.started_at or 0.0,
+                        child.identity,
+                    ),
+                )
             )
-            try:
-                pidfiles.write_record(self._pids_dir, pid, record)
-            except OSError as exc:
-                # The process runs on; only an orphan clean-up after an agent crash misses it.
-                log.warning("cannot record pid %d of %s: %s", pid, report.upid, exc)
+        try:
+            self._journal.started(records)
+        except OSError as exc:
+            # The processes run on; only an orphan clean-up after an agent crash misses them.
+            log.warning("cannot record the pids of %d processes: %s", len(records), exc)
+
+    def _forget_pid(self, pid: int) -> None:
+        """Drop ``pid``'s record; the journal learns it at the end of this loop turn."""
+        self._journal.ended(pid)
+        if not self._ends_due:
+            self._ends_due = True
+            self._loop.call_soon(self._write_ends)
+
+    def _write_ends(self) -> None:
+        self._ends_due = False
+        try:
+            self._journal.flush()
+        except OSError as exc:
+            # A record left behind matches no process once its pid is reused: harmless.
+            log.warning("cannot record the end of processes: %s", exc)
 
     def _watch(self, child: _Child) -> None:
         key = (child.report.upid, child.report.round)
@@ -265,10 +288,7 @@ class Launcher:
         (watched from now on), ``exited`` with an unknown status for one that is gone.
         """
         reports = []
-        for pid, record in pidfiles.read_records(self._pids_dir):
-            if record is None:
-                pidfiles.remove_record(self._pids_dir, pid)
-                continue
+        for pid, record in self._journal.records().items():
             pidfd = pidfiles.open_pidfd_if_same(pid, record)
             if pidfd is None:
                 reports.append(self._ended_unwatched(pid, record))
@@ -285,7 +305,7 @@ class Launcher:
         return reports
 
     def _ended_unwatched(self, pid: int, record: pidfiles.PidRecord) -> ProcessReport:
-        pidfiles.remove_record(self._pids_dir, pid)
+        self._forget_pid(pid)
         with contextlib.suppress(ValueError):
             self._config_path(record.upid, record.round).unlink(missing_ok=True)
         return ProcessReport(
@@ -329,7 +349,7 @@ class Launcher:
             exit_code, signum, error = _reap(child.pid)
         # A leader someone else reaped (an adopted one) may have had its group id reused:
         # leave that group alone rather than risk killing a stranger.
-        pidfiles.remove_record(self._pids_dir, child.pid)
+        self._forget_pid(child.pid)
         self._drop_config(child.config_path)
         self.logs.settle(child.report.upid)
         report = replace(
@@ -393,6 +413,7 @@ class Launcher:
         self._live.clear()
         self._loop.remove_reader(self._exits.fileno())
         self._exits.close()
+        self._journal.close()
 
 
 def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
@@ -405,16 +426,20 @@ def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
     root = Path(state_dir)
     lock = pidfiles.lock_state_dir(root)
     try:
+        if not (root / "pids").is_dir():
+            return 0  # no agent ever ran there
+        journal = pidfiles.PidJournal(root / "pids")
         killed = 0
-        for pid, record in pidfiles.read_records(root / "pids"):
+        for pid, record in journal.records().items():
             # A zombie leader still pins its group id: its stragglers are safe to kill too,
             # but only a leader that was still running counts as killed.
-            if record is not None and pidfiles.same_process(pid, record):
+            if pidfiles.same_process(pid, record):
                 running = pidfiles.still_running(pid, record)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(record.pgid, signal.SIGKILL)
                     killed += 1 if running else 0
-            pidfiles.remove_record(root / "pids", pid)
+        journal.clear()
+        journal.close()
         return killed
     finally:
         os.close(lock)

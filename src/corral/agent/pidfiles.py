@@ -1,14 +1,23 @@
-"""The agent's on-disk records of live children, and the lock on its state directory.
+"""The agent's records of live children, and the lock on its state directory.
 
-``STATE_DIR/pids/<pid>`` holds, as one JSON object, the upid, round and process group of
-each live child, and what identifies that very process: its pidfs inode number (a pidfd's
+``STATE_DIR/pids/journal`` holds a line for each child started (``+`` and a JSON object: its
+pid, upid, round and process group) and one for each child ended (``-`` and its pid); read in
+order, the lines give the live children. A batch of launches, or of exits, costs one append:
+a file per child cost a create, a rename and an unlink, the biggest share of the agent's own
+work per launch. Once ended children make up most of the lines, the file is rewritten with
+the live ones (write and rename: a crash leaves the old file or the new one). A line cut
+short by a crash is skipped.
+
+A record also says what identifies that very process: its pidfs inode number (a pidfd's
 ``st_ino``, never shared by two processes of one boot; Linux 6.9 and later) or, on older
 kernels, its start time (field 22 of ``/proc/<pid>/stat``). The identity is what makes the
 record safe to act on later: a pid the kernel has since given to another process is never
-killed by mistake. The inode costs one ``fstat`` of a pidfd the agent holds anyway; reading
-``/proc`` right after a spawn waits for the child's exec to finish. Records outlive the agent
-on purpose: a restarted agent adopts the processes they name, and ``kill_orphans`` (in
-``launcher``) kills them when the agent is gone for good.
+killed by mistake, and an ``-`` line lost in a crash leaves a record that matches nothing.
+The inode costs one ``fstat`` of a pidfd the agent holds anyway; reading ``/proc`` right
+after a spawn waits for the child's exec to finish. Records outlive the agent on purpose: a
+restarted agent adopts the processes they name, and ``kill_orphans`` (in ``launcher``) kills
+them when the agent is gone for good. Records an older agent kept as one file per child
+(``pids/<pid>``) are taken into the journal when it is opened.
 
 ``STATE_DIR/agent.lock`` is held (``flock``) by the running agent, so two agents never share a
 state directory and orphans are never "cleaned" under a live agent.
@@ -24,7 +33,7 @@ import os
 import select
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +45,7 @@ class StateDirBusy(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class PidRecord:
-    """What ``STATE_DIR/pids/<pid>`` says about one live child."""
+    """What the journal says about one live child."""
 
     upid: str
     round: int
@@ -56,6 +65,18 @@ class PidRecord:
             "pidfd_ino": self.pidfd_ino,
         }
 
+    @classmethod
+    def from_doc(cls, raw: Any) -> PidRecord:
+        """Raises ValueError, KeyError or TypeError for anything but a record."""
+        return cls(
+            upid=str(raw["upid"]),
+            round=int(raw["round"]),
+            pgid=int(raw["pgid"]),
+            start_time=int(raw["start_time"]),
+            started_at=float(raw["started_at"]),
+            pidfd_ino=int(raw.get("pidfd_ino", 0)),
+        )
+
 
 def proc_identity(pid: int) -> tuple[str, int, int] | None:
     """``(state, process group, start time)`` of ``pid`` from ``/proc``; None if it is gone."""
@@ -74,48 +95,143 @@ def proc_identity(pid: int) -> tuple[str, int, int] | None:
     return fields[0].decode(), int(fields[2]), int(fields[19])  # fields 3, 5 and 22
 
 
-def write_record(pids_dir: Path, pid: int, record: PidRecord) -> None:
-    """Write the record whole or not at all: an agent killed midway leaves no empty record."""
-    tmp = pids_dir / f".{pid}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(record.as_doc()).encode())  # far below the size of one write
-    finally:
-        os.close(fd)
-    os.rename(tmp, pids_dir / str(pid))
+JOURNAL = "journal"
+#: ended lines the journal may hold beyond its live ones before it is rewritten
+COMPACT_AFTER = 4096
 
 
-def remove_record(pids_dir: Path, pid: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(pids_dir / str(pid))
+class PidJournal:
+    """The records of ``pids_dir``: replayed when opened, then appended to (see the module).
 
+    Only the holder of the state directory's lock may open it.
+    """
 
-def read_records(pids_dir: Path) -> Iterator[tuple[int, PidRecord | None]]:
-    """Every ``(pid, record)`` on disk; the record is None when the file is unreadable."""
-    try:
-        names = os.listdir(pids_dir)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.endswith(".tmp"):  # left by an agent killed while writing it
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pids_dir / name)
-        if not name.isdigit():
-            continue
+    def __init__(self, pids_dir: Path) -> None:
+        self._dir = pids_dir
+        self._path = pids_dir / JOURNAL
+        self._lines: dict[int, bytes] = {}  # the live records' lines, as in the file
+        self._records: dict[int, PidRecord] = {}
+        self._stale = 0  # lines in the file that no longer describe a live child
+        self._ends: list[int] = []  # ended children whose line is not written yet
+        self._replay()
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self._stale:
+            # at once, so that nothing is appended to a line a crash cut short
+            self._rewrite()
+        self._take_in_single_files()
+
+    def records(self) -> dict[int, PidRecord]:
+        """The live children's records, by pid, as of the last write."""
+        return dict(self._records)
+
+    def started(self, records: Iterable[tuple[int, PidRecord]]) -> None:
+        """Record children that started, with the ends not yet written: one append."""
+        lines = []
+        for pid, record in records:
+            line = b"+" + json.dumps({"pid": pid, **record.as_doc()}).encode() + b"\n"
+            if pid in self._lines:
+                self._stale += 1  # the pid was reused: its end line was lost in a crash
+            self._lines[pid] = line
+            self._records[pid] = record
+            lines.append(line)
+        self._append(lines)
+
+    def ended(self, pid: int) -> None:
+        """Forget ``pid``; its line is written with the next :meth:`flush` or start."""
+        if self._lines.pop(pid, None) is not None:
+            del self._records[pid]
+            self._ends.append(pid)
+
+    def flush(self) -> None:
+        """Write the ends noted since the last write."""
+        if self._ends:
+            self._append([])
+
+    def clear(self) -> None:
+        """Forget every record and remove the journal (``kill_orphans``, once all is killed)."""
+        self._lines.clear()
+        self._records.clear()
+        self._ends.clear()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.flush()
+        os.close(self._fd)
+
+    def _append(self, lines: list[bytes]) -> None:
+        ends, self._ends = self._ends, []
+        data = b"".join([*(b"-%d\n" % pid for pid in ends), *lines])
+        if not data:
+            return
+        # One write: tmpfs writes it whole. The file of an agent killed midway ends with at
+        # most a cut line, which the replay skips.
+        _write_all(self._fd, data)
+        self._stale += 2 * len(ends)
+        if self._stale > max(COMPACT_AFTER, len(self._lines)):
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self._dir / f"{JOURNAL}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with open(pids_dir / name, "rb") as file:
-                raw = json.loads(file.read())
-            record: PidRecord | None = PidRecord(
-                upid=str(raw["upid"]),
-                round=int(raw["round"]),
-                pgid=int(raw["pgid"]),
-                start_time=int(raw["start_time"]),
-                started_at=float(raw["started_at"]),
-                pidfd_ino=int(raw.get("pidfd_ino", 0)),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            record = None
-        yield int(name), record
+            _write_all(fd, b"".join(self._lines.values()))
+        finally:
+            os.close(fd)
+        os.rename(tmp, self._path)
+        os.close(self._fd)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._stale = 0
+
+    def _replay(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._dir / f"{JOURNAL}.tmp")  # left by a crash during a rewrite
+        try:
+            data = self._path.read_bytes()
+        except FileNotFoundError:
+            return
+        for line in data.splitlines(keepends=True):
+            self._stale += 1
+            try:
+                if line.startswith(b"+") and line.endswith(b"\n"):
+                    raw = json.loads(line[1:])
+                    pid = int(raw["pid"])
+                    self._records[pid] = PidRecord.from_doc(raw)
+                    self._lines[pid] = line
+                elif line.startswith(b"-"):
+                    pid = int(line[1:])
+                    self._lines.pop(pid, None)
+                    self._records.pop(pid, None)
+            except (ValueError, KeyError, TypeError):
+                continue  # cut short by a crash while it was written
+        self._stale -= len(self._lines)
+
+    def _take_in_single_files(self) -> None:
+        """Records an older agent kept as ``pids/<pid>``: into the journal, then removed."""
+        found = []
+        for name in os.listdir(self._dir):
+            path = self._dir / name
+            if name.endswith(".tmp") and name != f"{JOURNAL}.tmp":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # left by an agent killed while writing it
+            if not name.isdigit():
+                continue
+            # an unreadable one: nothing can be done with it
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                found.append((int(name), PidRecord.from_doc(json.loads(path.read_bytes()))))
+        if found:
+            self.started(found)
+        for name in os.listdir(self._dir):
+            if name.isdigit():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._dir / name)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 @functools.cache
