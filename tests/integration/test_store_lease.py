@@ -4,6 +4,9 @@ the fence that makes a deposed dispatcher's commits fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -33,10 +36,10 @@ async def leases(url: str) -> AsyncIterator[list[PostgresLease]]:
         await lease.aclose()
 
 
-def fenced_store(url: str, epoch: int) -> PostgresStore:
+def fenced_store(url: str, epoch: int, lease_duration: float = 30.0) -> PostgresStore:
     store = open_store(url)
     assert isinstance(store, PostgresStore)
-    store.fence(epoch)
+    store.fence(epoch, lease_duration)
     return store
 
 
@@ -130,6 +133,42 @@ async def test_a_takeover_waits_for_the_commit_in_flight(
         assert not takeover.done(), "the lease was taken under a commit in flight"
         conn.commit()
     assert await takeover == 2
+
+
+async def test_a_dispatcher_frozen_mid_transaction_does_not_hold_the_takeover_back(
+    leases: list[PostgresLease], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its transaction holds the share lock of the lease row that a takeover waits for; the
+    # database ends it once idle for the lease's duration, frozen dispatcher or not.
+    a, b = leases
+    assert await a.acquire(0.5) == 1
+    store = fenced_store(url, 1, lease_duration=0.5)
+    thawed = threading.Event()
+    frozen = threading.Event()
+    executemany = psycopg.Cursor.executemany
+
+    def freeze(cursor: psycopg.Cursor[object], *args: object, **kwargs: object) -> None:
+        frozen.set()
+        thawed.wait(30)  # SIGSTOPped, as far as the database can tell
+        executemany(cursor, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Cursor, "executemany", freeze)
+    commit = asyncio.create_task(asyncio.to_thread(store.apply, [Put(Table.META, "k", {})]))
+    try:
+        assert await asyncio.to_thread(frozen.wait, 10)
+        started = time.monotonic()
+        assert await asyncio.wait_for(b.acquire(30.0), 10) == 2
+        assert time.monotonic() - started < 5.0
+    finally:
+        thawed.set()
+        with contextlib.suppress(StoreError):
+            await commit  # deposed: nothing of it lands
+        store.close()
+    check = open_store(url)
+    try:
+        assert "k" not in check.load().tables[Table.META]
+    finally:
+        check.close()
 
 
 async def test_dispatchers_are_listed_while_they_are_seen(leases: list[PostgresLease]) -> None:

@@ -101,7 +101,7 @@ class Runtime:
         if settings.epoch is not None:
             if not isinstance(store, PostgresStore):
                 raise Conflict("a lease needs a PostgreSQL store", field="store")
-            store.fence(settings.epoch)
+            store.fence(settings.epoch, settings.lease_duration)
         loaded = await asyncio.to_thread(store.load, State.convert)
         self._committer = committer = GroupCommitter(store)
         await committer.start()

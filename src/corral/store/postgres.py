@@ -95,6 +95,8 @@ class PostgresStore:
         self._conn: Any = None
         self._closed = False
         self._epoch: int | None = None
+        #: idle_in_transaction_session_timeout once fenced (see fence)
+        self._idle_limit: str | None = None
         conn = self._connection()
         try:
             self._migrate(conn)
@@ -112,6 +114,11 @@ class PostgresStore:
             try:
                 info = conninfo(self.url, self._timeout)
                 self._conn = self._psycopg.connect(info, autocommit=True)
+                if self._idle_limit is not None:
+                    self._conn.execute(
+                        "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                        (self._idle_limit,),
+                    )
             except self._psycopg.Error as exc:
                 raise StoreError(f"cannot open store {self._where}: {exc}") from exc
         return self._conn
@@ -141,9 +148,20 @@ class PostgresStore:
             raise StoreError(f"store {self._where}: could not load: {exc}") from exc
         return Loaded(tables=tables)
 
-    def fence(self, epoch: int) -> None:
-        """Commit only while the dispatchers' lease is at ``epoch`` (this dispatcher's)."""
+    def fence(self, epoch: int, lease_duration: float) -> None:
+        """Commit only while the dispatchers' lease is at ``epoch`` (this dispatcher's).
+
+        A transaction checks the epoch under a share lock of the lease row, which a standby
+        taking the lease over waits for. Should this dispatcher freeze in the middle of a
+        transaction (SIGSTOP, a host that hangs), PostgreSQL ends the transaction once it
+        has been idle for ``lease_duration``: the lock never outlives the lease, and the
+        takeover never waits for a dispatcher that may never come back.
+        """
         self._epoch = epoch
+        self._idle_limit = (
+            f"{max(1, round(lease_duration * 1000))}ms" if lease_duration > 0 else None
+        )
+        self._drop_connection()  # the next one is opened with the limit
 
     def apply(self, changes: Sequence[Change]) -> None:
         """Apply ``changes`` in one transaction; see `corral.store.Store.apply`."""
