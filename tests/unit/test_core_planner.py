@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine, InstanceType, Resources
 from corral.core.node_states import IdleBehavior, NodeState
-from corral.core.planner import Plan, PoolNode, plan
+from corral.core.planner import DemandTally, Plan, PoolNode, grouped, plan
 from corral.testing import engine, pending
 
 
@@ -29,7 +29,9 @@ def node(
 
 
 def queued(count: int, engine_id: str | None = None, **constraints: object) -> list:
-    return [pending(f"q{i}", engine=engine_id, constraints=constraints) for i in range(count)]
+    return grouped(
+        pending(f"q{i}", engine=engine_id, constraints=constraints) for i in range(count)
+    )
 
 
 def test_an_empty_pool_boots_base_need_nodes_per_engine():
@@ -228,7 +230,7 @@ def typed(**settings: object) -> Engine:
 
 
 def needing(count: int, **resources: float) -> list:
-    return [pending(f"r{i}", resources=Resources(**resources)) for i in range(count)]  # type: ignore[arg-type]
+    return grouped(pending(f"r{i}", resources=Resources(**resources)) for i in range(count))  # type: ignore[arg-type]
 
 
 def test_the_cheapest_type_that_fits_is_booted() -> None:
@@ -273,3 +275,53 @@ def test_at_the_quota_idle_nodes_make_way_for_the_type_that_work_needs() -> None
     assert pressed.retire == ("s1",)
     # and nothing is shut when no work waits for another node
     assert plan((typed(),), [idle_small], [], quota_reached={"a"}).retire == ()
+
+
+def _kinds_of_demand() -> st.SearchStrategy[list]:
+    kind = st.tuples(
+        st.none() | st.sampled_from(["a", "b"]),
+        st.sampled_from([{}, {"zone": "x"}, {"zone": ["x", "y"]}, {"zone": "z"}]),
+    )
+    return st.lists(kind, max_size=30).map(
+        lambda kinds: [
+            pending(f"q{i}", engine=engine_id, constraints=constraints)
+            for i, (engine_id, constraints) in enumerate(kinds)
+        ]
+    )
+
+
+TWO_ZONES = (
+    engine("a", slots=2, base_need=0, maximum_vms=1, labels={"zone": "x"}),
+    engine("b", slots=3, base_need=0, maximum_vms=1, labels={"zone": "y"}),
+)
+
+
+def test_room_goes_first_to_what_can_run_nowhere_else() -> None:
+    free, only_a = pending("free"), pending("only-a", constraints={"zone": "x"})
+    one_node = [node("n1", "a", state=NodeState.IDLE)]
+    # Engine a has room for two: the process that fits only there takes one, so of the two
+    # that fit anywhere one goes to b, which boots a node for it.
+    for queue in ([free, only_a, free], [free, free, only_a]):
+        assert plan(TWO_ZONES, one_node, grouped(queue)).boot == {"b": 1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(demands=_kinds_of_demand(), used=st.integers(0, 2), order=st.randoms())
+def test_a_plan_does_not_hang_on_the_order_of_the_queue(demands, used, order):
+    nodes = [node("n1", "a", used=used, state=NodeState.BUSY)]
+    shuffled = list(demands)
+    order.shuffle(shuffled)
+    assert plan(TWO_ZONES, nodes, grouped(shuffled)) == plan(TWO_ZONES, nodes, grouped(demands))
+
+
+def test_the_tally_follows_the_queue_and_forgets_what_left() -> None:
+    tally = DemandTally()
+    first, second, other = pending("p1"), pending("p2"), pending("p3", constraints={"zone": "x"})
+    for demand in (first, second, other):
+        tally.add(demand)
+    assert tally.groups() == [(first, 2), (other, 1)]
+    tally.remove(first)
+    tally.remove(other)
+    assert tally.groups() == [(first, 1)]  # the group keeps whichever came first
+    tally.remove(second)
+    assert tally.groups() == []

@@ -13,12 +13,20 @@ kept as it is, and a draining node is retired as soon as it is empty. ``maximum_
 every live instance of the engine, whatever its behaviour.
 
 Queued processes pinned to an engine count there; the others count toward the first engine
-(in configuration order) whose labels do not rule them out and that can still grow.
+(in configuration order) whose labels do not rule them out and that has room (free slots,
+or nodes it may still boot), the first that fits when none has. Those that fit fewest
+engines are counted first, so an engine's room goes to what can run nowhere else.
+
+The queue reaches the planner as groups: the processes that want the same engine, under the
+same constraints and with the same resources, are one group and a count (a
+:class:`DemandTally`, kept as the queue changes). A plan then costs the kinds of demand, not
+the processes: with 100,000 queued it took 50 to 150 ms of the dispatcher's loop every tick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections import Counter
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +78,51 @@ class Demand(Protocol):
     def resources(self) -> Resources: ...
 
 
+DemandGroup = tuple[Demand, int]
+"""Queued processes alike for the planner: one of them, and how many there are."""
+
+
+def demand_key(demand: Demand) -> Hashable:
+    """What makes two queued processes alike for the planner."""
+    constraints = demand.constraints
+    frozen = (
+        tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in constraints.items()))
+        if constraints
+        else ()
+    )
+    return demand.execution_engine_id, frozen, demand.resources
+
+
+class DemandTally:
+    """The queue as the planner reads it, kept as processes enter and leave it."""
+
+    def __init__(self) -> None:
+        self._first: dict[Hashable, Demand] = {}
+        self._count: Counter[Hashable] = Counter()
+
+    def add(self, demand: Demand) -> None:
+        key = demand_key(demand)
+        self._first.setdefault(key, demand)
+        self._count[key] += 1
+
+    def remove(self, demand: Demand) -> None:
+        key = demand_key(demand)
+        self._count[key] -= 1
+        if self._count[key] <= 0:
+            del self._count[key], self._first[key]
+
+    def groups(self) -> list[DemandGroup]:
+        return [(self._first[key], count) for key, count in self._count.items()]
+
+
+def grouped(demands: Iterable[Demand]) -> list[DemandGroup]:
+    """``demands`` as groups (for a queue that is not kept in a tally)."""
+    tally = DemandTally()
+    for demand in demands:
+        tally.add(demand)
+    return tally.groups()
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Nodes to boot per engine, nodes to retire, and each engine's target."""
@@ -84,7 +137,7 @@ class Plan:
 def plan(
     engines: tuple[Engine, ...],
     nodes: Iterable[PoolNode],
-    queued: Iterable[Demand],
+    queued: Iterable[DemandGroup],
     quota_reached: Collection[EngineId] = (),
 ) -> Plan:
     """The plan for every engine; ``quota_reached`` names the engines whose cloud refuses
@@ -110,6 +163,7 @@ def plan(
         ]
         occupied = sum(1 for n in running if n.used > 0)
         demands = waiting[engine.engine_id]
+        queued_here = sum(count for _, count in demands)
         if engine.instance_types:
             kinds = _typed_boots(engine, running, demands, engine.maximum_vms - len(live))
             target = len(running) + len(kinds) if demands else max(engine.base_need, occupied)
@@ -123,7 +177,7 @@ def plan(
                 boot_types[engine.engine_id] = tuple(k.name for k in kinds)
         else:
             held = sum(n.used for n in running)
-            wanted = -(-(held + len(demands) + engine.spare_slots) // engine.slots)
+            wanted = -(-(held + queued_here + engine.spare_slots) // engine.slots)
             target = min(max(engine.base_need, occupied, wanted), engine.maximum_vms)
             missing = min(target - len(running), engine.maximum_vms - len(live))
         need[engine.engine_id] = target
@@ -162,7 +216,7 @@ class _Bin:
 
 
 def _typed_boots(
-    engine: Engine, running: list[PoolNode], demands: list[Demand], room_for: int
+    engine: Engine, running: list[PoolNode], demands: list[DemandGroup], room_for: int
 ) -> list[InstanceType]:
     """Instance types to boot for the queued processes no node has room for.
 
@@ -176,12 +230,14 @@ def _typed_boots(
         if n.room is not None and n.used < engine.slots
     ]
     new: list[InstanceType] = []
-    for demand in demands:
+    for demand, count in demands:
         needs = demand.resources
-        if any(bin_.take(needs) for bin_ in bins) or len(new) >= room_for:
-            continue
         kind = next((t for t in engine.instance_types if needs.fits_in(t.capacity)), None)
-        if kind is not None:
+        for _ in range(count):
+            if any(bin_.take(needs) for bin_ in bins):
+                continue
+            if kind is None or len(new) >= room_for:
+                break  # bins only fill up: the rest of the group finds no room either
             new.append(kind)
             bins.append(_Bin(kind.capacity - needs, engine.slots - 1))
     return new
@@ -202,8 +258,8 @@ def _surplus(
 def _attribute(
     engines: tuple[Engine, ...],
     by_engine: Mapping[EngineId, list[PoolNode]],
-    queued: Iterable[Demand],
-) -> dict[EngineId, list[Demand]]:
+    queued: Iterable[DemandGroup],
+) -> dict[EngineId, list[DemandGroup]]:
     """Queued processes per engine: pinned ones where pinned, the others where they fit."""
     known = {e.engine_id: e for e in engines}
     # free slots of the nodes that take work, and of the nodes the engine may still boot
@@ -218,18 +274,32 @@ def _attribute(
         + e.slots * max(0, e.maximum_vms - len(by_engine[e.engine_id]))
         for e in engines
     }
-    counts: dict[EngineId, list[Demand]] = {e.engine_id: [] for e in engines}
-    for demand in queued:
+    kinds: list[tuple[list[Engine], Demand, int]] = []
+    for demand, count in queued:
         if demand.execution_engine_id is not None:
-            if demand.execution_engine_id in known:
-                counts[demand.execution_engine_id].append(demand)
-            continue
-        fitting = [e for e in engines if _may_fit(e, demand.constraints)]
-        if not fitting:
-            continue
-        chosen = next((e for e in fitting if room[e.engine_id] > 0), fitting[0])
-        counts[chosen.engine_id].append(demand)
-        room[chosen.engine_id] -= 1
+            pinned = known.get(demand.execution_engine_id)
+            fitting = [pinned] if pinned is not None else []
+        else:
+            fitting = [e for e in engines if _may_fit(e, demand.constraints)]
+        if fitting:
+            kinds.append((fitting, demand, count))
+    # The most constrained first, so that an engine's room goes to what can run nowhere else
+    # (and the plan does not hang on the order of the queue).
+    rank = {e.engine_id: i for i, e in enumerate(engines)}
+    kinds.sort(key=lambda kind: (len(kind[0]), [rank[e.engine_id] for e in kind[0]]))
+    counts: dict[EngineId, list[DemandGroup]] = {e.engine_id: [] for e in engines}
+    for fitting, demand, count in kinds:
+        left = count
+        # where there is room, as much as it holds; what no engine holds, to the first
+        for engine in fitting:
+            taken = min(left, max(0, room[engine.engine_id]))
+            if taken:
+                counts[engine.engine_id].append((demand, taken))
+                room[engine.engine_id] -= taken
+                left -= taken
+        if left:
+            counts[fitting[0].engine_id].append((demand, left))
+            room[fitting[0].engine_id] -= left
     return counts
 
 

@@ -450,7 +450,7 @@ class Nodes:
                 )
             )
         quota = [e.engine_id for e in self._config.engines if self._pool.quota_reached(e.engine_id)]
-        result = plan(self._config.engines, views, self._state.queue.values(), quota)
+        result = plan(self._config.engines, views, self._state.demand.groups(), quota)
         for engine_id, count in result.boot.items():
             engine = self._engines[engine_id]
             kinds = result.boot_types.get(engine_id) or (None,) * count

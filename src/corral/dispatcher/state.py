@@ -21,6 +21,7 @@ from typing import Any
 from corral.core.ids import DefinitionId, NodeId, Round, Upid
 from corral.core.matchmaker import may_go_ahead
 from corral.core.model import Definition, Engine, NodeRecord, ProcessRecord, Resources
+from corral.core.planner import DemandTally
 from corral.core.process_states import MATCHABLE_STATES, ProcessState, QueueingMode
 from corral.core.snapshot import Pending
 from corral.dispatcher.audit import AuditLog
@@ -55,6 +56,8 @@ class State:
         self.nodes: dict[NodeId, NodeRecord] = {}
         #: matchable processes in the order they are served (dicts keep insertion order)
         self.queue: dict[Upid, Pending] = {}
+        #: the queue as the pool planner reads it: alike processes counted together
+        self.demand = DemandTally()
         #: those of the queue that have no waiting reason yet
         self.fresh: dict[Upid, Pending] = {}
         #: those of the queue that may be placed ahead on a busy node
@@ -224,6 +227,9 @@ class State:
             pending = _pending(
                 record, restart=old is not None and old.round == record.round and old.is_restart
             )
+            if old is not None:
+                self.demand.remove(old)
+            self.demand.add(pending)
             self.queue[upid] = pending
             if pending.has_reason:
                 self.fresh.pop(upid, None)
@@ -232,7 +238,9 @@ class State:
             if may_go_ahead(pending):
                 self.plain[upid] = pending
         else:
-            self.queue.pop(upid, None)
+            old = self.queue.pop(upid, None)
+            if old is not None:
+                self.demand.remove(old)
             self.fresh.pop(upid, None)
             self.plain.pop(upid, None)
         if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
