@@ -214,7 +214,7 @@ def test_a_queued_backlog_is_dispatched_after_a_restart(served: Any, gate_opens:
     served.define("blocker", f'while [ ! -e "{gate}" ]; do sleep 0.05; done')
     served.define("quick", "exit 0")
     blockers = [f"blocker-{i}" for i in range(served.SLOTS)]
-    queued = [f"queued-{i}" for i in range(6)]
+    queued = [f"queued-{i}" for i in range(2 * served.SLOTS + 2)]
     for upid in blockers:
         client.schedule_process(upid, "blocker", restart_mode="NEVER")
     pids = [
@@ -225,9 +225,10 @@ def test_a_queued_backlog_is_dispatched_after_a_restart(served: Any, gate_opens:
     ]
     for upid in queued:
         client.schedule_process(upid, "quick", restart_mode="NEVER")
-    # launch_ahead defaults to slots: the node's agent queues the first SLOTS of them (it
-    # starts them itself as slots free, dispatcher or not); the others wait in the store.
-    ahead, waiting = queued[: served.SLOTS], queued[served.SLOTS :]
+    # launch_ahead defaults to twice the slots: the node's agent queues the first 2 × SLOTS
+    # of them (it starts them itself as slots free, dispatcher or not); the others wait in
+    # the store.
+    ahead, waiting = queued[: 2 * served.SLOTS], queued[2 * served.SLOTS :]
     for upid in ahead:
         record = client.wait_process(upid, ["PENDING"], timeout=served.DEADLINE)
         assert record["state"] == "400-PENDING", record

@@ -78,8 +78,8 @@ def test_every_setting_is_read():
     assert isinstance(e.heartbeat_warning, float)
 
 
-def test_launch_ahead_defaults_to_the_slots_and_zero_turns_it_off():
-    assert parse_config(_one(slots=6)).default_engine.ahead == 6
+def test_launch_ahead_defaults_to_twice_the_slots_and_zero_turns_it_off():
+    assert parse_config(_one(slots=6)).default_engine.ahead == 12
     assert parse_config(_one(slots=6, launch_ahead=2)).default_engine.ahead == 2
     assert parse_config(_one(slots=6, launch_ahead=0)).default_engine.ahead == 0
 

@@ -116,8 +116,11 @@ class Engine:
     idle_timeout: float = 60.0
     #: placements of one process whose node is lost before it starts, before it FAILs
     max_dispatch_attempts: int = MAX_DISPATCH_ATTEMPTS
-    #: launches a node may hold, unstarted, while its slots are busy (None: as many as
-    #: ``slots``), so a freed slot takes the next process without a round trip
+    #: launches a node may hold, unstarted, while its slots are busy (None: twice its
+    #: ``slots``), so a freed slot takes the next process without a round trip. The queue
+    #: must cover that round trip (the end's commit, the next placement's, the send) while
+    #: the node's slots turn over: under a stream of short jobs, a queue of ``slots`` ran
+    #: dry at half the exits, one of twice that at fewer than one in ten
     launch_ahead: int | None = None
     #: the kinds of machine its nodes may be, cheapest first; none: nodes are slots only
     instance_types: tuple[InstanceType, ...] = ()
@@ -132,7 +135,7 @@ class Engine:
     @property
     def ahead(self) -> int:
         """``launch_ahead``, with its default resolved."""
-        return self.slots if self.launch_ahead is None else self.launch_ahead
+        return 2 * self.slots if self.launch_ahead is None else self.launch_ahead
 
     def instance_type(self, name: str | None) -> InstanceType | None:
         return next((t for t in self.instance_types if t.name == name), None)
