@@ -123,7 +123,7 @@ class Served(ServeProcess):
 
     def submitter(self, processes: list[dict[str, Any]], batch: int = 50) -> Submitter:
         """A started thread that schedules ``processes`` in batches, retrying each batch
-        (the API is idempotent) until the dispatcher, whichever run of it, acknowledges it."""
+        (with its request id) until the dispatcher, whichever run of it, acknowledges it."""
         submitter = Submitter(self, processes, batch)
         submitter.start()
         return submitter
@@ -155,7 +155,10 @@ class Served(ServeProcess):
 
 
 class Submitter(threading.Thread):
-    """Schedules the load in batches; a batch is retried until the dispatcher answers."""
+    """Schedules the load in batches; a batch is retried until the dispatcher answers.
+
+    Each batch has its request id, so a retry whose first attempt was committed (its answer
+    lost to a SIGKILL) runs nothing again, even what has already ended."""
 
     def __init__(self, served: Served, processes: list[dict[str, Any]], batch: int) -> None:
         super().__init__(daemon=True)
@@ -165,11 +168,11 @@ class Submitter(threading.Thread):
         self.retries = 0
 
     def run(self) -> None:
-        for batch in self._batches:
+        for number, batch in enumerate(self._batches):
             while True:
                 try:
                     with Client(self._served.url, self._served.token, timeout=5.0) as client:
-                        client.schedule_processes(batch)
+                        client.schedule_processes(batch, request_id=f"batch-{number}")
                     break
                 except (CorralError, OSError):
                     self.retries += 1

@@ -293,7 +293,8 @@ TAKEOVERS = 20
 
 class _Submitter(threading.Thread):
     """Schedules ``processes`` in batches through both dispatchers' URLs, retrying each
-    batch (the API is idempotent) until one of them acknowledges it."""
+    batch (with its request id: a retry runs nothing again) until one of them acknowledges
+    it."""
 
     def __init__(self, pair: Pair, processes: list[dict[str, Any]]) -> None:
         super().__init__(daemon=True)
@@ -302,11 +303,11 @@ class _Submitter(threading.Thread):
         self.retries = 0
 
     def run(self) -> None:
-        for batch in self._batches:
+        for number, batch in enumerate(self._batches):
             while True:
                 try:
                     with self._pair.client() as client:
-                        client.schedule_processes(batch)
+                        client.schedule_processes(batch, request_id=f"batch-{number}")
                     break
                 except (CorralError, OSError):
                     self.retries += 1

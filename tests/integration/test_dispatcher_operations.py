@@ -55,6 +55,41 @@ def test_a_batch_with_one_bad_item_schedules_nothing_and_names_the_item(corral) 
     assert "all-or-none-0" not in upids
 
 
+def test_a_call_sent_again_with_its_request_id_runs_nothing_twice(corral) -> None:
+    # A client whose answer was lost sends its call again: by then the process may have run
+    # and ended. Without a request id that would run it again (the EPU's "schedule an ended
+    # process"); with the same request id it is the same call.
+    definition = corral.define("exit 0")
+    first = corral.client.schedule_process(
+        "retried", definition, restart_mode="NEVER", request_id="call-1"
+    )
+    assert first["request_id"] == "call-1"
+    assert corral.wait_end("retried")["state"] == "800-EXITED"
+    again = corral.client.schedule_process(
+        "retried", definition, restart_mode="NEVER", request_id="call-1"
+    )
+    assert (again["round"], again["state"], again["starts"]) == (1, "800-EXITED", 1)
+
+    rerun = corral.client.schedule_process("retried", request_id="call-2")  # a new call
+    assert rerun["round"] == 2
+    assert corral.wait_end("retried")["starts"] == 2
+    assert corral.client.schedule_process("retried")["round"] == 3  # no id: runs again
+
+
+def test_a_batch_sent_again_with_its_request_id_runs_nothing_twice(corral) -> None:
+    definition = corral.define("exit 0")
+    items = [
+        {"upid": f"resent-{i}", "definition_id": definition, "restart_mode": "NEVER"}
+        for i in range(5)
+    ]
+    corral.client.schedule_processes(items, request_id="batch-1")
+    for i in range(5):
+        corral.wait_end(f"resent-{i}")
+    again = corral.client.schedule_processes(items, request_id="batch-1")
+    assert {(p["round"], p["starts"]) for p in again} == {(1, 1)}
+    assert {p["round"] for p in corral.client.schedule_processes(items, request_id="b2")} == {2}
+
+
 def test_a_batch_naming_one_upid_twice_is_refused(corral) -> None:
     definition = corral.define("exit 0")
     item = {"upid": "twice-in-batch", "definition_id": definition}

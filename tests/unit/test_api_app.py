@@ -223,6 +223,7 @@ async def test_schedule_passes_every_seed_parameter_to_the_service() -> None:
         "execution_engine_id": "default",
         "node_exclusive": "db",
         "name": "my echo",
+        "request_id": "call-1",
     }
     async with client(fake) as http:
         await http.post("/definitions", json=DEFINITION)

@@ -130,6 +130,7 @@ class FakeService:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        request_id: str | None = None,
         *,
         actor: str = "",
     ) -> dict[str, Any]:
@@ -150,6 +151,7 @@ class FakeService:
             restart_mode=restart_mode or "ABNORMAL",
             execution_engine_id=execution_engine_id,
             node_exclusive=node_exclusive,
+            request_id=request_id,
         )
         self.processes[upid] = process
         self.calls.append(("schedule_process", (upid, definition_id)))

@@ -97,12 +97,13 @@ class DispatcherService(Protocol):
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        request_id: str | None = None,
         *,
         actor: str = ...,
     ) -> dict[str, Any]: ...
 
     async def schedule_processes(
-        self, processes: list[dict[str, Any]], *, actor: str = ...
+        self, processes: list[dict[str, Any]], request_id: str | None = None, *, actor: str = ...
     ) -> list[dict[str, Any]]:
         """Each item: ``upid`` plus schedule_process's parameters; all or none."""
         ...

@@ -105,6 +105,8 @@ class ProcessOut(BaseModel):
     ended_at: float | None
     #: while it waits out its disconnect grace on a disconnected node: since when (wall time)
     disconnected_since: float | None = None
+    #: the request id of the schedule_process call that last scheduled it, if it had one
+    request_id: str | None = None
 
 
 class NodeOut(BaseModel):

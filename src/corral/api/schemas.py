@@ -105,9 +105,7 @@ class ProcessCreate(_Body):
     name: Text | None = None
 
 
-class ScheduleBody(_Body):
-    """``POST /processes/{upid}/schedule``: ``schedule_process`` without the upid."""
-
+class _ScheduleParameters(_Body):
     definition_id: Id | None = None
     configuration: Configuration | None = None
     subscribers: list[str] | None = None
@@ -119,7 +117,15 @@ class ScheduleBody(_Body):
     name: Text | None = None
 
 
-class ScheduledProcess(ScheduleBody):
+class ScheduleBody(_ScheduleParameters):
+    """``POST /processes/{upid}/schedule``: ``schedule_process`` without the upid."""
+
+    #: the caller's name for this call: sent again (say, its answer was lost), it does not
+    #: run a process that ended since a second time
+    request_id: Id | None = None
+
+
+class ScheduledProcess(_ScheduleParameters):
     """One item of ``POST /processes/schedule``: a schedule_process call with its upid."""
 
     upid: Id
@@ -129,3 +135,5 @@ class ScheduleBatch(_Body):
     """``POST /processes/schedule``: many schedule_process calls, all accepted or none."""
 
     processes: list[ScheduledProcess]
+    #: as ``ScheduleBody.request_id``, for every process of the batch
+    request_id: Id | None = None

@@ -78,6 +78,12 @@ def process() -> None:
 @click.option("--node-exclusive", metavar="TAG", help="At most one process with TAG per node.")
 @click.option("--subscriber", "subscribers", multiple=True, help="A subscriber (repeatable).")
 @click.option("--name", help="A human-readable name.")
+@click.option(
+    "--request-id",
+    metavar="ID",
+    help="Names this call: run again with the same ID (say, after a lost answer), it does "
+    "not run a process that ended since a second time.",
+)
 @click.option("--wait", "wait_state", metavar="STATE", help="Then wait for STATE (or an end).")
 @click.option(
     "--timeout", type=float, default=60.0, show_default=True, help="Seconds --wait waits."

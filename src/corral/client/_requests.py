@@ -202,9 +202,11 @@ def schedule_process(upid: str, **parameters: Any) -> Call:
     return Call("POST", f"/processes/{_seg(upid)}/schedule", json=_drop_none(**parameters))
 
 
-def schedule_processes(processes: list[dict[str, Any]]) -> Call:
+def schedule_processes(processes: list[dict[str, Any]], request_id: str | None = None) -> Call:
     items = [_drop_none(**item) for item in processes]
-    return Call("POST", "/processes/schedule", json={"processes": items})
+    return Call(
+        "POST", "/processes/schedule", json=_drop_none(processes=items, request_id=request_id)
+    )
 
 
 def describe_process(upid: str) -> Call:

@@ -142,7 +142,13 @@ class AsyncClient:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
+        """Schedule (or run again, once it has ended) the process ``upid``.
+
+        ``request_id`` names this call: the same call sent again with it (say, after its
+        answer was lost) does not run a process that has ended since a second time.
+        """
         call = r.schedule_process(
             upid,
             definition_id=definition_id,
@@ -154,12 +160,16 @@ class AsyncClient:
             execution_engine_id=execution_engine_id,
             node_exclusive=node_exclusive,
             name=name,
+            request_id=request_id,
         )
         return await self._dict(call)
 
-    async def schedule_processes(self, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Schedule many processes in one request; all are accepted, or none is."""
-        return await self._list(r.schedule_processes(processes))
+    async def schedule_processes(
+        self, processes: list[dict[str, Any]], request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Schedule many processes in one request; all are accepted, or none is.
+        ``request_id`` names the call, as for :meth:`schedule_process`."""
+        return await self._list(r.schedule_processes(processes, request_id))
 
     async def describe_process(self, upid: str) -> dict[str, Any]:
         return await self._dict(r.describe_process(upid))

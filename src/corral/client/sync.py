@@ -143,7 +143,13 @@ class Client:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
+        """Schedule (or run again, once it has ended) the process ``upid``.
+
+        ``request_id`` names this call: the same call sent again with it (say, after its
+        answer was lost) does not run a process that has ended since a second time.
+        """
         call = r.schedule_process(
             upid,
             definition_id=definition_id,
@@ -155,13 +161,17 @@ class Client:
             execution_engine_id=execution_engine_id,
             node_exclusive=node_exclusive,
             name=name,
+            request_id=request_id,
         )
         return self._dict(call)
 
-    def schedule_processes(self, processes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def schedule_processes(
+        self, processes: list[dict[str, Any]], request_id: str | None = None
+    ) -> list[dict[str, Any]]:
         """Schedule many processes in one request: each item is ``upid`` plus the
-        parameters of :meth:`schedule_process`. All are accepted, or none is."""
-        return self._list(r.schedule_processes(processes))
+        parameters of :meth:`schedule_process`. All are accepted, or none is.
+        ``request_id`` names the call, as for :meth:`schedule_process`."""
+        return self._list(r.schedule_processes(processes, request_id))
 
     def describe_process(self, upid: str) -> dict[str, Any]:
         return self._dict(r.describe_process(upid))

@@ -284,6 +284,9 @@ class ProcessRecord:
     #: wall-clock time its node was disconnected (heartbeats missing), while it waits out
     #: its disconnect grace there; None once the node is back or the round ends
     disconnected_since: float | None = None
+    #: the request id of the schedule_process call that last scheduled it: that call sent
+    #: again (its answer was lost) is then known, and runs nothing a second time
+    request_id: str | None = None
 
     def as_doc(self) -> dict[str, Any]:
         doc = self.request.as_doc()
@@ -309,6 +312,7 @@ class ProcessRecord:
             started_at=self.started_at,
             ended_at=self.ended_at,
             disconnected_since=self.disconnected_since,
+            request_id=self.request_id,
         )
         return doc
 
@@ -338,6 +342,7 @@ class ProcessRecord:
             started_at=doc.get("started_at"),
             ended_at=doc.get("ended_at"),
             disconnected_since=doc.get("disconnected_since"),
+            request_id=doc.get("request_id"),
         )
 
 

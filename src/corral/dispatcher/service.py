@@ -223,11 +223,14 @@ class Dispatcher:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        request_id: str | None = None,
         *,
         actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
+        """``request_id`` names the call: sent again, it runs nothing a second time."""
         record, changed = self._scheduled(
             upid,
+            request_id,
             definition_id=definition_id,
             configuration=configuration,
             subscribers=subscribers,
@@ -251,10 +254,15 @@ class Dispatcher:
         return public_process(self._state.processes[record.upid])
 
     async def schedule_processes(
-        self, processes: list[dict[str, Any]], *, actor: str = IN_PROCESS
+        self,
+        processes: list[dict[str, Any]],
+        request_id: str | None = None,
+        *,
+        actor: str = IN_PROCESS,
     ) -> list[dict[str, Any]]:
         """Schedule many processes at once: all are accepted, or none (the error names the
-        item). Each item holds ``upid`` and the parameters of ``schedule_process``."""
+        item). Each item holds ``upid`` and the parameters of ``schedule_process``;
+        ``request_id`` names the whole call."""
         records: list[ProcessRecord] = []
         changed: list[ProcessRecord] = []
         seen: set[str] = set()
@@ -264,7 +272,7 @@ class Dispatcher:
             try:
                 if upid in seen:
                     raise InvalidRequest(f"upid {upid!r} appears twice in the batch", field="upid")
-                record, is_new = self._scheduled(upid, **params)
+                record, is_new = self._scheduled(upid, request_id, **params)
             except TypeError as exc:
                 raise InvalidRequest(f"processes[{i}]: {exc}", field=f"processes[{i}]") from None
             except CorralError as exc:
@@ -289,6 +297,7 @@ class Dispatcher:
     def _scheduled(
         self,
         upid: Any,
+        request_id: str | None,
         definition_id: str | None = None,
         configuration: dict[str, Any] | None = None,
         subscribers: list[str] | None = None,
@@ -339,9 +348,18 @@ class Dispatcher:
             self._merged(existing, given, lenient=False)
             if not existing.state.is_terminal:
                 return existing, False
+            if request_id is not None and request_id == existing.request_id:
+                return existing, False  # this very call, sent again: its round has run
             record = existing
         check.disconnect_policy(record.request)
-        record = moved(record, ProcessEvent.SCHEDULE, now, scheduled=True, attempts=0)
+        record = moved(
+            record,
+            ProcessEvent.SCHEDULE,
+            now,
+            scheduled=True,
+            attempts=0,
+            request_id=request_id,
+        )
         if record.round == 0:
             record = evolved(record, round=Round(1))
         return record, True

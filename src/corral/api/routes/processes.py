@@ -44,7 +44,9 @@ async def describe_processes(service: Service, caller: Caller) -> Response:
 )
 async def schedule_processes(body: ScheduleBatch, service: Service, actor: Actor) -> Response:
     items = [item.model_dump() for item in body.processes]
-    return json_body(await service.schedule_processes(items, actor=actor))
+    return json_body(
+        await service.schedule_processes(items, request_id=body.request_id, actor=actor)
+    )
 
 
 @router.get(
