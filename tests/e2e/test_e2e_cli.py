@@ -173,10 +173,7 @@ def test_schedule_wait_describe_list_and_logs(cli: Any) -> None:
     # the same call again under one request id: it ran and ended once, and stays so
     for _ in range(2):
         resent = _ok(
-            cli(
-                "process schedule hello-e2e hello-e2e --request-id once-e2e"
-                " --wait 800-EXITED --json"
-            )
+            cli("process schedule hello-e2e --request-id once-e2e --wait 800-EXITED --json")
         ).json()
     assert (resent["round"], resent["starts"]) == (done["round"] + 1, 2)
     dumped = yaml.safe_load(_ok(cli("process dump")).out)

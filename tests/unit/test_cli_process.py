@@ -131,6 +131,18 @@ def test_schedule_accepts_inline_json_configuration(run: Run, fake: FakeService)
     assert fake.processes["p1"]["configuration"] == {"a": [1]}
 
 
+def test_an_existing_process_is_scheduled_again_without_its_definition(
+    run: Run, fake: FakeService
+) -> None:
+    assert run("process", "schedule", "p1", "echo").exit_code == 0
+    again = run("process", "schedule", "p1", "--request-id", "r1")
+    assert again.exit_code == 0, again.output
+    assert fake.processes["p1"]["request_id"] == "r1"
+    unknown = run("process", "schedule", "nope")
+    assert unknown.exit_code == 1
+    assert "definition_id is required" in unknown.stderr
+
+
 def test_bad_configuration_is_a_usage_error(run: Run) -> None:
     result = run("process", "schedule", "p1", "echo", "--configuration", "{nope")
     assert result.exit_code == 2
@@ -165,7 +177,6 @@ def test_the_exec_shortcut_refuses_a_different_existing_definition(run: Run) -> 
 @pytest.mark.parametrize(
     "args",
     [
-        ("process", "schedule", "p1"),
         ("process", "schedule", "p1", "echo", "--exec", "/bin/true"),
         ("process", "schedule", "p1", "echo", "--arg", "x"),
         ("process", "schedule", "p1", "echo", "--queueing-mode", "SOMETIMES"),

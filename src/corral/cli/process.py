@@ -107,13 +107,14 @@ def schedule(
     fmt: Format,
     **options: str | None,
 ) -> None:
-    """Schedule process UPID from DEFINITION_ID, or from --exec PATH directly."""
+    """Schedule process UPID from DEFINITION_ID, or from --exec PATH directly.
+
+    A process that exists needs neither: scheduled again once it has ended, it runs again.
+    """
     if exec_ and definition_id:
         raise click.UsageError("give DEFINITION_ID or --exec, not both")
     if not exec_ and (args or env or cwd):
         raise click.UsageError("--arg, --env and --cwd go with --exec")
-    if not exec_ and not definition_id:
-        raise click.UsageError("Missing argument 'DEFINITION_ID' (or give --exec).")
     # every option is parsed before the first request, so a typo changes nothing remotely
     parsed_configuration = parse_configuration(configuration) if configuration else None
     parsed_constraints = parse_constraints(constraints) or None
