@@ -414,6 +414,7 @@ class Launcher:
         self._loop.remove_reader(self._exits.fileno())
         self._exits.close()
         self._journal.close()
+        self.logs.close()
 
 
 def kill_orphans(state_dir: str | os.PathLike[str]) -> int:

@@ -86,9 +86,10 @@ def log_path(state_dir: Path, upid: str, stream: str) -> Path:
     return state_dir / "logs" / f"{safe_name(upid)}.{stream}"
 
 
-def open_for_append(path: str | Path) -> int:
+def open_for_append(path: str | Path, dir_fd: int | None = None) -> int:
     """A write-only, append-mode descriptor, created 0600, not inherited by accident."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    return os.open(path, flags, 0o600, dir_fd=dir_fd)
 
 
 @dataclass(slots=True)
@@ -106,11 +107,12 @@ class LogSpool:
     def __init__(self, state_dir: Path) -> None:
         self._logs = state_dir / "logs"
         self._spool = state_dir / "spool"
-        # plain strings for the per-launch paths: pathlib's joins cost more than the syscalls
-        self._logs_dir = str(self._logs)
-        self._spool_dir = str(self._spool)
         #: without a tmpfs behind ``spool``, processes write straight to their disk logs
         self.spooled = self._spool.is_symlink()
+        # The per-launch files are named relative to their directory's descriptor: a path's
+        # every component costs a lookup, and a launch makes about eight such calls.
+        self._logs_fd = _open_dir(self._logs)
+        self._spool_fd = _open_dir(self._spool) if self.spooled else self._logs_fd
         self._watched: dict[str, _Watch] = {}
         self._warned: set[str] = set()
         self._can_punch = _fallocate is not None
@@ -136,13 +138,18 @@ class LogSpool:
                 watch.rounds += 1
         return fds[0], fds[1]
 
+    def close(self) -> None:
+        """Let go of the directories (the spool stops being usable)."""
+        for fd in {self._logs_fd, self._spool_fd}:
+            os.close(fd)
+
     def _open_stream(self, name: str, stream: str) -> int:
         if not self.spooled:
-            return open_for_append(f"{self._logs_dir}/{name}.{stream}")
-        fd = open_for_append(f"{self._spool_dir}/{name}.{stream}")
+            return open_for_append(f"{name}.{stream}", self._logs_fd)
+        fd = open_for_append(f"{name}.{stream}", self._spool_fd)
         try:
             if os.fstat(fd).st_size == 0:
-                copied = _size(f"{self._logs_dir}/{name}.{stream}")
+                copied = _size(f"{name}.{stream}", self._logs_fd)
                 if copied:
                     os.ftruncate(fd, copied)  # a hole: new output lands after the disk log
         except BaseException:
@@ -198,7 +205,7 @@ class LogSpool:
         if watch.rounds == 0:
             for stream in STREAMS:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{self._spool_dir}/{name}.{stream}")
+                    os.unlink(f"{name}.{stream}", dir_fd=self._spool_fd)
             del self._watched[name]
             return
         watch.every = SPILL_EVERY if copied else min(watch.every * 2, SPILL_QUIET_MAX)
@@ -206,22 +213,23 @@ class LogSpool:
 
     def _spill(self, name: str, stream: str) -> int:
         """Copy what the spool holds beyond the disk log; return the bytes copied."""
-        spool = f"{self._spool_dir}/{name}.{stream}"
+        file = f"{name}.{stream}"
         # Most rounds write nothing: an empty spool (no hole either, so an empty disk log)
         # is settled by this one stat, without opening either file.
-        if _size(spool) == 0:
+        if _size(file, self._spool_fd) == 0:
             return 0
         try:
-            src = os.open(spool, os.O_RDWR | os.O_CLOEXEC)
+            src = os.open(file, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._spool_fd)
         except FileNotFoundError:
             return 0
         try:
             end = os.fstat(src).st_size
-            dst_path = f"{self._logs_dir}/{name}.{stream}"
-            start = _size(dst_path)
+            start = _size(file, self._logs_fd)
             if end <= start:
                 return 0
-            dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            dst = os.open(
+                file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self._logs_fd
+            )
             try:
                 offset = start
                 while offset < end:
@@ -277,11 +285,15 @@ def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
         os.close(fd)
 
 
-def _size(path: str | Path) -> int:
+def _size(path: str | Path, dir_fd: int | None = None) -> int:
     try:
-        return os.stat(path).st_size
+        return os.stat(path, dir_fd=dir_fd).st_size
     except FileNotFoundError:
         return 0
+
+
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> int:
