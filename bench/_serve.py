@@ -1,4 +1,5 @@
-"""Start and stop a real ``corral serve`` for the benchmarks (a helper, not a benchmark)."""
+"""Start and stop a real ``corral serve`` for the benchmarks, and the percentiles they print
+(a helper, not a benchmark)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,9 @@ class Served(ServeProcess):
 
 def cores() -> int:
     return os.cpu_count() or 1
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

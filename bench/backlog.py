@@ -15,16 +15,11 @@ import argparse
 import asyncio
 import time
 
-from _serve import Served
+from _serve import Served, pct
 
 from corral import AsyncClient
 
 SLOTS = 4
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def call_latencies(client: AsyncClient, calls: int) -> list[float]:

@@ -20,7 +20,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _serve import Served, cores
+from _serve import Served, cores, pct
 
 from corral import AsyncClient
 
@@ -98,11 +98,6 @@ async def restart_after_kill(client: AsyncClient, tries: int) -> list[float]:
         out.append((time.perf_counter() - start) * 1000)
     await client.terminate_process("svc")
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ import statistics
 import time
 from typing import Any
 
-from _serve import Served
+from _serve import Served, pct
 
 from corral import AsyncClient
 
@@ -102,11 +102,6 @@ async def submit(client: AsyncClient, count: int, duration: float, batch: int) -
             [kinds(rng, f"s{i:06d}") for i in range(first, min(first + batch, count))]
         )
     return time.perf_counter() - start
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(args: argparse.Namespace) -> None:
