@@ -365,7 +365,6 @@ def test_usage_errors_exit_2_without_a_traceback(cli: Any) -> None:
     for command in (
         "process schedule err-5 --exec /bin/true --configuration '{nope'",
         "process schedule err-6 --exec /bin/true --restart-mode SOMETIMES",
-        "process schedule err-7",
         "process describe x --json --yaml",
         "no-such-command",
     ):

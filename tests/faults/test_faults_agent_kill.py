@@ -83,12 +83,11 @@ def test_agent_sigkill_then_dispatcher_sigkill_still_loses_the_node_once(served:
     served.define("svc", "exec sleep 600")
     client.schedule_process("always", "svc", restart_mode="ALWAYS")
     client.schedule_process("never", "svc", restart_mode="NEVER")
-    always = served.wait_until(
-        lambda: (r := client.describe_process("always"))["state"] == "500-RUNNING" and r, "always"
-    )
-    never = served.wait_until(
-        lambda: (r := client.describe_process("never"))["state"] == "500-RUNNING" and r, "never"
-    )
+    # wait_process answers once RUNNING is committed: describe_process shows a change as soon
+    # as it is applied, and the dispatcher killed below could take an uncommitted one along
+    always = client.wait_process("always", ["RUNNING"], timeout=served.DEADLINE)
+    never = client.wait_process("never", ["RUNNING"], timeout=served.DEADLINE)
+    assert always["state"] == never["state"] == "500-RUNNING", (always, never)
     old_node = always["assigned"]
 
     os.kill(served.agent_pid(old_node), signal.SIGKILL)
