@@ -3,13 +3,16 @@ maximum_vms; surplus nodes retire newest first, only after idle_timeout."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine, InstanceType, Resources
 from corral.core.node_states import IdleBehavior, NodeState
-from corral.core.planner import DemandTally, Plan, PoolNode, grouped, plan
+from corral.core.planner import DemandGroup, DemandTally, Plan, PoolNode, plan
+from corral.core.snapshot import Pending
 from corral.testing import engine, pending
 
 
@@ -26,6 +29,14 @@ def node(
     return PoolNode(
         NodeId(node_id), EngineId(engine_id), state, used, behavior, created_at, idle_for
     )
+
+
+def grouped(demands: Iterable[Pending]) -> list[DemandGroup]:
+    """A queue as the dispatcher's tally would give it to the planner."""
+    tally = DemandTally()
+    for demand in demands:
+        tally.add(demand)
+    return tally.groups()
 
 
 def queued(count: int, engine_id: str | None = None, **constraints: object) -> list:

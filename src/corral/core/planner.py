@@ -115,14 +115,6 @@ class DemandTally:
         return [(self._first[key], count) for key, count in self._count.items()]
 
 
-def grouped(demands: Iterable[Demand]) -> list[DemandGroup]:
-    """``demands`` as groups (for a queue that is not kept in a tally)."""
-    tally = DemandTally()
-    for demand in demands:
-        tally.add(demand)
-    return tally.groups()
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Nodes to boot per engine, nodes to retire, and each engine's target."""
