@@ -1,4 +1,5 @@
-"""The state's running count of processes by state matches its records after any changes."""
+"""The state's running counts (processes by state, the planner's tally of the queue) match its
+records after any changes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.core.ids import NodeId
+from corral.core.planner import demand_key
 from corral.core.process_states import ProcessState
 from corral.dispatcher.state import State
 from corral.store import Change, GroupCommitter, Loaded, Table
@@ -32,6 +34,8 @@ class NullStore:
         pass
 
 
+_CONSTRAINTS = {"a": {}, "b": {}, "c": {"zone": "x"}, "d": {"zone": ["x", "y"]}}
+
 changes = st.lists(
     st.lists(
         st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(list(ProcessState))),
@@ -52,11 +56,19 @@ def test_by_state_counts_every_process_once_in_its_current_state(batches):
         try:
             for batch in batches:
                 records = {
-                    upid: process_record(upid, state=s, assigned=NodeId("n1")) for upid, s in batch
+                    upid: process_record(
+                        upid,
+                        state=s,
+                        assigned=NodeId("n1"),
+                        constraints=_CONSTRAINTS[upid],  # fixed per process, as once scheduled
+                    )
+                    for upid, s in batch
                 }
                 await state.save_processes(records.values())
                 expected = Counter(r.state for r in state.processes.values())
                 assert +state.by_state == expected
+                queued = Counter(demand_key(p) for p in state.queue.values())
+                assert {demand_key(d): n for d, n in state.demand.groups()} == queued
         finally:
             await committer.aclose()
 

@@ -430,17 +430,19 @@ def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
         if not (root / "pids").is_dir():
             return 0  # no agent ever ran there
         journal = pidfiles.PidJournal(root / "pids")
-        killed = 0
-        for pid, record in journal.records().items():
-            # A zombie leader still pins its group id: its stragglers are safe to kill too,
-            # but only a leader that was still running counts as killed.
-            if pidfiles.same_process(pid, record):
-                running = pidfiles.still_running(pid, record)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(record.pgid, signal.SIGKILL)
-                    killed += 1 if running else 0
-        journal.clear()
-        journal.close()
+        try:
+            killed = 0
+            for pid, record in journal.records().items():
+                # A zombie leader still pins its group id: its stragglers are safe to kill
+                # too, but only a leader that was still running counts as killed.
+                if pidfiles.same_process(pid, record):
+                    running = pidfiles.still_running(pid, record)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(record.pgid, signal.SIGKILL)
+                        killed += 1 if running else 0
+            journal.clear()
+        finally:
+            journal.close()
         return killed
     finally:
         os.close(lock)

@@ -227,9 +227,10 @@ class State:
             pending = _pending(
                 record, restart=old is not None and old.round == record.round and old.is_restart
             )
-            if old is not None:
-                self.demand.remove(old)
-            self.demand.add(pending)
+            if old is None:
+                # A queued process's request is fixed (schedule refuses other parameters),
+                # so its group in the tally is too: only entering the queue counts.
+                self.demand.add(pending)
             self.queue[upid] = pending
             if pending.has_reason:
                 self.fresh.pop(upid, None)
