@@ -59,6 +59,19 @@ def user_env(home: Path) -> dict[str, str]:
     return env
 
 
+def serve_once(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``corral serve --home HOME ARGS...`` run to its end (for runs that must not start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "corral", "serve", "--home", str(home), *args],
+        env=user_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=home,
+    )
+
+
 class Served(ServeProcess):
     """``corral serve`` with its node up; the helpers are reachable from it too."""
 

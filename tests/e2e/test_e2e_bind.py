@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import CONFIG, Served, user_env
-
-
-def serve(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "corral", "serve", "--home", str(home), *args],
-        env=user_env(home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from conftest import CONFIG, Served, serve_once
 
 
 @pytest.mark.parametrize(
@@ -36,7 +23,7 @@ def serve(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_binding_beyond_loopback_is_refused_without_the_flag(
     tmp_path: Path, args: list[str]
 ) -> None:
-    done = serve(tmp_path, *args)
+    done = serve_once(tmp_path, *args)
     assert done.returncode == 2
     assert "refusing to listen beyond loopback" in done.stderr
     assert "--allow-remote" in done.stderr
@@ -49,7 +36,7 @@ def test_an_agent_port_left_beyond_loopback_by_the_last_run_is_refused_too(
 ) -> None:
     # the runtime reopens the agent port where agents last found it: no flag, no reopening
     (tmp_path / "agent_address").write_text("0.0.0.0:7999\n")
-    done = serve(tmp_path, "--listen", "127.0.0.1:0")
+    done = serve_once(tmp_path, "--listen", "127.0.0.1:0")
     assert done.returncode == 2
     assert "refusing to listen beyond loopback" in done.stderr
     assert "agent_address" in done.stderr
@@ -85,7 +72,7 @@ def test_the_flag_lets_agents_dial_from_beyond_loopback(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is for a dispatcher running as root")
 def test_as_root_a_local_engine_must_say_who_its_processes_run_as(tmp_path: Path) -> None:
     (tmp_path / "corral.toml").write_text('[[engines]]\nid = "plain"\n')
-    done = serve(tmp_path, "--listen", "127.0.0.1:0")
+    done = serve_once(tmp_path, "--listen", "127.0.0.1:0")
     assert done.returncode == 2
     assert "engine 'plain'" in done.stderr
     assert "run_as" in done.stderr

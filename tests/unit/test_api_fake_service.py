@@ -418,7 +418,7 @@ def cli_runner(
     """
     app = create_app(service, TOKEN)
 
-    def factory(url: str | None, token: str | None) -> Client:
+    def factory(url: str | None, token: str | None, ca: str | None) -> Client:
         return Client(url or BASE_URL, token or TOKEN, transport=PortalTransport(app, portal))
 
     def invoke(*args: str) -> Result:

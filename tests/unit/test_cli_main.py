@@ -23,7 +23,7 @@ def invoke(*args: str, settings: Settings | None = None) -> click.testing.Result
     return CliRunner().invoke(cli, list(args), obj=settings or Settings())
 
 
-def refusing(url: str | None, token: str | None) -> Client:
+def refusing(url: str | None, token: str | None, ca: str | None = None) -> Client:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
@@ -53,10 +53,10 @@ def test_an_unreachable_dispatcher_is_one_line_naming_the_url() -> None:
 
 
 def test_global_options_reach_the_client_factory() -> None:
-    seen: list[tuple[str | None, str | None]] = []
+    seen: list[tuple[str | None, str | None, str | None]] = []
 
-    def factory(url: str | None, token: str | None) -> Client:
-        seen.append((url, token))
+    def factory(url: str | None, token: str | None, ca: str | None) -> Client:
+        seen.append((url, token, ca))
         return refusing(url, token)
 
     invoke(
@@ -64,17 +64,19 @@ def test_global_options_reach_the_client_factory() -> None:
         "http://u:1",
         "--token",
         "tok",
+        "--ca",
+        "ca.pem",
         "node",
         "list",
         settings=Settings(client_factory=factory),
     )
-    assert seen == [("http://u:1", "tok")]
+    assert seen == [("http://u:1", "tok", "ca.pem")]
 
 
 def test_an_unexpected_exception_is_one_line_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(url: str | None, token: str | None) -> Client:
+    def broken(url: str | None, token: str | None, ca: str | None) -> Client:
         raise RuntimeError("kaput")
 
     monkeypatch.delenv("CORRAL_DEBUG", raising=False)
@@ -86,7 +88,7 @@ def test_an_unexpected_exception_is_one_line_without_a_traceback(
 
 
 def test_corral_debug_lets_the_exception_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(url: str | None, token: str | None) -> Client:
+    def broken(url: str | None, token: str | None, ca: str | None) -> Client:
         raise RuntimeError("kaput")
 
     monkeypatch.setenv("CORRAL_DEBUG", "1")

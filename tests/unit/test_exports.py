@@ -80,8 +80,9 @@ def outside(
     return found
 
 
-def test_client_imports_only_errors() -> None:
-    assert outside("client", ("corral.errors", "corral.client")) == {}
+def test_client_imports_only_errors_and_tls() -> None:
+    # corral.tls: an https dispatcher is verified with the certificate its home publishes
+    assert outside("client", ("corral.errors", "corral.client", "corral.tls")) == {}
 
 
 def test_api_imports_only_errors_and_itself() -> None:

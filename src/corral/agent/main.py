@@ -34,6 +34,8 @@ from corral.agent.pidfiles import (
     private_runtime_root,
 )
 from corral.agent.session import EXIT_USAGE, Agent, AgentConfig
+from corral.errors import InvalidRequest
+from corral.tls import read_certificates, trusting
 
 TOKEN_ENV = "CORRAL_AGENT_TOKEN"
 
@@ -84,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="every dispatcher of the store, comma-separated: the agent follows the active one",
     )
     add("--token-file", type=Path, help=f"file holding the token (else ${TOKEN_ENV})")
+    add(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="dial over TLS, trusting exactly the certificates in FILE (PEM): the dispatchers'"
+        " own, whatever address reaches them (default: plain TCP)",
+    )
     add("--node-id", default=hostname, help="default: the host name")
     add("--engine", default="default", help="execution engine id this node serves")
     add("--slots", type=int, default=os.cpu_count() or 1, help="default: number of CPUs")
@@ -177,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
     )
     token = _read_token(parser, args.token_file)
+    tls = None
+    if args.tls_ca is not None:
+        try:
+            # A pin: the dispatcher hands its agents its own certificate, so any address
+            # that reaches it will do.
+            tls = trusting(read_certificates(args.tls_ca, "--tls-ca"), check_hostname=False)
+        except InvalidRequest as exc:
+            parser.error(exc.message)
     if args.slots < 0:
         parser.error("--slots must not be negative")
     state_dir = args.state_dir.expanduser().resolve()
@@ -207,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_after_disconnect=args.stop_after_disconnect,
             stop_grace=args.stop_grace,
             link_timeout=args.link_timeout,
+            tls=tls,
         )
         log.info("agent %s starting; state in %s", config.node_id, state_dir)
         return eventloop.run(Agent(config).run())

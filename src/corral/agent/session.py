@@ -42,6 +42,7 @@ import enum
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class AgentConfig:
     """Seconds between SIGTERM and SIGKILL when the agent stops them on its own."""
     link_timeout: float = 30.0
     """Seconds a link may leave the heartbeats unacknowledged before it counts as gone."""
+    tls: ssl.SSLContext | None = None
+    """Dial the dispatchers over TLS with this context (None: plain TCP)."""
 
 
 class _End(enum.Enum):
@@ -231,7 +234,9 @@ class Agent:
     async def _dial(self, address: Address) -> Connection | None:
         host, port = address
         try:
-            conn = await asyncio.wait_for(open_connection(host, port), self._config.connect_timeout)
+            conn = await asyncio.wait_for(
+                open_connection(host, port, ssl=self._config.tls), self._config.connect_timeout
+            )
         except (OSError, TimeoutError) as exc:
             # One line per outage, not one per attempt.
             level = logging.DEBUG if address in self._unreachable else logging.WARNING

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,11 +18,15 @@ class APIServer:
     task: asyncio.Task[None]
     host: str
     port: int
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        """Where clients of this machine reach it: a wildcard address stands for loopback
+        (the name a certificate carries, where 0.0.0.0 is none)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -40,8 +45,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def open_api_server(app: FastAPI, host: str, port: int) -> APIServer | None:
-    """Start serving ``app``; return once it listens (None if it could not start).
+async def open_api_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+) -> APIServer | None:
+    """Start serving ``app`` (over HTTPS with ``certfile``, its key in ``keyfile`` or in
+    itself); return once it listens (None if it could not start).
 
     The server shares the caller's loop, so routes call the service without a thread hop.
     It handles no signal: the caller stops it.
@@ -56,6 +68,8 @@ async def open_api_server(app: FastAPI, host: str, port: int) -> APIServer | Non
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
         )
     )
     task = asyncio.get_running_loop().create_task(server.serve())
@@ -66,4 +80,4 @@ async def open_api_server(app: FastAPI, host: str, port: int) -> APIServer | Non
         await task
         return None
     bound = server.servers[0].sockets[0].getsockname()
-    return APIServer(server, task, str(bound[0]), int(bound[1]))
+    return APIServer(server, task, str(bound[0]), int(bound[1]), certfile is not None)

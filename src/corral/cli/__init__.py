@@ -90,13 +90,20 @@ def _load_serve() -> click.Command:
 @click.option(
     "--token", metavar="TOKEN", help="API token (default: $CORRAL_TOKEN, ~/.corral/token)."
 )
+@click.option(
+    "--ca",
+    metavar="FILE",
+    help="PEM certificates an https dispatcher is trusted by (default: $CORRAL_CA, else the"
+    " system's and ~/.corral/tls_certificate.pem).",
+)
 @click.version_option(__version__, prog_name="corral")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None, ca: str | None) -> None:
     """corral: run processes on an elastic pool of nodes."""
     settings = ctx.ensure_object(Settings)
     settings.url = url or settings.url
     settings.token = token or settings.token
+    settings.ca = ca or settings.ca
 
 
 @cli.command(context_settings=_PASS_THROUGH, add_help_option=False)

@@ -16,11 +16,11 @@ import click
 from corral.client import Client
 from corral.errors import CorralError
 
-ClientFactory = Callable[[str | None, str | None], Client]
+ClientFactory = Callable[[str | None, str | None, str | None], Client]
 
 
-def _default_factory(url: str | None, token: str | None) -> Client:
-    return Client(url=url, token=token)
+def _default_factory(url: str | None, token: str | None, ca: str | None) -> Client:
+    return Client(url=url, token=token, ca=ca)
 
 
 @dataclass(slots=True)
@@ -29,10 +29,11 @@ class Settings:
 
     url: str | None = None
     token: str | None = None
+    ca: str | None = None
     client_factory: ClientFactory = field(default=_default_factory)
 
     def client(self) -> Client:
-        return self.client_factory(self.url, self.token)
+        return self.client_factory(self.url, self.token, self.ca)
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=True)

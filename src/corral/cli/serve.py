@@ -5,6 +5,11 @@ store, the API token (``token``, mode 0600), the read-only token (``readonly_tok
 agents' token, the API's address (``url``, so the client and CLI find it) and the local
 nodes' directories. The dashboard is served at ``/ui/`` of the API's address.
 
+With ``--tls`` (a self-signed certificate made once in the home) or ``--tls-cert``, the API
+and the agent port speak TLS: the certificate is left in ``tls_certificate.pem`` for the
+client and CLI, and handed to the agents the drivers start (``corral.tls``). Only then may
+they listen beyond loopback without ``--allow-remote``.
+
 On a PostgreSQL store several dispatchers may run at once: each serves its API at once, as
 a standby, and the one that holds the lease is active (``corral.dispatcher.standby``).
 """
@@ -33,6 +38,13 @@ from corral.dispatcher.standby import Role, Standby
 from corral.errors import CorralError
 from corral.secretfile import load_or_create_token
 from corral.store import open_store, supports_lease
+from corral.tls import (
+    CERTIFICATE_FILE,
+    KEY_FILE,
+    ServerTLS,
+    default_names,
+    make_self_signed,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
 
@@ -57,15 +69,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def refuse_remote(host: str, option: str, allowed: bool) -> None:
-    """The API, the queue and the agent port carry tokens in clear (none of them speaks
-    TLS): off loopback only when asked."""
+def refuse_remote(host: str, option: str, allowed: bool, remedy: str) -> None:
+    """Without TLS the API, the queue and the agent port carry tokens in clear: off loopback
+    only when asked."""
     if not allowed and not is_loopback(host):
         raise click.UsageError(
             f"{option} {host}: refusing to listen beyond loopback, where tokens would travel"
-            " unencrypted; put a TLS proxy or tunnel in front and pass --allow-remote to do"
-            " it anyway"
+            f" unencrypted; {remedy}, or pass --allow-remote to do it anyway"
         )
+
+
+_TLS_REMEDY = "serve over TLS (--tls, or --tls-cert and --tls-key)"
+_QUEUE_REMEDY = "the queue speaks no TLS: put a TLS tunnel in front"
 
 
 def agent_host(home: Path, asked: tuple[str, int] | None) -> str:
@@ -134,10 +149,29 @@ def refuse_root(config: Config) -> None:
     " (default: the config's, else 3): how soon a standby takes over a dead one.",
 )
 @click.option(
+    "--tls",
+    "tls_self_signed",
+    is_flag=True,
+    help="Serve the API and the agent port over TLS with a self-signed certificate, made"
+    " once in HOME (tls_certificate.pem: give it to remote clients).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Serve the API and the agent port over TLS with this PEM certificate (chain).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The private key of --tls-cert (PEM), unless that file holds it.",
+)
+@click.option(
     "--allow-remote",
     is_flag=True,
-    help="Let --listen, --queue and --agent-listen bind beyond loopback (tokens travel"
-    " unencrypted).",
+    help="Let --listen, --queue and --agent-listen bind beyond loopback without TLS (tokens"
+    " travel unencrypted).",
 )
 @click.option(
     "--ui-host",
@@ -161,6 +195,9 @@ def serve(
     store_url: str | None,
     queue_listen: str | None,
     lease_duration: float | None,
+    tls_self_signed: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     allow_remote: bool,
     ui_hosts: tuple[str, ...],
     log_level: str,
@@ -173,11 +210,17 @@ def serve(
     host, port = parse_address(listen, "--listen")
     agents = parse_address(agent_listen, "--agent-listen") if agent_listen else None
     queue = parse_address(queue_listen, "--queue") if queue_listen else None
-    refuse_remote(host, "--listen", allow_remote)
+    if tls_key is not None and tls_cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert (the certificate it is the key of)")
+    if tls_self_signed and tls_cert is not None:
+        raise click.UsageError("--tls makes its own certificate: give --tls or --tls-cert")
+    remote_ok = allow_remote or tls_self_signed or tls_cert is not None
+    refuse_remote(host, "--listen", remote_ok, _TLS_REMEDY)
     if queue is not None:
-        refuse_remote(queue[0], "--queue", allow_remote)
+        refuse_remote(queue[0], "--queue", allow_remote, _QUEUE_REMEDY)
     where = "--agent-listen" if agents else f"the agent port of the last run ({home}/agent_address)"
-    refuse_remote(agent_host(home, agents), where, allow_remote)
+    hosts = [host, agent_host(home, agents)]
+    refuse_remote(hosts[1], where, remote_ok, _TLS_REMEDY)
     try:
         if config_path is None and (home / "corral.toml").exists():
             config_path = home / "corral.toml"
@@ -186,11 +229,14 @@ def serve(
         token = load_or_create_token(home / "token")
         readonly_token = load_or_create_token(home / "readonly_token")
         agent_token = load_or_create_token(home / "agent_token")
+        tls = _server_tls(home, tls_self_signed, tls_cert, tls_key, hosts)
     except CorralError as exc:
         raise click.ClickException(exc.message) from None
     refuse_root(config)
     store_url = store_url or config.store
-    settings = RuntimeSettings(home, config, agent_token, agents, store_url, queue_listen=queue)
+    settings = RuntimeSettings(
+        home, config, agent_token, agents, store_url, queue_listen=queue, tls=tls
+    )
     tokens = _Tokens(token, readonly_token, ui_hosts)
     if store_url is not None and supports_lease(store_url):
         duration = lease_duration or config.lease_duration
@@ -198,6 +244,24 @@ def serve(
     else:
         code = eventloop.run(_serve(settings, tokens, host, port))
     sys.exit(code)
+
+
+def _server_tls(
+    home: Path, self_signed: bool, certfile: Path | None, keyfile: Path | None, hosts: list[str]
+) -> ServerTLS | None:
+    """The TLS the API and the agent port serve with, its certificate left in the home
+    for local clients (None: plain TCP)."""
+    published = home / CERTIFICATE_FILE
+    if self_signed:
+        keyfile = home / KEY_FILE
+        if not keyfile.exists():
+            make_self_signed(published, keyfile, default_names(hosts))
+        return ServerTLS.load(published, keyfile)
+    if certfile is None:
+        return None
+    tls = ServerTLS.load(certfile.expanduser().resolve(), keyfile and keyfile.expanduser())
+    _replace_text(published, tls.certificate)
+    return tls
 
 
 @dataclass(frozen=True)
@@ -217,6 +281,12 @@ def _app(tokens: _Tokens, service: Dispatcher | None, role: Role | None = None) 
     )
 
 
+async def _open_api(app: FastAPI, host: str, port: int, tls: ServerTLS | None) -> APIServer | None:
+    if tls is None:
+        return await open_api_server(app, host, port)
+    return await open_api_server(app, host, port, tls.certfile, tls.keyfile)
+
+
 def _stop_on_signals(api: APIServer) -> None:
     """SIGTERM and SIGINT stop the API; the dispatcher is then closed, and a shared store's
     lease released, before the process exits."""
@@ -225,11 +295,15 @@ def _stop_on_signals(api: APIServer) -> None:
         loop.add_signal_handler(signum, api.stop)
 
 
+def _replace_text(path: Path, text: str) -> None:
+    # Written whole or not at all: a client reading it mid-write must not see half of it.
+    partial = path.with_name(f"{path.name}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def _write_url(home: Path, url: str) -> None:
-    # Written whole or not at all: a client reading it mid-write must not see half a URL.
-    partial = home / "url.tmp"
-    partial.write_text(url + "\n")
-    partial.replace(home / "url")
+    _replace_text(home / "url", url + "\n")
     logging.getLogger("corral").info(
         "API on %s, dashboard on %s/ui/; token in %s", url, url, home / "token"
     )
@@ -247,7 +321,7 @@ async def _serve_shared(
         click.echo(f"error: {exc.message}", err=True)
         return 1
     app = _app(tokens, None, Role(active=False))
-    api = await open_api_server(app, host, port)
+    api = await _open_api(app, host, port, settings.tls)
     if api is None:
         return 1
     _stop_on_signals(api)
@@ -285,7 +359,7 @@ async def _serve(settings: RuntimeSettings, tokens: _Tokens, host: str, port: in
         await runtime.aclose()
         return 1
     app = _app(tokens, dispatcher)
-    api = await open_api_server(app, host, port)
+    api = await _open_api(app, host, port, settings.tls)
     if api is None:
         await runtime.aclose()
         return 1

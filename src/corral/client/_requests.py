@@ -6,6 +6,9 @@ Discovery, in order:
   writes its address), then ``http://127.0.0.1:7480``. It may list several dispatchers of one
   store, comma-separated: see `Dispatchers`;
 - token: the ``token`` argument, ``CORRAL_TOKEN``, then the file ``<home>/token``;
+- what an ``https`` URL is trusted by: the certificates in the ``ca`` argument's file, else
+  in ``CORRAL_CA``'s; else the system's CAs plus ``<home>/tls_certificate.pem`` (the
+  certificate ``corral serve --tls`` serves with), if there is one;
 - home: ``CORRAL_HOME``, else ``~/.corral``.
 
 Each operation is a function returning a :class:`Call` (method, path, query, JSON body),
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from corral.errors import (
     Unauthorized,
     Unavailable,
 )
+from corral.tls import CERTIFICATE_FILE, read_certificates, trusting
 
 DEFAULT_URL = "http://127.0.0.1:7480"
 #: the header of a standby dispatcher's answers (``corral.api.standby``)
@@ -130,6 +135,26 @@ class Dispatchers:
 
 def discover_token(token: str | None = None) -> str | None:
     return token or os.environ.get("CORRAL_TOKEN") or _read_home_file("token")
+
+
+def discover_trust(
+    urls: list[str], ca: str | os.PathLike[str] | None = None
+) -> ssl.SSLContext | bool:
+    """What the client verifies ``https`` dispatchers with (httpx's ``verify``); an unusable
+    ``ca`` file is an :class:`InvalidRequest` naming it."""
+    if not any(url.startswith("https:") for url in urls):
+        return True  # nothing to verify: no context to build
+    given = ca or os.environ.get("CORRAL_CA")
+    if given:
+        field = "ca" if ca else "CORRAL_CA"
+        return trusting(read_certificates(Path(given).expanduser(), field))
+    published = _read_home_file(CERTIFICATE_FILE)
+    if published is None:
+        return True
+    try:
+        return trusting(published, system=True)
+    except ssl.SSLError:
+        return True  # not a certificate after all: the system's CAs alone
 
 
 def headers(token: str | None) -> dict[str, str]:
@@ -319,6 +344,21 @@ def unavailable(url: str, exc: httpx.TransportError) -> Unavailable:
     """The error for a request that never got an answer."""
     if isinstance(exc, httpx.TimeoutException):
         return Unavailable(f"no answer from the corral dispatcher at {url} in time ({exc!r})")
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return Unavailable(
+            f"the corral dispatcher at {url} presents a certificate this client does not trust"
+            f" ({exc}); give its certificate with --ca FILE or CORRAL_CA (corral serve leaves"
+            f" it in its home's {CERTIFICATE_FILE})"
+        )
+    if url.startswith("http:") and isinstance(exc, httpx.RemoteProtocolError):
+        return Unavailable(
+            f"the corral dispatcher at {url} hung up ({exc}); if it serves TLS"
+            " (corral serve --tls), use its https:// URL"
+        )
+    if "WRONG_VERSION_NUMBER" in str(exc) or "RECORD_LAYER_FAILURE" in str(exc):
+        return Unavailable(
+            f"the corral dispatcher at {url} does not speak TLS ({exc}); try its http:// URL"
+        )
     return Unavailable(
         f"cannot reach the corral dispatcher at {url} ({exc or type(exc).__name__}); "
         "is it running? start one with `corral serve`"

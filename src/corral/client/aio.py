@@ -6,6 +6,7 @@ requests with :mod:`corral.client._requests`, so they cannot drift apart.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -20,7 +21,8 @@ from corral.errors import WaitTimeout
 class AsyncClient:
     """An asyncio client; use it as an async context manager, or await :meth:`aclose`.
 
-    ``url`` and ``token`` default to what :mod:`corral.client._requests` discovers (the
+    ``url``, ``token`` and ``ca`` (a PEM file of the certificates an ``https`` dispatcher
+    is trusted by) default to what :mod:`corral.client._requests` discovers (the
     environment, then the files ``corral serve`` writes). ``timeout`` is in seconds per
     request; ``transport`` swaps httpx's network transport (tests, custom TLS).
     """
@@ -31,13 +33,18 @@ class AsyncClient:
         token: str | None = None,
         timeout: float = 30.0,
         *,
+        ca: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._dispatchers = r.Dispatchers(r.split_urls(r.discover_url(url)))
+        urls = r.split_urls(r.discover_url(url))
+        self._dispatchers = r.Dispatchers(urls)
         self._token = r.discover_token(token)
         self._timeout = timeout
         self._http = httpx.AsyncClient(
-            headers=r.headers(self._token), timeout=timeout, transport=transport
+            headers=r.headers(self._token),
+            timeout=timeout,
+            transport=transport,
+            verify=r.discover_trust(urls, ca),
         )
 
     async def __aenter__(self) -> AsyncClient:

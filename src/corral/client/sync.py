@@ -7,6 +7,7 @@ the same ones the dispatcher raises in-process.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -21,7 +22,8 @@ from corral.errors import WaitTimeout
 class Client:
     """A blocking client; use it as a context manager, or call :meth:`close`.
 
-    ``url`` and ``token`` default to what :mod:`corral.client._requests` discovers (the
+    ``url``, ``token`` and ``ca`` (a PEM file of the certificates an ``https`` dispatcher
+    is trusted by) default to what :mod:`corral.client._requests` discovers (the
     environment, then the files ``corral serve`` writes). ``timeout`` is in seconds per
     request; ``transport`` swaps httpx's network transport (tests, custom TLS).
     """
@@ -32,13 +34,18 @@ class Client:
         token: str | None = None,
         timeout: float = 30.0,
         *,
+        ca: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._dispatchers = r.Dispatchers(r.split_urls(r.discover_url(url)))
+        urls = r.split_urls(r.discover_url(url))
+        self._dispatchers = r.Dispatchers(urls)
         self._token = r.discover_token(token)
         self._timeout = timeout
         self._http = httpx.Client(
-            headers=r.headers(self._token), timeout=timeout, transport=transport
+            headers=r.headers(self._token),
+            timeout=timeout,
+            transport=transport,
+            verify=r.discover_trust(urls, ca),
         )
 
     def __enter__(self) -> Client:

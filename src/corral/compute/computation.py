@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from corral.client import AsyncClient
 from corral.compute import code as codec
-from corral.compute.auth import ComputeConnection, server_context
+from corral.compute.auth import ComputeConnection
 from corral.compute.errors import (
     ComputationClosed,
     ComputeError,
@@ -52,6 +52,7 @@ from corral.compute.session import MISSED_PULSES
 from corral.compute.status import Status, StatusCallback, StatusFeed, StatusMessage
 from corral.compute.tasks import RemoteTask, TaskOptions
 from corral.errors import WaitTimeout
+from corral.tls import server_context
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
 from corral.wire.handshake import AuthenticationFailed, answer_hello, new_secret
 
@@ -332,7 +333,11 @@ class Computation:
     async def _start_server(self) -> None:
         if self._server is not None:
             return
-        tls = server_context(self._certfile, self._keyfile) if self._certfile else None
+        tls = (
+            server_context(Path(self._certfile), Path(self._keyfile) if self._keyfile else None)
+            if self._certfile
+            else None
+        )
         self._server = await asyncio.start_server(self._accept, self._listen, 0, ssl=tls)
         port = self._server.sockets[0].getsockname()[1]
         self._address = f"{self._listen}:{port}"

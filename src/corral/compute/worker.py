@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from corral import eventloop
-from corral.compute.auth import ComputeConnection, pinned_context
+from corral.compute.auth import ComputeConnection
 from corral.compute.messages import COMPUTE_MESSAGES, PROTOCOL_VERSION, ComputeMessage, Setup
 from corral.compute.session import MISSED_PULSES, Session, Task
+from corral.tls import trusting
 from corral.wire.codec import ConnectionClosed, FramedConnection, ProtocolError
 from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
 
@@ -243,7 +244,9 @@ class Worker:
 
     async def _dial(self, deadline: float) -> ComputeConnection | None:
         settings = self.settings
-        tls = pinned_context(settings.certificate) if settings.certificate else None
+        # The certificate travels with the worker's configuration, so the pin replaces a host
+        # name check: a client may be reached by any address.
+        tls = trusting(settings.certificate, check_hostname=False) if settings.certificate else None
         pause = min(0.05, settings.pulse_interval)
         while True:
             try:

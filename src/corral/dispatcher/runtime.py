@@ -42,6 +42,7 @@ from corral.pool import NodePool
 from corral.queue import QueueServer
 from corral.secretfile import load_or_create_token
 from corral.store import GroupCommitter, PostgresStore, Put, Store, Table, open_store
+from corral.tls import ServerTLS
 
 log = logging.getLogger("corral.runtime")
 
@@ -70,6 +71,8 @@ class RuntimeSettings:
     peers: tuple[str, ...] = ()
     #: whether the caller holds ``home``'s lock already (a standby holds it between terms)
     home_locked: bool = False
+    #: the agent port's certificate (None: plain TCP); agents are handed it to trust
+    tls: ServerTLS | None = None
 
 
 class Runtime:
@@ -151,7 +154,7 @@ class Runtime:
         self._events = events = EventBus()
         state.add_listener(events.on_commit)
         self._hub = hub = Hub(settings.agent_token, nodes)
-        await hub.start_on(sock)
+        await hub.start_on(sock, settings.tls.context() if settings.tls is not None else None)
         self._fakes = [d for d in drivers.values() if isinstance(d, FakeDriver)]
         for fake in self._fakes:
             fake.bind(hub.attach)
@@ -191,6 +194,7 @@ class Runtime:
         """One driver per engine: given in the settings, else made from the engine's."""
         settings = self.settings
         given = settings.drivers or {}
+        certificate = settings.tls.certificate if settings.tls is not None else None
         local: LocalDriver | None = None
         drivers: dict[EngineId, Driver] = {}
         for engine in settings.config.engines:
@@ -201,14 +205,18 @@ class Runtime:
                 drivers[engine.engine_id] = FakeDriver(settings.agent_token, faults)
             elif engine.driver == "ssh":
                 options = SSHOptions.from_options(engine.driver_options)
-                drivers[engine.engine_id] = SSHDriver(options, agent_address, settings.agent_token)
+                drivers[engine.engine_id] = SSHDriver(
+                    options, agent_address, settings.agent_token, certificate=certificate
+                )
             elif engine.driver == "slurm":
                 batch = SlurmOptions.from_options(engine.driver_options)
-                drivers[engine.engine_id] = SlurmDriver(batch, agent_address, settings.agent_token)
+                drivers[engine.engine_id] = SlurmDriver(
+                    batch, agent_address, settings.agent_token, certificate=certificate
+                )
             elif engine.driver == "libcloud":
                 cloud = LibcloudOptions.from_options(engine.driver_options)
                 drivers[engine.engine_id] = LibcloudDriver(
-                    cloud, agent_address, settings.agent_token
+                    cloud, agent_address, settings.agent_token, certificate=certificate
                 )
             else:
                 nodes_dir = engine.driver_options.get("nodes_dir")
@@ -218,10 +226,13 @@ class Runtime:
                         agent_address,
                         settings.agent_token,
                         Path(nodes_dir).expanduser(),
+                        certificate=certificate,
                     )
                     continue
                 if local is None:
-                    local = LocalDriver(settings.home, agent_address, settings.agent_token)
+                    local = LocalDriver(
+                        settings.home, agent_address, settings.agent_token, certificate=certificate
+                    )
                 drivers[engine.engine_id] = local
         return drivers
 

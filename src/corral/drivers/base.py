@@ -11,6 +11,7 @@ A driver's errors say what the caller should do (Arvados' error interfaces)::
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,10 +45,22 @@ def tags_from_instance_name(name: str) -> dict[str, str] | None:
     return {TAG_POOL: found["pool"], TAG_NODE: node, TAG_ENGINE: node.rpartition("-")[0]}
 
 
+#: beside an agent's token: the dispatcher certificate it trusts, when the agent port is TLS
+CERTIFICATE_NAME = "dispatcher.pem"
+
+
 def agent_command(
-    python: str, spec: NodeSpec, dispatcher: str, token_file: str, state_dir: str
+    python: str,
+    spec: NodeSpec,
+    dispatcher: str,
+    token_file: str,
+    state_dir: str,
+    *,
+    tls: bool = False,
 ) -> list[str]:
-    """The command line that starts the agent of ``spec``'s node, wherever it runs."""
+    """The command line that starts the agent of ``spec``'s node, wherever it runs; with
+    ``tls``, it dials over TLS, trusting the certificate in ``state_dir``'s
+    :data:`CERTIFICATE_NAME`."""
     engine = spec.engine
     argv = [
         python, "-m", "corral.agent",
@@ -74,7 +87,18 @@ def agent_command(
         argv += ["--run-as", engine.run_as]
     if engine.allow_root:
         argv.append("--allow-root")
+    if tls:
+        argv += ["--tls-ca", f"{state_dir}/{CERTIFICATE_NAME}"]
     return argv
+
+
+def write_certificate_lines(state_dir: str, certificate: str | None) -> list[str]:
+    """Shell lines that leave ``certificate`` where :func:`agent_command` points the agent
+    (none without one)."""
+    if certificate is None:
+        return []
+    target = shlex.quote(f"{state_dir}/{CERTIFICATE_NAME}")
+    return [f"printf '%s' {shlex.quote(certificate)} > {target}"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from corral.drivers.base import (
     agent_command,
     instance_name,
     tags_from_instance_name,
+    write_certificate_lines,
 )
 from corral.errors import InvalidRequest
 from corral.secretfile import node_token
@@ -89,13 +90,17 @@ class LibcloudDriver:
         dispatcher_address: str,
         secret: str,
         provider: Any | None = None,
+        *,
+        certificate: str | None = None,
     ) -> None:
         """``secret`` is the dispatcher's agent secret (each agent gets its node's token);
         ``provider`` is a libcloud NodeDriver made beforehand (a test's dummy), otherwise one
-        is made from ``options``."""
+        is made from ``options``; ``certificate`` (PEM) is the agent port's, which agents
+        then dial over TLS."""
         self.options = options
         self.dispatcher_address = dispatcher_address
         self._secret = secret
+        self._certificate = certificate
         self._provider = provider
         #: tags of the instances this run created, for providers that keep no metadata
         self._tags: dict[str, dict[str, str]] = {}
@@ -104,7 +109,12 @@ class LibcloudDriver:
         name = instance_name(tags.get(TAG_POOL, ""), spec.node_id)
         token = node_token(self._secret, spec.node_id)
         userdata = agent_user_data(
-            spec, self.dispatcher_address, token, self.options.python, self.options.agent_dir
+            spec,
+            self.dispatcher_address,
+            token,
+            self.options.python,
+            self.options.agent_dir,
+            self._certificate,
         )
         node = await self._call(self._create, spec, name, dict(tags), userdata)
         instance_id = str(node.id)
@@ -171,17 +181,26 @@ class LibcloudDriver:
 
 
 def agent_user_data(
-    spec: NodeSpec, dispatcher: str, token: str, python: str, agent_dir: str
+    spec: NodeSpec,
+    dispatcher: str,
+    token: str,
+    python: str,
+    agent_dir: str,
+    certificate: str | None = None,
 ) -> str:
-    """A cloud-init script that starts the node's agent at boot; ``token`` is the node's."""
+    """A cloud-init script that starts the node's agent at boot; ``token`` is the node's,
+    ``certificate`` the dispatcher's agent port's (PEM; None: plain TCP)."""
     where = shlex.quote(agent_dir)
-    argv = agent_command(python, spec, dispatcher, f"{agent_dir}/token", agent_dir)
+    argv = agent_command(
+        python, spec, dispatcher, f"{agent_dir}/token", agent_dir, tls=certificate is not None
+    )
     return "\n".join(
         [
             "#!/bin/sh",
             "umask 077",
             f"mkdir -p {where}",
             f"printf '%s' {shlex.quote(token)} > {where}/token",
+            *write_certificate_lines(agent_dir, certificate),
             f"setsid {shlex.join(argv)} > {where}/agent.log 2>&1 < /dev/null &",
             "",
         ]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from corral.agent.launcher import kill_orphans
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
-from corral.drivers.base import Instance, NodeSpec, agent_command
+from corral.drivers.base import CERTIFICATE_NAME, Instance, NodeSpec, agent_command
 from corral.drivers.wrappers import UNLIMITED
 from corral.secretfile import node_token, write_secret
 
@@ -32,12 +32,20 @@ class LocalDriver:
     limits = UNLIMITED
 
     def __init__(
-        self, home: Path, dispatcher_address: str, secret: str, nodes_dir: Path | None = None
+        self,
+        home: Path,
+        dispatcher_address: str,
+        secret: str,
+        nodes_dir: Path | None = None,
+        *,
+        certificate: str | None = None,
     ) -> None:
-        """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
+        """``secret`` is the dispatcher's agent secret: each agent gets its node's token;
+        ``certificate`` (PEM), the agent port's, which agents then dial over TLS."""
         self.nodes_dir = nodes_dir or home / "nodes"
         self.dispatcher_address = dispatcher_address
         self._secret = secret
+        self._certificate = certificate
         #: agents this dispatcher started, by node: its children until they are reaped
         self._children: dict[str, int] = {}
 
@@ -46,8 +54,15 @@ class LocalDriver:
         state_dir.mkdir(parents=True, exist_ok=True)
         token_file = state_dir / "token"
         write_secret(token_file, node_token(self._secret, spec.node_id))
+        if self._certificate is not None:
+            (state_dir / CERTIFICATE_NAME).write_text(self._certificate)
         argv = agent_command(
-            sys.executable, spec, self.dispatcher_address, str(token_file), str(state_dir)
+            sys.executable,
+            spec,
+            self.dispatcher_address,
+            str(token_file),
+            str(state_dir),
+            tls=self._certificate is not None,
         )
         pid = await asyncio.to_thread(_spawn_agent, argv, state_dir / "agent.log")
         self._children[spec.node_id] = pid

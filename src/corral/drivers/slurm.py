@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.drivers.base import (
+    CERTIFICATE_NAME,
     TAG_POOL,
     CloudError,
     Instance,
@@ -69,16 +70,27 @@ class SlurmOptions:
 
 
 class SlurmDriver:
-    def __init__(self, options: SlurmOptions, dispatcher_address: str, secret: str) -> None:
-        """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
+    def __init__(
+        self,
+        options: SlurmOptions,
+        dispatcher_address: str,
+        secret: str,
+        *,
+        certificate: str | None = None,
+    ) -> None:
+        """``secret`` is the dispatcher's agent secret: each agent gets its node's token;
+        ``certificate`` (PEM), the agent port's, which agents then dial over TLS."""
         self.options = options
         self.dispatcher_address = dispatcher_address
         self._secret = secret
+        self._certificate = certificate
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
         name = instance_name(tags.get(TAG_POOL, ""), spec.node_id)
         state = Path(self.options.state_dir) / spec.node_id
         await asyncio.to_thread(_write_token, state, node_token(self._secret, spec.node_id))
+        if self._certificate is not None:
+            await asyncio.to_thread((state / CERTIFICATE_NAME).write_text, self._certificate)
         argv = ["sbatch", "--parsable", f"--job-name={name}"]
         argv += [f"--output={state / 'job.log'}", "--ntasks=1", "--nodes=1"]
         kind = spec.instance_type
@@ -117,7 +129,12 @@ class SlurmDriver:
 
     def _agent(self, spec: NodeSpec, state: Path) -> builtins.list[str]:
         return agent_command(
-            self.options.python, spec, self.dispatcher_address, str(state / "token"), str(state)
+            self.options.python,
+            spec,
+            self.dispatcher_address,
+            str(state / "token"),
+            str(state),
+            tls=self._certificate is not None,
         )
 
     async def _run(self, argv: Sequence[str]) -> str:

@@ -34,6 +34,7 @@ from corral.drivers.base import (
     Instance,
     NodeSpec,
     agent_command,
+    write_certificate_lines,
 )
 from corral.secretfile import node_token
 
@@ -65,11 +66,20 @@ class SSHOptions:
 
 
 class SSHDriver:
-    def __init__(self, options: SSHOptions, dispatcher_address: str, secret: str) -> None:
-        """``secret`` is the dispatcher's agent secret: each agent gets its node's token."""
+    def __init__(
+        self,
+        options: SSHOptions,
+        dispatcher_address: str,
+        secret: str,
+        *,
+        certificate: str | None = None,
+    ) -> None:
+        """``secret`` is the dispatcher's agent secret: each agent gets its node's token;
+        ``certificate`` (PEM), the agent port's, which agents then dial over TLS."""
         self.options = options
         self.dispatcher_address = dispatcher_address
         self._secret = secret
+        self._certificate = certificate
         self._lock = asyncio.Lock()
 
     async def create(self, spec: NodeSpec, tags: Mapping[str, str]) -> Instance:
@@ -89,6 +99,7 @@ class SSHDriver:
                     "umask 077",
                     f"mkdir -p {shlex.quote(state)}",
                     f"cat > {shlex.quote(state + '/token')}",
+                    *write_certificate_lines(state, self._certificate),
                     f"printf '%s' {shlex.quote(record)} > {shlex.quote(state + '/instance.json')}",
                     # setsid: its own session, so it outlives this connection
                     f"setsid {shlex.join(self._agent(spec, state))}"
@@ -131,7 +142,12 @@ class SSHDriver:
 
     def _agent(self, spec: NodeSpec, state: str) -> builtins.list[str]:
         return agent_command(
-            self.options.python, spec, self.dispatcher_address, f"{state}/token", state
+            self.options.python,
+            spec,
+            self.dispatcher_address,
+            f"{state}/token",
+            state,
+            tls=self._certificate is not None,
         )
 
     async def _list_host(self, host: str) -> builtins.list[Instance]:

@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import logging
 import socket
+import ssl
 from typing import Protocol
 
 from corral.core.ids import NodeId
@@ -91,14 +92,17 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[Connection] = set()
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port)
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=tls)
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
-    async def start_on(self, sock: socket.socket) -> None:
-        """Serve on a socket bound beforehand (its address may be needed before we start)."""
-        self._server = await asyncio.start_server(self._serve, sock=sock)
+    async def start_on(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on a socket bound beforehand (its address may be needed before we start);
+        with ``tls``, agents must dial over TLS."""
+        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=tls)
 
     def session(self, node_id: NodeId) -> AgentSession | None:
         return self._sessions.get(node_id)

@@ -8,6 +8,7 @@ production), and on ``stop`` destroys every local agent and what it runs.
 from __future__ import annotations
 
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import TypeVar
 import httpx
 
 from corral.testing.dispatcher import destroy_local_nodes
+from corral.tls import CERTIFICATE_FILE, trusting
 
 T = TypeVar("T")
 
@@ -105,9 +107,13 @@ class ServeProcess:
         self.readonly_token = (self.home / "readonly_token").read_text().strip()
 
     def http(self, token: str | None = "") -> httpx.Client:
-        """An httpx client of the API; ``token=None`` sends no Authorization header."""
+        """An httpx client of the API; ``token=None`` sends no Authorization header. Over
+        TLS it trusts the certificate the dispatcher left in its home."""
         headers = {} if token is None else {"Authorization": f"Bearer {token or self.token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0)
+        verify: ssl.SSLContext | bool = True
+        if self.url.startswith("https:"):
+            verify = trusting((self.home / CERTIFICATE_FILE).read_text())
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0, verify=verify)
 
     def wait_nodes(self, count: int = 1, timeout: float = 30.0) -> None:
         """Wait until ``count`` nodes are connected and healthy."""
