@@ -150,6 +150,7 @@ _INTS = (
     "spare_slots",
     "max_dispatch_attempts",
     "launch_ahead",
+    "log_max_bytes",
 )
 _FLOATS = (
     "heartbeat_period",

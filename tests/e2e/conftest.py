@@ -115,23 +115,26 @@ class Run:
 Cli = Callable[..., Run]
 
 
+def run_cli(home: Path, command: str, timeout: float = 30.0) -> Run:
+    """The corral CLI run as the user of ``home`` would (``command`` split as a POSIX shell
+    splits it)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", *shlex.split(command)],
+        env=user_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
 @pytest.fixture
 def cli(served: Served) -> Cli:
-    """``cli("process list --json")`` runs the corral CLI as the user would.
-
-    The command line is split as a POSIX shell splits it (``shlex``).
-    """
+    """``cli("process list --json")`` runs the corral CLI as the user would."""
 
     def run(command: str, timeout: float = 30.0) -> Run:
-        done = subprocess.run(
-            [sys.executable, "-m", "corral", *shlex.split(command)],
-            env=user_env(served.home),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Run(done.returncode, done.stdout, done.stderr)
+        return run_cli(served.home, command, timeout)
 
     return run
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shlex
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import CONFIG, Run, Served, serve_once, user_env
+from conftest import CONFIG, Served, run_cli, serve_once
 from corral import Client
 from corral.errors import InvalidRequest, Unavailable
 from corral.tls import CERTIFICATE_FILE, KEY_FILE, make_self_signed, trusting
@@ -37,18 +34,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             server.stop()
 
 
-def corral(home: Path, command: str, **env: str) -> Run:
-    done = subprocess.run(
-        [sys.executable, "-m", "corral", *shlex.split(command)],
-        env={**user_env(home), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
-
-
 def test_the_cli_runs_a_process_over_https_with_the_certificate_of_the_home(
     served: Served,
 ) -> None:
@@ -61,9 +46,9 @@ def test_the_cli_runs_a_process_over_https_with_the_certificate_of_the_home(
         "process schedule tls-1 hello",
         "process wait tls-1 --timeout 20",
     ):
-        run = corral(home, command)
+        run = run_cli(home, command)
         assert run.code == 0, run
-    assert corral(home, "process logs tls-1").out == "over-tls\n"
+    assert run_cli(home, "process logs tls-1").out == "over-tls\n"
 
 
 def test_the_agents_dial_over_tls_and_the_agent_port_speaks_nothing_else(
@@ -97,19 +82,19 @@ def test_a_client_that_does_not_trust_the_certificate_says_how_to(
 ) -> None:
     elsewhere = tmp_path / "elsewhere"  # a home without the certificate
     elsewhere.mkdir()
-    run = corral(elsewhere, f"--url {served.url} --token {served.token} node list")
+    run = run_cli(elsewhere, f"--url {served.url} --token {served.token} node list")
     assert run.code == 1
     assert "does not trust" in run.err
     assert "--ca" in run.err
     assert len(run.err.splitlines()) == 1
-    given = corral(
+    given = run_cli(
         elsewhere,
         f"--url {served.url} --token {served.token} --ca {served.home / CERTIFICATE_FILE}"
         " node list --json",
     )
     assert given.code == 0, given
     assert len(given.json()) == 1
-    run = corral(elsewhere, f"--url {served.url.replace('https:', 'http:')} node list")
+    run = run_cli(elsewhere, f"--url {served.url.replace('https:', 'http:')} node list")
     assert run.code == 1
     assert "https://" in run.err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -175,3 +176,58 @@ def test_a_disk_error_keeps_the_output_in_the_spool_for_a_retry(
     spool.spill_due()
     assert (state_dir / "logs/p.stdout").read_bytes() == b"precious\n"
     assert os.listdir(state_dir / "spool") == []
+
+
+def numbered(lines: range) -> bytes:
+    return b"".join(b"line %08d\n" % i for i in lines)
+
+
+@pytest.mark.parametrize("spooled", [True, False], ids=["spooled", "direct"])
+def test_a_chatty_log_keeps_its_newest_bytes_and_its_offsets(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spooled: bool
+) -> None:
+    if not spooled:
+        state_dir = tmp_path / "direct"
+        prepare_state_dir(state_dir, None)
+    keep = 64 << 10
+    spool = LogSpool(state_dir, max_bytes=keep)
+    assert spool.spooled is spooled
+    out, err = spool.open("svc")
+    written = b""
+    hours = itertools.count(1)  # every look finds every log due
+    monkeypatch.setattr(logs.time, "monotonic", lambda: time.time() + 3600 * next(hours))
+    for start in range(0, 200_000, 20_000):  # 2.8 MB, looked at ten times on the way
+        chunk = numbered(range(start, start + 20_000))
+        write(out, chunk)
+        written += chunk
+        spool.spill_due()
+    disk = os.stat(state_dir / "logs/svc.stdout")
+    assert disk.st_size == len(written)  # offsets stay: the process appends where it did
+    assert disk.st_blocks * 512 <= keep + spool._slack + (64 << 10)  # the disk share is held
+    first = spool.read_chunk(1, "svc", "stdout", 0, 1 << 20)
+    assert first.data == b""
+    assert len(written) - keep - spool._slack - 4096 <= first.next_offset
+    assert first.next_offset <= len(written) - keep
+    kept = b""
+    offset = first.next_offset
+    while chunk_data := spool.read_chunk(2, "svc", "stdout", offset, 1 << 16).data:
+        kept += chunk_data
+        offset += len(chunk_data)
+    assert kept == written[first.next_offset :]  # the newest bytes, exactly
+    write(out, b"more\n")  # a process appending after a drop lands at the end
+    os.close(out)
+    os.close(err)
+    spool.settle("svc")
+    assert spool.read_chunk(3, "svc", "stdout", len(written), 100).data == b"more\n"
+
+
+def test_a_log_without_a_limit_keeps_everything(state_dir: Path) -> None:
+    spool = LogSpool(state_dir, max_bytes=0)
+    out, err = spool.open("svc")
+    written = numbered(range(100_000))
+    write(out, written)
+    os.close(out)
+    os.close(err)
+    spool.settle("svc")
+    assert (state_dir / "logs/svc.stdout").read_bytes() == written
+    assert read_all(spool, "svc") == written[: 1 << 20]

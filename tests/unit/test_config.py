@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from corral.config import Config, default_config, load_config, parse_config
-from corral.core.ids import EngineId
+from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine
+from corral.drivers.base import NodeSpec, agent_command
 from corral.errors import InvalidRequest
 
 
@@ -84,6 +85,14 @@ def test_launch_ahead_defaults_to_twice_the_slots_and_zero_turns_it_off():
     assert parse_config(_one(slots=6, launch_ahead=0)).default_engine.ahead == 0
 
 
+def test_log_max_bytes_reaches_the_agents_command_line_when_set():
+    spec = NodeSpec(NodeId("n"), parse_config(_one()).default_engine)
+    assert "--log-max-bytes" not in agent_command("python3", spec, "h:1", "t", "s")
+    limited = NodeSpec(NodeId("n"), parse_config(_one(log_max_bytes=0)).default_engine)
+    argv = agent_command("python3", limited, "h:1", "t", "s")
+    assert argv[argv.index("--log-max-bytes") + 1] == "0"
+
+
 def test_labels_become_strings_as_constraints_compare_them():
     labels = parse_config(_one(labels={"zone": 1, "gpu": True, "ssd": False, "ratio": 1.5}))
     assert labels.default_engine.labels == {
@@ -115,6 +124,8 @@ def test_labels_become_strings_as_constraints_compare_them():
         (_one(slots=True), "engines[0].slots"),
         (_one(base_need=-1), "engines[0].base_need"),
         (_one(launch_ahead=-1), "engines[0].launch_ahead"),
+        (_one(log_max_bytes=-1), "engines[0].log_max_bytes"),
+        (_one(log_max_bytes="10M"), "engines[0].log_max_bytes"),
         (_one(maximum_vms="4"), "engines[0].maximum_vms"),
         (_one(base_need=3, maximum_vms=2), "engines[0].base_need"),
         (_one(heartbeat_warning=6, heartbeat_missing=6), "engines[0].heartbeat_warning"),

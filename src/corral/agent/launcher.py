@@ -31,7 +31,7 @@ from pathlib import Path
 
 from corral.agent import pidfiles
 from corral.agent.identity import Identity
-from corral.agent.logs import SPILL_EVERY, LogSpool, safe_name
+from corral.agent.logs import DEFAULT_MAX_BYTES, SPILL_EVERY, LogSpool, safe_name
 from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
 
 log = logging.getLogger("corral.agent")
@@ -68,9 +68,11 @@ class Launcher:
         on_exit: Callable[[ProcessReport], None],
         environ: Mapping[str, str],
         identity: Identity | None = None,
+        log_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         """``identity`` starts the processes as another user (or refuses to start them);
-        None runs them as the agent's own user (see ``identity``)."""
+        None runs them as the agent's own user (see ``identity``). Each log keeps its newest
+        ``log_max_bytes`` (0: all)."""
         self._state_dir = state_dir
         self._pids_dir = state_dir / "pids"
         self._identity = identity
@@ -98,7 +100,7 @@ class Launcher:
         self._ends_due = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self.logs = LogSpool(state_dir)
+        self.logs = LogSpool(state_dir, log_max_bytes)
         self._spill_timer = self._loop.call_later(SPILL_EVERY, self._spill)
 
     @property

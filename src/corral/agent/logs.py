@@ -16,6 +16,12 @@ little memory. A process that writes nothing never costs a disk file.
 A spool file and its disk log share offsets: a new spool file starts at the size of the disk
 log (sparse, costing nothing). So the disk log's size is always how far the spool has been
 copied, and a spill interrupted by a crash resumes exactly there.
+
+A disk log keeps only about its newest ``max_bytes`` (the engine's ``log_max_bytes``): past
+that, its oldest whole blocks are punched out. Its size, and every offset, stay as they were
+(the process appending to it, the spool and a reader following it notice nothing), and a
+reader asking for dropped bytes is sent on to the first kept one. A chatty service thus
+holds a bounded share of the disk however long it runs.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ STREAMS: Final = ("stdout", "stderr")
 #: how often a running process's spool is copied: soon after it writes, rarely when quiet
 SPILL_EVERY: Final = 1.0
 SPILL_QUIET_MAX: Final = 30.0
+
+#: the newest bytes a disk log keeps, per stream, unless the engine says otherwise
+DEFAULT_MAX_BYTES: Final = 100 << 20
 
 _COPY_BLOCK: Final = 1 << 20
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -104,7 +113,8 @@ class _Watch:
 class LogSpool:
     """Where the agent's processes write, and how their output reaches the disk."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        """``max_bytes``: the newest bytes each disk log keeps (0: all of them)."""
         self._logs = state_dir / "logs"
         self._spool = state_dir / "spool"
         #: without a tmpfs behind ``spool``, processes write straight to their disk logs
@@ -116,6 +126,10 @@ class LogSpool:
         self._watched: dict[str, _Watch] = {}
         self._warned: set[str] = set()
         self._can_punch = _fallocate is not None
+        self._max_bytes = max_bytes
+        # Dropped only once this much more has come, so a busy log is not punched per spill.
+        self._slack = max(max_bytes // 8, 1 << 16)
+        self._can_drop = max_bytes > 0 and _fallocate is not None
 
     # --- the process side ---------------------------------------------------------------------
 
@@ -130,12 +144,11 @@ class LogSpool:
             for fd in fds:
                 os.close(fd)
             raise
-        if self.spooled:
-            watch = self._watched.get(name)
-            if watch is None:
-                self._watched[name] = _Watch(1, time.monotonic() + SPILL_EVERY, SPILL_EVERY)
-            else:
-                watch.rounds += 1
+        watch = self._watched.get(name)
+        if watch is None:
+            self._watched[name] = _Watch(1, time.monotonic() + SPILL_EVERY, SPILL_EVERY)
+        else:
+            watch.rounds += 1
         return fds[0], fds[1]
 
     def close(self) -> None:
@@ -176,11 +189,10 @@ class LogSpool:
                 self._flush(name, watch, now)
 
     def adopt(self, upid: str) -> None:
-        """Watch the spool of a process a previous agent started (before :meth:`recover`)."""
-        if self.spooled:
-            name = safe_name(upid)
-            watch = self._watched.setdefault(name, _Watch(0, 0.0, SPILL_EVERY))
-            watch.rounds += 1
+        """Watch the logs of a process a previous agent started (before :meth:`recover`)."""
+        name = safe_name(upid)
+        watch = self._watched.setdefault(name, _Watch(0, 0.0, SPILL_EVERY))
+        watch.rounds += 1
 
     def recover(self) -> None:
         """After an agent restart: settle the spool files no adopted process writes to."""
@@ -191,9 +203,13 @@ class LogSpool:
             self._flush(name, watch)
 
     def _flush(self, name: str, watch: _Watch, now: float | None = None) -> None:
-        """Spill ``name``; drop its spool once no round writes to it and all is on disk."""
+        """Spill ``name``; drop its spool once no round writes to it and all is on disk.
+        Unspooled, the process writes to its disk logs itself: only their size is kept."""
         try:
-            copied = sum(self._spill(name, stream) for stream in STREAMS)
+            if self.spooled:
+                copied = sum(self._spill(name, stream) for stream in STREAMS)
+            else:
+                copied = sum(self._keep_newest(f"{name}.{stream}") for stream in STREAMS)
         except OSError as exc:
             # Disk full, most likely: the output waits in the spool, in memory, for a retry.
             if name not in self._warned:
@@ -203,9 +219,10 @@ class LogSpool:
             return
         self._warned.discard(name)
         if watch.rounds == 0:
-            for stream in STREAMS:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{name}.{stream}", dir_fd=self._spool_fd)
+            if self.spooled:
+                for stream in STREAMS:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{name}.{stream}", dir_fd=self._spool_fd)
             del self._watched[name]
             return
         watch.every = SPILL_EVERY if copied else min(watch.every * 2, SPILL_QUIET_MAX)
@@ -237,6 +254,7 @@ class LogSpool:
                     if not block:
                         break
                     offset += _write_all(dst, block, offset)
+                self._drop_oldest(dst, offset)
             finally:
                 os.close(dst)
             if self._can_punch:
@@ -245,6 +263,43 @@ class LogSpool:
         finally:
             os.close(src)
 
+    def _keep_newest(self, file: str) -> int:
+        """Drop what an unspooled disk log holds beyond its newest bytes; return the bytes
+        dropped (while none are, it is looked at less and less often)."""
+        size = _size(file, self._logs_fd)
+        if not self._can_drop or size <= self._max_bytes + self._slack:
+            return 0
+        fd = os.open(file, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._logs_fd)
+        try:
+            return self._drop_oldest(fd, size)
+        finally:
+            os.close(fd)
+
+    def _drop_oldest(self, fd: int, size: int) -> int:
+        """Punch out the whole blocks of ``fd`` before its newest ``max_bytes``, once more
+        than the slack has come since; return the bytes dropped."""
+        if not self._can_drop or size <= self._max_bytes + self._slack:
+            return 0
+        first = _first_data(fd, 0, size)
+        if size - first <= self._max_bytes + self._slack:
+            return 0
+        block = os.fstat(fd).st_blksize or _PAGE
+        cut = (size - self._max_bytes) // block * block
+        if cut <= first:
+            return 0
+        if _fallocate is not None and (
+            _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, cut) == 0
+        ):
+            return cut - first
+        if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+            log.warning(
+                "the file system of %s cannot drop old log bytes: logs grow without bound",
+                self._logs,
+            )
+            self._can_drop = False
+            return 0
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
     def read_chunk(
         self, request_id: int, upid: str, stream: str, offset: int, limit: int
     ) -> LogChunk:
@@ -252,7 +307,8 @@ class LogSpool:
 
         A missing log reads as empty (the process may not have written yet) with size 0; a
         bad request comes back with ``error`` set instead of raising. What is still in the
-        spool is read from there, so a reader never waits for a spill.
+        spool is read from there, so a reader never waits for a spill. An ``offset`` whose
+        bytes were dropped reads as empty, its ``next_offset`` the first byte kept.
         """
         if offset < 0 or limit < 0:
             return LogChunk(request_id, b"", offset, 0, "offset and limit must not be negative")
@@ -262,27 +318,45 @@ class LogSpool:
             return LogChunk(request_id, b"", offset, 0, str(exc))
         want = min(limit, MAX_CHUNK)
         try:
-            data, size = _read_from(path, offset, want)
+            kept, data, size = _read_from(path, offset, want)
+            if kept > offset:
+                return LogChunk(request_id, b"", kept, size, None)
             if self.spooled and len(data) < want:
                 spool = self._spool / path.name
-                more, spooled = _read_from(spool, offset + len(data), want - len(data))
+                _, more, spooled = _read_from(spool, offset + len(data), want - len(data))
                 data, size = data + more, max(size, spooled)
         except OSError as exc:
             return LogChunk(request_id, b"", offset, 0, f"cannot read log: {exc.strerror}")
         return LogChunk(request_id, data, offset + len(data), size, None)
 
 
-def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
-    """``(bytes from offset, file size)``; a missing file is empty."""
+def _read_from(path: Path, offset: int, limit: int) -> tuple[int, bytes, int]:
+    """``(where the bytes kept from offset on begin, bytes from offset, file size)``; a
+    missing file is empty. Bytes are read only when ``offset`` itself was kept."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return b"", 0
+        return offset, b"", 0
     try:
         size = os.fstat(fd).st_size
-        return (os.pread(fd, limit, offset) if offset < size and limit else b""), size
+        if offset >= size or not limit:
+            return offset, b"", size
+        kept = _first_data(fd, offset, size)
+        return kept, (os.pread(fd, limit, offset) if kept == offset else b""), size
     finally:
         os.close(fd)
+
+
+def _first_data(fd: int, offset: int, size: int) -> int:
+    """The first offset from ``offset`` on that holds data: past the dropped blocks."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
+            return size
+        if exc.errno == errno.EINVAL:  # no SEEK_DATA here: the file holds no dropped part
+            return offset
+        raise
 
 
 def _size(path: str | Path, dir_fd: int | None = None) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 from corral import eventloop
 from corral.agent.dialing import parse_address
 from corral.agent.identity import Identity, Refuse, RunAs, resolve
+from corral.agent.logs import DEFAULT_MAX_BYTES
 from corral.agent.pidfiles import (
     StateDirBusy,
     lock_state_dir,
@@ -60,6 +61,12 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {text!r}")
     return value
+
+
+def _bytes(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes ≥ 0, got {text!r}")
+    return int(text)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -134,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="unacknowledged heartbeats after which the link counts as gone (default: 30)",
+    )
+    add(
+        "--log-max-bytes",
+        type=_bytes,
+        default=DEFAULT_MAX_BYTES,
+        metavar="BYTES",
+        help="the newest bytes each process's stdout and stderr log keeps; older ones are"
+        f" dropped (0: keep all; default: {DEFAULT_MAX_BYTES})",
     )
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -226,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_grace=args.stop_grace,
             link_timeout=args.link_timeout,
             tls=tls,
+            log_max_bytes=args.log_max_bytes,
         )
         log.info("agent %s starting; state in %s", config.node_id, state_dir)
         return eventloop.run(Agent(config).run())

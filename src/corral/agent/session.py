@@ -52,6 +52,7 @@ from typing import Final
 from corral.agent.dialing import Address, Backoff, parse_address, tune_socket
 from corral.agent.identity import Identity
 from corral.agent.launcher import Key, Launcher
+from corral.agent.logs import DEFAULT_MAX_BYTES
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
 from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
 from corral.wire.launch_queue import LaunchQueue
@@ -113,6 +114,8 @@ class AgentConfig:
     """Seconds a link may leave the heartbeats unacknowledged before it counts as gone."""
     tls: ssl.SSLContext | None = None
     """Dial the dispatchers over TLS with this context (None: plain TCP)."""
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    """The newest bytes each process's stdout and stderr log keeps (0: all of them)."""
 
 
 class _End(enum.Enum):
@@ -162,7 +165,9 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum, task)
         cfg = self._config
-        self._launcher = Launcher(cfg.state_dir, self._on_exit, cfg.environ, cfg.identity)
+        self._launcher = Launcher(
+            cfg.state_dir, self._on_exit, cfg.environ, cfg.identity, cfg.log_max_bytes
+        )
         for report in self._launcher.adopt():
             self._inventory[(report.upid, report.round)] = report
             log.info("adopted %s round %s: %s", report.upid, report.round, report.status)

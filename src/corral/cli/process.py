@@ -274,8 +274,15 @@ def _print_log(client: Client, upid: str, stream: str, follow: bool, interval: f
         data = chunk.get("data") or ""
         if data:
             click.echo(data, nl=False)
-        offset = int(chunk.get("next_offset", offset + len(data)))
-        if data:
+        next_offset = int(chunk.get("next_offset", offset + len(data)))
+        if not data and next_offset > offset:
+            click.echo(
+                f"corral: the first {next_offset:,} bytes of this log were dropped"
+                " (the engine's log_max_bytes)",
+                err=True,
+            )
+        skipped, offset = next_offset > offset, next_offset
+        if data or skipped:
             continue  # there may be more right away
         if not follow or ended:
             return

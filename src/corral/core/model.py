@@ -131,6 +131,9 @@ class Engine:
     #: seconds an agent cut off from the dispatcher waits before stopping its processes
     #: (None: it never does); lets an at-most-once process be started again safely
     stop_after_disconnect: float | None = None
+    #: the newest bytes each process's stdout and stderr log keeps on its node; older ones
+    #: are dropped (0: all; None: the agent's default, 100 MiB)
+    log_max_bytes: int | None = None
 
     @property
     def ahead(self) -> int:

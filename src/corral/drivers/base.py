@@ -87,6 +87,8 @@ def agent_command(
         argv += ["--run-as", engine.run_as]
     if engine.allow_root:
         argv.append("--allow-root")
+    if engine.log_max_bytes is not None:
+        argv += ["--log-max-bytes", str(engine.log_max_bytes)]
     if tls:
         argv += ["--tls-ca", f"{state_dir}/{CERTIFICATE_NAME}"]
     return argv

@@ -108,7 +108,9 @@ class Heartbeat:
 class LogChunk:
     """Answer to ``ReadLog``: ``data`` starts at the requested offset.
 
-    ``next_offset`` is where the next read should start; ``size`` is the file's size when it
+    ``next_offset`` is where the next read should start: past ``data``, or, when the bytes
+    at the requested offset were dropped (a log keeps its newest ``log_max_bytes``), at the
+    first byte kept, with ``data`` empty; ``size`` is the file's size when it
     was read, so a reader can tell whether it has caught up. ``error`` is set (and ``data`` is
     empty) when the log cannot be read.
     """

@@ -27,8 +27,11 @@ class LogFollower {
     }
     for (let reads = 0; reads < 8; reads += 1) {
       const chunk = await api(path, { params: { stream: this.stream, offset: this.offset, limit: LOG_CHUNK } });
-      if (!chunk.data) break;
+      // an empty chunk that moves on: the bytes asked for were dropped (log_max_bytes)
+      const moved = chunk.next_offset > this.offset;
       this.offset = chunk.next_offset;
+      if (!chunk.data && moved) continue;
+      if (!chunk.data) break;
       const atBottom = this.pre.scrollTop + this.pre.clientHeight >= this.pre.scrollHeight - 4;
       this.pre.textContent = (this.pre.textContent + chunk.data).slice(-LOG_KEPT);
       if (atBottom) this.pre.scrollTop = this.pre.scrollHeight;
