@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from conftest import CONFIG, Served, run_cli, serve_once
 from corral import Client
 from corral.errors import InvalidRequest, Unavailable
+from corral.queue.client import BlockingQueueClient
 from corral.tls import CERTIFICATE_FILE, KEY_FILE, make_self_signed, trusting
 from corral.wire.codec import open_connection
 from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
@@ -24,7 +26,7 @@ from corral.wire.messages import AGENT_REALM, PROTOCOL_VERSION
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = Served(tmp_path_factory.mktemp("tls") / "home", CONFIG)
-    server.argv += ["--tls"]
+    server.argv += ["--tls", "--queue", "127.0.0.1:0"]
     server.start()
     try:
         server.wait_nodes()
@@ -151,3 +153,22 @@ def test_a_wrong_tls_option_is_one_clear_line(tmp_path: Path, args: list[str], s
     assert said in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "url").exists()
+
+
+def test_the_dispatchers_queue_speaks_tls_too(served: Served) -> None:
+    found = re.search(r"event queue on 127\.0\.0\.1:(\d+)", served.log_tail(200))
+    assert found is not None, served.log_tail()
+    secret = (served.home / "queue_secret").read_text().strip()
+    pinned = trusting((served.home / CERTIFICATE_FILE).read_text(), check_hostname=False)
+    client = BlockingQueueClient("127.0.0.1", int(found[1]), secret, tls=pinned)
+    try:
+        client.connect()
+        assert client.put("tls", [("ping", {}, False)])
+    finally:
+        client.close()
+    plain = BlockingQueueClient("127.0.0.1", int(found[1]), secret)
+    try:
+        with pytest.raises(Unavailable):
+            plain.connect(timeout=3)
+    finally:
+        plain.close()

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from corral.errors import Unavailable
+from corral.pipeline.config import FrameworkConfig
+from corral.pipeline.queue_host import QueueHost, queue_client_tls, queue_secret
 from corral.queue import OwnQueueServer, QueueClient
+from corral.queue.client import BlockingQueueClient
 from corral.store import open_store
+from corral.tls import make_self_signed, trusting
 from corral.wire.handshake import AuthenticationFailed
 
 pytestmark = pytest.mark.anyio
@@ -128,3 +134,40 @@ async def test_operators_see_what_is_pending_and_what_is_in_progress(queue: Runn
     ]  # the first of the pending only: limit=1
     assert (other["queue"], other["pending"], other["in_progress"]) == ("other", 1, 0)
     assert await worker.ack([held.id]) == []
+
+
+def test_a_hosted_queue_with_a_certificate_speaks_only_tls(tmp_path: Path) -> None:
+    certfile, keyfile = tmp_path / "queue.pem", tmp_path / "queue.key"
+    make_self_signed(certfile, keyfile, ["127.0.0.1"])
+    config = FrameworkConfig(
+        queue_manager_portnr=0,
+        queue_manager_certificate=str(certfile),
+        queue_manager_key=str(keyfile),
+        state_dir=str(tmp_path / "state"),
+    )
+    host = QueueHost(config)
+    host.start()
+    secret = queue_secret(config, create=False)
+    assert secret is not None
+    try:
+        client = BlockingQueueClient(*host.address, secret, tls=queue_client_tls(config))
+        try:
+            client.connect()
+            (event_id,) = client.put("main", [("ping", {"n": 1}, False)])
+            assert [e.id for e in client.take("main")] == [event_id]
+        finally:
+            client.close()
+        for tls in (None, trusting(_stranger(tmp_path), check_hostname=False)):
+            plain = BlockingQueueClient(*host.address, secret, tls=tls)
+            try:
+                with pytest.raises(Unavailable):
+                    plain.connect(timeout=3)
+            finally:
+                plain.close()
+    finally:
+        host.stop()
+
+
+def _stranger(tmp_path: Path) -> str:
+    make_self_signed(tmp_path / "other.pem", tmp_path / "other.key", ["127.0.0.1"])
+    return (tmp_path / "other.pem").read_text()

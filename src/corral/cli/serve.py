@@ -5,8 +5,8 @@ store, the API token (``token``, mode 0600), the read-only token (``readonly_tok
 agents' token, the API's address (``url``, so the client and CLI find it) and the local
 nodes' directories. The dashboard is served at ``/ui/`` of the API's address.
 
-With ``--tls`` (a self-signed certificate made once in the home) or ``--tls-cert``, the API
-and the agent port speak TLS: the certificate is left in ``tls_certificate.pem`` for the
+With ``--tls`` (a self-signed certificate made once in the home) or ``--tls-cert``, the API,
+the agent port and the queue speak TLS: the certificate is left in ``tls_certificate.pem`` for the
 client and CLI, and handed to the agents the drivers start (``corral.tls``). Only then may
 they listen beyond loopback without ``--allow-remote``.
 
@@ -80,7 +80,6 @@ def refuse_remote(host: str, option: str, allowed: bool, remedy: str) -> None:
 
 
 _TLS_REMEDY = "serve over TLS (--tls, or --tls-cert and --tls-key)"
-_QUEUE_REMEDY = "the queue speaks no TLS: put a TLS tunnel in front"
 
 
 def agent_host(home: Path, asked: tuple[str, int] | None) -> str:
@@ -152,14 +151,14 @@ def refuse_root(config: Config) -> None:
     "--tls",
     "tls_self_signed",
     is_flag=True,
-    help="Serve the API and the agent port over TLS with a self-signed certificate, made"
+    help="Serve the API, the agent port and the queue over TLS with a self-signed certificate, made"
     " once in HOME (tls_certificate.pem: give it to remote clients).",
 )
 @click.option(
     "--tls-cert",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Serve the API and the agent port over TLS with this PEM certificate (chain).",
+    help="Serve the API, the agent port and the queue over TLS with this PEM certificate (chain).",
 )
 @click.option(
     "--tls-key",
@@ -217,7 +216,7 @@ def serve(
     remote_ok = allow_remote or tls_self_signed or tls_cert is not None
     refuse_remote(host, "--listen", remote_ok, _TLS_REMEDY)
     if queue is not None:
-        refuse_remote(queue[0], "--queue", allow_remote, _QUEUE_REMEDY)
+        refuse_remote(queue[0], "--queue", remote_ok, _TLS_REMEDY)
     where = "--agent-listen" if agents else f"the agent port of the last run ({home}/agent_address)"
     hosts = [host, agent_host(home, agents)]
     refuse_remote(hosts[1], where, remote_ok, _TLS_REMEDY)

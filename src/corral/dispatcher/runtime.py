@@ -118,7 +118,11 @@ class Runtime:
         if settings.queue_listen is not None:
             secret = await asyncio.to_thread(load_or_create_token, home / "queue_secret")
             self.queue = QueueServer(committer, secret)
-            await self.queue.start(*settings.queue_listen, loaded.tables[Table.EVENTS])
+            await self.queue.start(
+                *settings.queue_listen,
+                loaded.tables[Table.EVENTS],
+                settings.tls.context() if settings.tls is not None else None,
+            )
             log.info("event queue on %s:%d", *self.queue.address)
         pool_id = loaded.tables[Table.META].get("pool", {}).get("id")
         if pool_id is None:

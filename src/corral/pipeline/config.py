@@ -39,6 +39,12 @@ class FrameworkConfig:
     queue_manager_hostname: str = "127.0.0.1"
     queue_manager_portnr: int = 50101
     queue_manager_auth_code: str | None = None
+    #: a PEM certificate: the shared queue speaks TLS, its clients trusting exactly this
+    #: certificate, and a framework process that hosts the queue serving it
+    queue_manager_certificate: str | None = None
+    #: the private key of ``queue_manager_certificate`` (PEM), for the process that hosts
+    #: the queue, unless the certificate's file holds it
+    queue_manager_key: str | None = None
     #: seconds a dead worker's event waits before another worker gets it
     visibility_timeout: float = 30.0
     #: the shared queue's name (default: the pipeline class's name)

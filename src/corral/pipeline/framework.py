@@ -25,7 +25,7 @@ from corral.pipeline.config import FrameworkConfig
 from corral.pipeline.data_set import DataSet
 from corral.pipeline.pipeline import BasePipeline, load_pipeline
 from corral.pipeline.primitives import Action, Arguments, ProcessingContext
-from corral.pipeline.queue_host import QueueHost, queue_secret
+from corral.pipeline.queue_host import QueueHost, queue_client_tls, queue_secret
 from corral.queue import BlockingQueueClient
 from corral.queue.messages import QueuedEvent
 
@@ -245,10 +245,11 @@ class Framework:
             return self._shared
         config = self.config
         host, port = config.queue_manager_hostname, config.queue_manager_portnr
+        tls = queue_client_tls(config)
         for attempt in range(3):
             secret = config.queue_manager_auth_code or queue_secret(config, create=False)
             if secret is not None:
-                client = BlockingQueueClient(host, port, secret)
+                client = BlockingQueueClient(host, port, secret, tls=tls)
                 try:
                     client.connect(timeout=2.0)
                 except Unavailable:

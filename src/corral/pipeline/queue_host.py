@@ -10,6 +10,7 @@ at random by the first host and private to its user.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -18,6 +19,29 @@ from corral.pipeline.config import FrameworkConfig
 from corral.queue import OwnQueueServer, QueueServer
 from corral.secretfile import load_or_create_token
 from corral.store import open_store
+from corral.tls import read_certificates, server_context, trusting
+
+
+def queue_client_tls(config: FrameworkConfig) -> ssl.SSLContext | None:
+    """How a client dials the queue: over TLS, trusting exactly the configured certificate
+    (whatever address reaches it), or in clear without one."""
+    if config.queue_manager_certificate is None:
+        return None
+    certificate = Path(config.queue_manager_certificate).expanduser()
+    return trusting(
+        read_certificates(certificate, "queue_manager_certificate"), check_hostname=False
+    )
+
+
+def queue_server_tls(config: FrameworkConfig) -> ssl.SSLContext | None:
+    """How a hosted queue listens: over TLS with the configured certificate and key."""
+    if config.queue_manager_certificate is None:
+        return None
+    key = config.queue_manager_key
+    return server_context(
+        Path(config.queue_manager_certificate).expanduser(),
+        Path(key).expanduser() if key else None,
+    )
 
 
 def queue_secret(config: FrameworkConfig, create: bool) -> str | None:
@@ -49,10 +73,13 @@ class QueueHost:
         secret = queue_secret(self.config, create=True)
         assert secret is not None  # made when missing
         self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tls = queue_server_tls(self.config)
         server = OwnQueueServer(open_store(self.store_url), secret, self.config.visibility_timeout)
         self._thread.start()
         started: Future[None] = asyncio.run_coroutine_threadsafe(
-            server.listen(self.config.queue_manager_hostname, self.config.queue_manager_portnr),
+            server.listen(
+                self.config.queue_manager_hostname, self.config.queue_manager_portnr, tls
+            ),
             self._loop,
         )
         try:

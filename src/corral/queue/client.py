@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -61,8 +62,18 @@ class QueueRefused(CorralError):
 
 
 class QueueClient:
-    def __init__(self, host: str, port: int, secret: str, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: str,
+        client_id: str | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: dial over TLS with this context (None: in clear)."""
         self.host, self.port = host, port
+        self._tls = tls
         self._secret = secret
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._conn: FramedConnection[QueueMessage] | None = None
@@ -77,7 +88,7 @@ class QueueClient:
     async def connect(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._tls)
                 conn: FramedConnection[QueueMessage] = FramedConnection(
                     reader, writer, QUEUE_MESSAGES
                 )
@@ -201,11 +212,19 @@ class QueueClient:
 class BlockingQueueClient:
     """A ``QueueClient`` for threaded code: it runs on an event loop of its own thread."""
 
-    def __init__(self, host: str, port: int, secret: str, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: str,
+        client_id: str | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._client = QueueClient(host, port, secret, client_id)
+        self._client = QueueClient(host, port, secret, client_id, tls=tls)
         self.client_id = self._client.client_id
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:

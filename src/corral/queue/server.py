@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -91,10 +92,17 @@ class QueueServer:
         self.stopped = asyncio.Event()
         self.address = ("", 0)
 
-    async def start(self, host: str, port: int, events: Mapping[str, Mapping[str, Any]]) -> None:
-        """Serve the stored ``events`` (the store's events table) on ``host:port``."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        events: Mapping[str, Mapping[str, Any]],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """Serve the stored ``events`` (the store's events table) on ``host:port``, over TLS
+        with ``tls``."""
         self._book = QueueBook.load(events, time.monotonic(), self.restart_grace)
-        self._server = await asyncio.start_server(self._accept, host, port)
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=tls)
         self.address = self._server.sockets[0].getsockname()[:2]
         self._tasks = [asyncio.ensure_future(self._tick())]
 
@@ -288,10 +296,10 @@ class OwnQueueServer(QueueServer):
         super().__init__(GroupCommitter(store), secret, visibility_timeout)
         self._store = store
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         loaded = await asyncio.to_thread(self._store.load)
         await self._committer.start()
-        await self.start(host, port, loaded.tables[Table.EVENTS])
+        await self.start(host, port, loaded.tables[Table.EVENTS], tls)
 
     async def aclose(self) -> None:
         await super().aclose()
