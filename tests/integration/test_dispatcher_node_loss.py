@@ -13,9 +13,11 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from corral.dispatcher.syncer import Syncer
 from corral.errors import Conflict
 
 pytestmark = pytest.mark.timeout(30)
@@ -190,3 +192,35 @@ def test_a_frozen_agent_within_the_grace_keeps_its_process_in_the_same_round(
     assert after["pid"] == before["pid"]
     assert pids(corral, path) == [before["pid"]]
     assert len(pids(corral, tmp_path / "once.pids")) == 1
+
+
+def test_a_start_whose_report_died_with_its_agent_counts_as_run(
+    corral, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent started it, then died before the dispatcher heard: the record still says
+    PENDING, but the node's journal says it ran, so a NEVER process is not run again."""
+    (node,) = corral.ready_nodes()
+    lost = node["node_id"]
+    path = tmp_path / "unheard.pids"
+    apply = Syncer._apply
+
+    def deaf(self: Syncer, record: Any, report: Any) -> Any:
+        if record.upid.startswith("unheard") and report.status == "running":
+            return []  # the report that would have said it started never arrives
+        return apply(self, record, report)
+
+    monkeypatch.setattr(Syncer, "_apply", deaf)
+    upid = corral.run(FOREVER, upid="unheard-1", env={"PIDS": path}, restart_mode="NEVER")
+    (first,) = corral.wait_until(lambda: pids(corral, path), "the process to start")
+    assert corral.describe(upid)["state"] == "400-PENDING"
+
+    os.kill(corral.agent_pid(lost), signal.SIGKILL)
+
+    failed = corral.wait_state(upid, "850-FAILED")
+    assert (failed["round"], failed["starts"]) == (1, 1)
+    assert "had started there" in failed["end_reason"]
+    corral.wait_until(lambda: not corral.pid_alive(first), "the orphan to be killed")
+    time.sleep(0.5)  # proving a negative: no second start on the new node
+    assert pids(corral, path) == [first]
+    history = [step["state"] for step in corral.client.process_history(upid)["steps"]]
+    assert history[-2:] == ["500-RUNNING", "850-FAILED"]

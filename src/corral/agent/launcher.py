@@ -25,7 +25,7 @@ import select
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -426,26 +426,48 @@ def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
     (same start time and group), so a reused pid is never killed. All records are removed.
     Raises ``StateDirBusy`` if an agent still runs on ``state_dir``.
     """
-    root = Path(state_dir)
+    with _dead_agents_journal(Path(state_dir)) as journal:
+        if journal is None:
+            return 0  # no agent ever ran there
+        killed = 0
+        for pid, record in journal.records().items():
+            # A zombie leader still pins its group id: its stragglers are safe to kill
+            # too, but only a leader that was still running counts as killed.
+            if pidfiles.same_process(pid, record):
+                running = pidfiles.still_running(pid, record)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(record.pgid, signal.SIGKILL)
+                    killed += 1 if running else 0
+        journal.clear()
+        return killed
+
+
+def rounds_started(state_dir: str | os.PathLike[str]) -> set[tuple[str, int]] | None:
+    """The rounds a dead agent had started and not seen end, as its journal says (its
+    reports of them may have died with it); None while an agent still runs there."""
+    try:
+        with _dead_agents_journal(Path(state_dir)) as journal:
+            if journal is None:
+                return set()
+            return {(record.upid, record.round) for record in journal.records().values()}
+    except pidfiles.StateDirBusy:
+        return None
+
+
+@contextlib.contextmanager
+def _dead_agents_journal(root: Path) -> Iterator[pidfiles.PidJournal | None]:
+    """The pid journal of ``root``'s agent, which must be dead (else ``StateDirBusy``);
+    None if no agent ever ran there."""
     lock = pidfiles.lock_state_dir(root)
     try:
         if not (root / "pids").is_dir():
-            return 0  # no agent ever ran there
+            yield None
+            return
         journal = pidfiles.PidJournal(root / "pids")
         try:
-            killed = 0
-            for pid, record in journal.records().items():
-                # A zombie leader still pins its group id: its stragglers are safe to kill
-                # too, but only a leader that was still running counts as killed.
-                if pidfiles.same_process(pid, record):
-                    running = pidfiles.still_running(pid, record)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(record.pgid, signal.SIGKILL)
-                        killed += 1 if running else 0
-            journal.clear()
+            yield journal
         finally:
             journal.close()
-        return killed
     finally:
         os.close(lock)
 

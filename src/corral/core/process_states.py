@@ -99,6 +99,8 @@ QUEUED_STATES = frozenset(
 MATCHABLE_STATES = frozenset(
     {ProcessState.REQUESTED, ProcessState.DIED_REQUESTED, ProcessState.WAITING}
 )
+#: placed on a node, not known to have started there
+UNSTARTED_STATES = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING})
 SLOT_STATES = frozenset(
     {
         ProcessState.ASSIGNED,

@@ -12,7 +12,7 @@ from typing import cast
 from corral.core.disconnect import Fence, is_at_most_once
 from corral.core.ids import NodeId, Round
 from corral.core.model import MAX_DISPATCH_ATTEMPTS, ProcessRecord, evolved
-from corral.core.process_states import ProcessEvent, ProcessState, advance
+from corral.core.process_states import UNSTARTED_STATES, ProcessEvent, ProcessState, advance
 from corral.core.restart import Outcome, RestartPolicy, decide
 
 
@@ -159,10 +159,7 @@ def _ended(
     }
     if record.state is ProcessState.TERMINATING:
         return moved(record, ProcessEvent.TERMINATED, now, **facts)
-    if outcome is Outcome.NODE_LOST and record.state in (
-        ProcessState.ASSIGNED,
-        ProcessState.PENDING,
-    ):
+    if outcome is Outcome.NODE_LOST and record.state in UNSTARTED_STATES:
         if record.dispatches >= max_dispatch_attempts:
             facts["end_reason"] = (
                 f"{reason}; gave up after {record.dispatches} dispatch attempt(s)"

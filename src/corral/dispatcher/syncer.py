@@ -20,7 +20,7 @@ from corral.clock import Clock
 from corral.core.disconnect import Fence
 from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.model import MAX_DISPATCH_ATTEMPTS, Engine, ProcessRecord
-from corral.core.process_states import ProcessState
+from corral.core.process_states import UNSTARTED_STATES, ProcessState
 from corral.core.restart import Outcome
 from corral.dispatcher.rounds import describe_exit, ended, never_ran, started
 from corral.dispatcher.state import State
@@ -99,7 +99,7 @@ class Syncer:
             record = self._state.processes[upid]
             if (record.upid, record.round) in known:
                 continue
-            if record.state in (ProcessState.ASSIGNED, ProcessState.PENDING):
+            if record.state in UNSTARTED_STATES:
                 # The launch never arrived (or the dispatcher died before sending it):
                 # launches are idempotent, so send it again.
                 self._relaunch(record)
@@ -109,23 +109,34 @@ class Syncer:
             self.lose(lost, f"the agent on {node_id} no longer knows it")
 
     def lose(
-        self, records: Iterable[ProcessRecord], reason: str, fence: Fence | None = None
+        self,
+        records: Iterable[ProcessRecord],
+        reason: str,
+        fence: Fence | None = None,
+        began: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset(),
     ) -> None:
         """End the rounds of processes whose node (or agent) is gone; ``fence`` when they
-        may still run there (see ``core.disconnect``)."""
+        may still run there (see ``core.disconnect``). A round in ``began`` had started
+        there, whatever its record says: it counts as run first."""
         now = self._clock.time()
-        changed = [
-            ended(
-                r,
-                Outcome.NODE_LOST,
-                now,
-                self._rng.random(),
-                reason=reason,
-                max_dispatch_attempts=self._max_dispatch_attempts(r.engine),
-                fence=fence,
+        changed: list[ProcessRecord] = []
+        for record in records:
+            why = reason
+            if record.state in UNSTARTED_STATES and (record.upid, record.round) in began:
+                record = started(record, None, None, now)
+                changed.append(record)
+                why = f"{reason} (it had started there, its report lost with the node)"
+            changed.append(
+                ended(
+                    record,
+                    Outcome.NODE_LOST,
+                    now,
+                    self._rng.random(),
+                    reason=why,
+                    max_dispatch_attempts=self._max_dispatch_attempts(record.engine),
+                    fence=fence,
+                )
             )
-            for r in records
-        ]
         if changed:
             self._state.save_processes(changed)
             self._wake_mapper()
@@ -133,7 +144,7 @@ class Syncer:
     def _apply(self, record: ProcessRecord, report: ProcessReport) -> list[ProcessRecord]:
         """The steps ``report`` moves ``record`` through (none, one or two)."""
         now = self._clock.time()
-        unstarted = record.state in (ProcessState.ASSIGNED, ProcessState.PENDING)
+        unstarted = record.state in UNSTARTED_STATES
         if report.status in _LIVE:
             if unstarted:
                 if report.status == QUEUED:

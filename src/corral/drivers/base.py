@@ -137,6 +137,12 @@ class Driver(Protocol):
         """Make the instance and everything it runs go away; unknown ids are not an error."""
         ...
 
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        """Of a lost instance, before :meth:`destroy`: the rounds (upid, round) its agent had
+        started, as the instance itself tells (its agent's reports of them may have been
+        lost with it); None when the driver cannot tell."""
+        ...
+
 
 class CloudError(Exception):
     """A driver call failed for a reason not classified below; it may be retried."""

@@ -183,6 +183,9 @@ class FakeDriver:
         await self._call("list")
         return [Instance(a.instance_id, dict(a.tags)) for a in self._agents.values() if not a.gone]
 
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        return None  # its simulated agents keep no journal
+
     async def destroy(self, instance_id: str) -> None:
         await self._call("destroy")
         self._maybe_fail(self.faults.destroy_error_rate, "destroy")

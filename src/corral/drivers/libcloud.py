@@ -132,6 +132,9 @@ class LibcloudDriver:
                 found.append(Instance(str(node.id), tags))
         return found
 
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        return None  # its agents' journals are out of this dispatcher's reach
+
     async def destroy(self, instance_id: str) -> None:
         def destroy() -> None:
             driver = self._driver()

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from corral.agent.launcher import kill_orphans
+from corral.agent.launcher import kill_orphans, rounds_started
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
 from corral.drivers.base import CERTIFICATE_NAME, Instance, NodeSpec, agent_command
 from corral.drivers.wrappers import UNLIMITED
@@ -86,6 +86,12 @@ class LocalDriver:
                 continue
             found.append(Instance(state_dir.name, dict(record.tags)))
         return found
+
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        state_dir = self.nodes_dir / instance_id
+        if state_dir.parent != self.nodes_dir or not state_dir.is_dir():
+            return None
+        return await asyncio.to_thread(rounds_started, state_dir)
 
     async def destroy(self, instance_id: str) -> None:
         state_dir = self.nodes_dir / instance_id

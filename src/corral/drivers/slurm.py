@@ -121,6 +121,9 @@ class SlurmDriver:
                 found.append(Instance(job_id.strip(), tags))
         return found
 
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        return None  # its agents' journals are out of this dispatcher's reach
+
     async def destroy(self, instance_id: str) -> None:
         if instance_id.isdigit():
             await self._run(["scancel", instance_id])

@@ -117,6 +117,9 @@ class SSHDriver:
             found += listed
         return found
 
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        return None  # its agents' journals are out of this dispatcher's reach
+
     async def destroy(self, instance_id: str) -> None:
         host, _, node_id = instance_id.partition("/")
         if host not in self.options.hosts or not node_id or "/" in node_id:

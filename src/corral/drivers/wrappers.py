@@ -103,6 +103,9 @@ class Guarded:
             self._blocked_until = max(self._blocked_until, exc.retry_at)
             raise
 
+    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+        return await self.driver.rounds_started(instance_id)  # of what is left: no cloud call
+
     async def destroy(self, instance_id: str) -> None:
         self._check_rate()
         try:

@@ -92,6 +92,17 @@ class NodePool:
                     found[node_id] = instance
         return found
 
+    async def rounds_started(
+        self, engine_id: EngineId, instance_id: str
+    ) -> set[tuple[str, int]] | None:
+        """What the driver can tell of the rounds a lost instance had started (None: it
+        cannot, or failed to)."""
+        try:
+            return await self._drivers[engine_id].rounds_started(instance_id)
+        except Exception:
+            log.exception("reading what instance %s had started failed", instance_id)
+            return None
+
     async def destroy(self, engine_id: EngineId, instance_id: str) -> None:
         try:
             await self._drivers[engine_id].destroy(instance_id)
