@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from corral.testing.serve import ServeProcess
+from corral.tls import CERTIFICATE_FILE
 
 
 class Served(ServeProcess):
@@ -21,12 +22,20 @@ class Served(ServeProcess):
         store_url: str | None = None,
         prepare: Callable[[str], None] | None = None,
         home_base: str | None = None,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
+        """``serve_args`` go to ``corral serve`` (``--tls``, say)."""
         home = Path(tempfile.mkdtemp(prefix="corral-bench-", dir=home_base))
         if prepare is not None:
             prepare(str(home))
         super().__init__(home, config, store_url=store_url, log_level="warning")
+        self.argv += serve_args
         self.start()
+
+    @property
+    def ca(self) -> Path | None:
+        """The certificate to trust, when it serves over TLS."""
+        return self.home / CERTIFICATE_FILE if self.url.startswith("https:") else None
 
     @classmethod
     def prepared(cls, prepare: Callable[[str], None]) -> Served:

@@ -6,7 +6,9 @@ cores, every state change durable) and, in the same run, spawns the same N with 
 latency (p50/p99) of 200 sequential processes, and how long a healthy service killed with
 SIGKILL takes to be RUNNING again.
 
-    python bench/launch.py [--processes 2000] [--batch 100]
+    python bench/launch.py [--processes 2000] [--batch 100] [--tls]
+
+``--tls`` runs the dispatcher with ``corral serve --tls``: the API and the agent link over TLS.
 """
 
 from __future__ import annotations
@@ -106,16 +108,21 @@ async def run(args: argparse.Namespace) -> None:
         f"[[engines]]\nid = 'default'\nslots = {slots}\nbase_need = 1\nmaximum_vms = 1\n"
         # processes run as whoever runs the benchmark, root included: the launcher's fast
         # path (posix_spawn), which a run_as engine would leave for a fork
-        "allow_root = true\n"
+        "allow_root = true\n",
+        serve_args=("--tls",) if args.tls else (),
     )
     try:
         served.wait_nodes()
-        async with AsyncClient(served.url, served.token) as client:
+        async with AsyncClient(served.url, served.token, ca=served.ca) as client:
             await client.create_definition("true", "exec", {"exec": "/bin/true"})
             await client.create_definition(
                 "sleeper", "exec", {"exec": "/bin/sleep", "argv": ["600"]}
             )
-            print(f"throughput: {args.processes} x /bin/true, one node with {slots} slots")
+            over = "HTTPS and TLS" if args.tls else "HTTP and TCP"
+            print(
+                f"throughput: {args.processes} x /bin/true, one node with {slots} slots,"
+                f" over {over}"
+            )
             corral = await corral_rate(client, args.processes, args.batch)
             plain = plain_spawn_rate(args.processes)
             print(
@@ -143,6 +150,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="processes per request")
     parser.add_argument("--latency", type=int, default=200)
     parser.add_argument("--restarts", type=int, default=10)
+    parser.add_argument("--tls", action="store_true", help="serve the API and agents over TLS")
     asyncio.run(run(parser.parse_args()))
 
 
