@@ -138,6 +138,11 @@ class Reservation:
             raise ComputeError(f"pool worker {upid} is {record['state']}")
         while True:
             chunk = await self.dispatcher.read_log(upid, "stdout", 0, 1 << 20)
+            if not chunk.get("data") and chunk.get("next_offset", 0) > 0:
+                # the log's start was dropped (log_max_bytes): read what it kept
+                chunk = await self.dispatcher.read_log(
+                    upid, "stdout", chunk["next_offset"], 1 << 20
+                )
             lines = [
                 ln for ln in str(chunk.get("data", "")).splitlines() if ln.startswith(LISTENING)
             ]
