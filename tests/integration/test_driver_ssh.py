@@ -23,6 +23,7 @@ from corral.secretfile import node_token
 from corral.testing import engine
 from corral.testing.dispatcher import open_test_dispatcher
 from corral.testing.serve import pid_alive, wait_until
+from corral.tls import ServerTLS, make_self_signed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,8 +105,9 @@ def _agent_pids(root: Path) -> list[int]:
     return [int(p.read_text()) for p in (root / "agents").glob("*/agent.pid")]
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_a_dispatcher_boots_an_agent_over_ssh_runs_a_process_and_retires_it(
-    sshd: SSHServer, tmp_path: Path
+    sshd: SSHServer, tmp_path: Path, tls: bool
 ) -> None:
     options = "\n".join(f"{key} = {value!r}" for key, value in sshd.options().items())
     config = f"""
@@ -123,13 +125,25 @@ heartbeat_missing = 2.0
 [engines.driver_options]
 {options}
 """
-    with open_test_dispatcher(config, home=tmp_path / "home") as corral:
+    agent_tls = None
+    if tls:
+        make_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", ["127.0.0.1"])
+        agent_tls = ServerTLS.load(tmp_path / "cert.pem", tmp_path / "key.pem")
+    with open_test_dispatcher(config, home=tmp_path / "home", agent_tls=agent_tls) as corral:
         client = corral.client
         node = wait_until(
             lambda: [n for n in client.list_nodes() if n["connected"]], "the ssh node", 30
         )[0]
         assert node["engine"] == "remote"
         (pid,) = _agent_pids(sshd.root)
+        pinned = sshd.root / "agents" / node["node_id"] / "dispatcher.pem"
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if agent_tls is not None:  # the driver left the certificate beside the token
+            assert pinned.read_text() == agent_tls.certificate
+            assert b"--tls-ca" in command
+        else:
+            assert not pinned.exists()
+            assert b"--tls-ca" not in command
         client.create_definition("hello", "exec", {"exec": "/bin/echo", "argv": ["over ssh"]})
         client.schedule_process("hello-1", "hello", restart_mode="NEVER")
         ended = client.wait_process("hello-1", timeout=20)

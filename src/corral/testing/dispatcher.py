@@ -24,6 +24,7 @@ from corral.config import Config, parse_config
 from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.drivers.local import LocalDriver
 from corral.secretfile import load_or_create_token
+from corral.tls import ServerTLS
 
 
 @dataclass
@@ -39,9 +40,13 @@ class TestDispatcher:
 
 @contextmanager
 def open_test_dispatcher(
-    config: Config | str | None = None, home: Path | None = None, start_timeout: float = 30.0
+    config: Config | str | None = None,
+    home: Path | None = None,
+    start_timeout: float = 30.0,
+    agent_tls: ServerTLS | None = None,
 ) -> Iterator[TestDispatcher]:
-    """Run a dispatcher until the block ends; ``config`` may be TOML text."""
+    """Run a dispatcher until the block ends; ``config`` may be TOML text. With
+    ``agent_tls`` its agent port speaks TLS (its API stays plain HTTP)."""
     if isinstance(config, str):
         import tomllib
 
@@ -51,7 +56,7 @@ def open_test_dispatcher(
     token = load_or_create_token(home / "token")
     readonly_token = load_or_create_token(home / "readonly_token")
     agent_token = load_or_create_token(home / "agent_token")
-    runtime = Runtime(RuntimeSettings(home, config or _small_default(), agent_token))
+    runtime = Runtime(RuntimeSettings(home, config or _small_default(), agent_token, tls=agent_tls))
     ready = threading.Event()
     box: dict[str, object] = {}
 
