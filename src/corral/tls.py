@@ -157,15 +157,43 @@ def make_self_signed(certfile: Path, keyfile: Path, names: Iterable[str], days: 
     _write_whole(certfile, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
+def ensure_self_signed(certfile: Path, keyfile: Path, hosts: Iterable[str]) -> bool:
+    """Make the self-signed pair if it is missing, or again if its certificate does not
+    name every one of ``hosts`` (the addresses listened on); True if it was made."""
+    wanted = [h for h in hosts if h not in _WILDCARDS]
+    if keyfile.exists() and certfile.exists() and set(wanted) <= _names_of(certfile):
+        return False
+    make_self_signed(certfile, keyfile, default_names(wanted))
+    return True
+
+
 def default_names(hosts: Iterable[str]) -> list[str]:
-    """What a self-signed dispatcher certificate names: the hosts it listens on (a wildcard
-    address stands for this machine's name), this machine, and loopback."""
-    names = []
-    for host in hosts:
-        if host in ("", "0.0.0.0", "::"):
-            continue
-        names.append(host)
-    return [*names, socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    """What a self-signed dispatcher certificate names: the hosts it listens on, this
+    machine (its name and the addresses the name resolves to), and loopback."""
+    names = [h for h in hosts if h not in _WILDCARDS]
+    machine = socket.gethostname()
+    try:
+        addresses = socket.gethostbyname_ex(machine)[2]
+    except OSError:
+        addresses = []
+    return [*names, machine, *addresses, "localhost", "127.0.0.1", "::1"]
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _names_of(certfile: Path) -> set[str]:
+    """The host names and addresses ``certfile``'s certificate names (none if unreadable)."""
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(certfile.read_bytes())
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return set()
+    found = set(names.value.get_values_for_type(x509.DNSName))
+    found |= {str(a) for a in names.value.get_values_for_type(x509.IPAddress)}
+    return found
 
 
 def _write_whole(path: Path, data: bytes, mode: int) -> None:

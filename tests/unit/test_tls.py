@@ -19,6 +19,7 @@ from corral.errors import InvalidRequest
 from corral.tls import (
     CERTIFICATE_FILE,
     ServerTLS,
+    ensure_self_signed,
     make_self_signed,
     read_certificates,
     server_context,
@@ -190,3 +191,14 @@ def test_an_agent_given_no_usable_certificate_stops_with_a_usage_error(
     assert exited.value.code == 2
     assert "--tls-ca" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+def test_the_self_signed_pair_is_made_once_and_again_for_a_new_address(tmp_path: Path) -> None:
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    assert ensure_self_signed(certfile, keyfile, ["127.0.0.1", "0.0.0.0"])
+    first = certfile.read_text()
+    assert not ensure_self_signed(certfile, keyfile, ["127.0.0.1", "::"])
+    assert certfile.read_text() == first  # kept: clients that trust it go on trusting it
+    assert ensure_self_signed(certfile, keyfile, ["10.1.2.3"])
+    handshake(server_context(certfile, keyfile), trusting(certfile.read_text()), "10.1.2.3")
+    handshake(server_context(certfile, keyfile), trusting(certfile.read_text()), "localhost")

@@ -42,8 +42,7 @@ from corral.tls import (
     CERTIFICATE_FILE,
     KEY_FILE,
     ServerTLS,
-    default_names,
-    make_self_signed,
+    ensure_self_signed,
 )
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -253,8 +252,10 @@ def _server_tls(
     published = home / CERTIFICATE_FILE
     if self_signed:
         keyfile = home / KEY_FILE
-        if not keyfile.exists():
-            make_self_signed(published, keyfile, default_names(hosts))
+        if ensure_self_signed(published, keyfile, hosts):
+            logging.getLogger("corral").warning(
+                "made a self-signed certificate in %s: remote clients need it (--ca)", published
+            )
         return ServerTLS.load(published, keyfile)
     if certfile is None:
         return None
