@@ -13,6 +13,7 @@ pinned leaf), so a self-signed server certificate and a CA-issued one work alike
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import re
@@ -98,6 +99,14 @@ def read_certificates(path: Path, field: str) -> str:
             f"{field} {path}: its certificates do not load ({exc.reason or exc})", field=field
         ) from None
     return pem
+
+
+def chain_top(pem: str) -> str:
+    """The SHA-256 of the last certificate in ``pem``, the top of the chain a server presents:
+    a client given one server's chain also trusts another's when the two tops are the same
+    (one self-signed certificate, or one issuing CA)."""
+    blocks = _CERTIFICATE_BLOCK.findall(pem)
+    return hashlib.sha256(blocks[-1].encode() if blocks else b"").hexdigest()
 
 
 def trusting(pem: str, *, check_hostname: bool = True, system: bool = False) -> ssl.SSLContext:

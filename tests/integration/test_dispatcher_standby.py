@@ -19,9 +19,11 @@ from corral.config import parse_config
 from corral.dispatcher.runtime import RuntimeSettings
 from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.standby import Role, Standby
+from corral.errors import Conflict
 from corral.store import open_store
 from corral.store.lease import PostgresLease
 from corral.testing.postgres import PostgresServer
+from corral.tls import ServerTLS, chain_top, make_self_signed
 
 pytestmark = pytest.mark.anyio
 
@@ -77,9 +79,9 @@ class Relay:
 class Running:
     """A `Standby` running in this loop, with what it told the API."""
 
-    def __init__(self, home: Path, store_url: str) -> None:
+    def __init__(self, home: Path, store_url: str, tls: ServerTLS | None = None) -> None:
         (home / "agent_token").parent.mkdir(parents=True, exist_ok=True)
-        settings = RuntimeSettings(home, CONFIG, "agent-token", None, store_url)
+        settings = RuntimeSettings(home, CONFIG, "agent-token", None, store_url, tls=tls)
         self.roles: list[Role] = []
         self.dispatchers: list[Dispatcher] = []
         self.standby = Standby(
@@ -181,3 +183,32 @@ async def test_a_dispatcher_cut_from_its_database_fences_itself_within_its_lease
     finally:
         await running.stop()
         await relay.aclose()
+
+
+async def test_a_dispatcher_serving_another_certificate_than_its_peers_refuses_to_stand_by(
+    tmp_path: Path, database: str
+) -> None:
+    pairs = {}
+    for name in ("ours", "theirs"):
+        make_self_signed(tmp_path / f"{name}.pem", tmp_path / f"{name}.key", ["127.0.0.1"])
+        pairs[name] = ServerTLS.load(tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+    peer = {"api": "https://peer.test", "agents": "127.0.0.1:1"}
+    rival = PostgresLease(
+        database, "rival", {**peer, "tls": chain_top(pairs["theirs"].certificate)}
+    )
+    try:
+        await rival.register(60.0)
+        for tls, said in ((pairs["ours"], "another TLS certificate"), (None, "serves TLS")):
+            refused = Running(tmp_path / f"refused-{said[:5]}", database, tls)
+            refused.start()
+            assert refused.task is not None
+            with pytest.raises(Conflict, match=said):
+                await asyncio.wait_for(refused.task, 10)
+            assert refused.dispatchers == []
+        alike = Running(tmp_path / "alike", database, pairs["theirs"])
+        alike.start()
+        await alike.wait_role(active=True)
+        assert await alike.stop() == 0
+    finally:
+        await rival.leave()
+        await rival.aclose()

@@ -35,8 +35,9 @@ from pathlib import Path
 
 from corral.dispatcher.runtime import Runtime, RuntimeSettings, lock_home
 from corral.dispatcher.service import Dispatcher
-from corral.errors import CorralError, StoreError
+from corral.errors import Conflict, CorralError, StoreError
 from corral.store.lease import Holder, Member, PostgresLease
+from corral.tls import chain_top
 
 log = logging.getLogger("corral.standby")
 
@@ -90,6 +91,8 @@ class Standby:
         self.runtime: Runtime | None = None
         #: every epoch this dispatcher held, in order
         self.terms: list[int] = []
+        #: the top of its certificate chain, which every dispatcher of the store must share
+        self._tls = chain_top(settings.tls.certificate) if settings.tls is not None else None
 
     def stop(self) -> None:
         """End `run`: stop the runtime, release the lease, leave the list."""
@@ -104,7 +107,7 @@ class Standby:
             address = _agent_address(self.settings)
             self.settings = replace(self.settings, agent_listen=address, home_locked=True)
             agents = f"{address[0]}:{address[1]}"
-            doc = {"api": self._api_url, "agents": agents}
+            doc = {"api": self._api_url, "agents": agents, "tls": self._tls}
             assert self.settings.store_url is not None
             # a call slower than half a lease is of no use: the lease is gone by then
             timeout = self._duration / 2
@@ -135,7 +138,9 @@ class Standby:
         """Poll until the lease is ours: its epoch, when taking it began, the peers."""
         while not self._stopping.is_set():
             try:
-                peers = self._peers(await lease.register(MEMBER_AGE * self._duration))
+                members = await lease.register(MEMBER_AGE * self._duration)
+                self._refuse_other_tls(members)
+                peers = self._peers(members)
                 held = await lease.read()
                 # its own lease is left over from a run of this dispatcher that is gone (the
                 # home's lock says so): taken back at once, in a new epoch
@@ -246,6 +251,26 @@ class Standby:
             log.warning("could not release the lease (it expires by itself): %s", exc.message)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _refuse_other_tls(self, members: list[Member]) -> None:
+        """Agents follow whichever dispatcher is active, trusting the certificate they were
+        handed: a dispatcher whose certificate they would refuse must not stand by."""
+        for member in members:
+            theirs = member.doc.get("tls", self._tls)  # an older dispatcher does not say
+            if member.key == self.me or theirs == self._tls:
+                continue
+            if theirs is None:
+                differs = "serves no TLS, and this one does"
+            elif self._tls is None:
+                differs = "serves TLS, and this one does not"
+            else:
+                differs = "serves another TLS certificate than this one"
+            raise Conflict(
+                f"dispatcher {member.key} of this store {differs}: agents and clients handed"
+                " one would not follow a takeover to the other; give every dispatcher the"
+                " same --tls-cert and --tls-key (or TLS to none)",
+                field="tls",
+            )
 
     def _peers(self, members: list[Member]) -> list[str]:
         """The other dispatchers' agent addresses."""
