@@ -1,4 +1,5 @@
-"""Secrets kept in files private to their user: API and agent tokens, queue secrets.
+"""Secrets kept in files private to their user: API and agent tokens, queue secrets; and
+files replaced whole, so that a reader never sees half of one (:func:`replace_file`).
 
 A secret file is made once, at random, never readable by group or others, and never half
 written; a file that group or others may read is refused with the command that fixes it.
@@ -75,6 +76,21 @@ def node_token(secret: str, node_id: str) -> str:
     """The token of the agent of ``node_id``: HMAC-SHA256 of the node id under ``secret``."""
     message = b"corral agent token\x00" + node_id.encode("utf-8", "surrogatepass")
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Put ``data`` in ``path`` (created with ``mode``), whole or not at all, durably."""
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # O_CREAT's mode does nothing to a file left by a crash
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    partial.replace(path)
 
 
 def write_secret(path: Path, secret: str) -> None:

@@ -1,10 +1,11 @@
 """TLS for corral's links: the context a server presents, and the contexts that trust it.
 
 ``corral serve --tls-cert FILE --tls-key FILE`` (or ``--tls``, which makes a self-signed
-pair in the home directory once, as it makes the token) puts the HTTP API and the agent
-port behind TLS. The certificate is public: the dispatcher copies it to
-``HOME/tls_certificate.pem``, where the local CLI and client find it, and hands it to the
-agents its drivers start, which trust exactly it.
+pair in the home directory, once, and again only when it does not name an address listened
+on) puts the HTTP API, the agent port and the event queue behind TLS. The certificate is
+public: the dispatcher copies it to ``HOME/tls_certificate.pem``, where the local CLI and
+client find it, and hands it to the agents its drivers start, which trust exactly it.
+Dispatchers sharing a store compare the tops of their chains (:func:`chain_top`).
 
 Trusting a certificate here means taking it as an anchor even when it is not a CA's (a
 pinned leaf), so a self-signed server certificate and a CA-issued one work alike.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import InvalidRequest
+from corral.secretfile import replace_file
 
 #: where ``corral serve`` leaves a copy of its certificate for the local CLI and client
 CERTIFICATE_FILE = "tls_certificate.pem"
@@ -162,8 +163,8 @@ def make_self_signed(certfile: Path, keyfile: Path, names: Iterable[str], days: 
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_whole(keyfile, key_pem, 0o600)
-    _write_whole(certfile, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    replace_file(keyfile, key_pem, 0o600)
+    replace_file(certfile, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def ensure_self_signed(certfile: Path, keyfile: Path, hosts: Iterable[str]) -> bool:
@@ -203,14 +204,3 @@ def _names_of(certfile: Path) -> set[str]:
     found = set(names.value.get_values_for_type(x509.DNSName))
     found |= {str(a) for a in names.value.get_values_for_type(x509.IPAddress)}
     return found
-
-
-def _write_whole(path: Path, data: bytes, mode: int) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    partial.replace(path)

@@ -180,6 +180,34 @@ def test_connection_refused_is_unavailable_naming_the_url_and_corral_serve() -> 
     assert "corral serve" in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("url", "error", "said"),
+    [
+        (
+            "https://h:1",
+            httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+            "--ca FILE or CORRAL_CA",
+        ),
+        (
+            "http://h:1",
+            httpx.RemoteProtocolError("Server disconnected without sending a response."),
+            "use its https:// URL",
+        ),
+        (
+            "https://h:1",
+            httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            "does not speak TLS",
+        ),
+    ],
+    ids=["untrusted", "http-to-tls", "tls-to-http"],
+)
+def test_a_tls_mismatch_says_what_to_change(url: str, error: Exception, said: str) -> None:
+    assert isinstance(error, httpx.TransportError)
+    message = _requests.unavailable(url, error).message
+    assert said in message
+    assert url in message
+
+
 def test_an_answer_that_is_not_our_error_body_still_maps_by_status() -> None:
     proxy = scripted(lambda request: httpx.Response(503, text="<html>bad gateway</html>"))
     with proxy as client, pytest.raises(Unavailable, match="HTTP 503"):

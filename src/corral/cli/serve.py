@@ -36,7 +36,7 @@ from corral.dispatcher.runtime import Runtime, RuntimeSettings
 from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.standby import Role, Standby
 from corral.errors import CorralError
-from corral.secretfile import load_or_create_token
+from corral.secretfile import load_or_create_token, replace_file
 from corral.store import open_store, supports_lease
 from corral.tls import (
     CERTIFICATE_FILE,
@@ -260,7 +260,7 @@ def _server_tls(
     if certfile is None:
         return None
     tls = ServerTLS.load(certfile.expanduser().resolve(), keyfile and keyfile.expanduser())
-    _replace_text(published, tls.certificate)
+    replace_file(published, tls.certificate.encode(), 0o644)
     return tls
 
 
@@ -295,15 +295,9 @@ def _stop_on_signals(api: APIServer) -> None:
         loop.add_signal_handler(signum, api.stop)
 
 
-def _replace_text(path: Path, text: str) -> None:
-    # Written whole or not at all: a client reading it mid-write must not see half of it.
-    partial = path.with_name(f"{path.name}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
-
-
 def _write_url(home: Path, url: str) -> None:
-    _replace_text(home / "url", url + "\n")
+    # whole or not at all: a client reading it mid-write must not see half a URL
+    replace_file(home / "url", (url + "\n").encode(), 0o644)
     logging.getLogger("corral").info(
         "API on %s, dashboard on %s/ui/; token in %s", url, url, home / "token"
     )

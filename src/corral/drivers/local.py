@@ -25,7 +25,7 @@ from corral.agent.launcher import kill_orphans, rounds_started
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
 from corral.drivers.base import CERTIFICATE_NAME, Instance, NodeSpec, agent_command
 from corral.drivers.wrappers import UNLIMITED
-from corral.secretfile import node_token, write_secret
+from corral.secretfile import node_token, replace_file, write_secret
 
 
 class LocalDriver:
@@ -167,9 +167,7 @@ class _AgentRecord:
         )
 
     def write(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(asdict(self)).encode())
 
     @classmethod
     def read(cls, path: Path) -> _AgentRecord | None:
