@@ -68,7 +68,8 @@ def test_the_agents_dial_over_tls_and_the_agent_port_speaks_nothing_else(
             hello = new_hello(PROTOCOL_VERSION, AGENT_REALM, "intruder", "intruder")
             await asyncio.wait_for(send_hello(conn, "not-the-secret", hello), 10)
         finally:
-            conn.close()
+            # Waited for: a TLS close left to the loop's end leaks its socket (ResourceWarning).
+            await asyncio.wait_for(conn.aclose(), 10)
 
     # Over TLS the hub answers (and the wrong secret is caught by the proof) ...
     with pytest.raises(AuthenticationFailed, match="wrong secret"):
