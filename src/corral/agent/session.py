@@ -189,6 +189,8 @@ class Agent:
                 self._conn.close()
 
     def _on_signal(self, signum: int, task: asyncio.Task[int]) -> None:
+        # The stop is this one cancel. Hence asyncio.timeout throughout, never wait_for: on
+        # Python 3.11 wait_for swallows a cancel that lands as what it awaits completes.
         log.info("received signal %d", signum)
         self._signalled = True
         task.cancel()
@@ -239,9 +241,8 @@ class Agent:
     async def _dial(self, address: Address) -> Connection | None:
         host, port = address
         try:
-            conn = await asyncio.wait_for(
-                open_connection(host, port, ssl=self._config.tls), self._config.connect_timeout
-            )
+            async with asyncio.timeout(self._config.connect_timeout):
+                conn = await open_connection(host, port, ssl=self._config.tls)
         except (OSError, TimeoutError) as exc:
             # One line per outage, not one per attempt.
             level = logging.DEBUG if address in self._unreachable else logging.WARNING
@@ -324,7 +325,8 @@ class Agent:
         timeout = self._lease_duration or cfg.welcome_timeout
         introduction = new_hello(PROTOCOL_VERSION, AGENT_REALM, cfg.node_id, cfg.hostname)
         try:
-            await asyncio.wait_for(send_hello(conn, cfg.token, introduction), timeout)
+            async with asyncio.timeout(timeout):
+                await send_hello(conn, cfg.token, introduction)
         except AuthenticationFailed as exc:
             log.error(
                 "refused the dispatcher at %s: it did not prove it knows this node's token"
@@ -340,7 +342,8 @@ class Agent:
         # From here on every report is sent as it happens; the Hello came first.
         self._conn = conn
         try:
-            batch = await asyncio.wait_for(conn.read_batch(), timeout)
+            async with asyncio.timeout(timeout):
+                batch = await conn.read_batch()
         except TimeoutError:
             log.warning("no Welcome from %s within %ss", conn.peer, timeout)
             return _End.LOST
@@ -565,7 +568,8 @@ class Agent:
         self.launcher.terminate_all(grace)
         try:
             # SIGKILL lands at ``grace``; a process stuck in the kernel may outlast even that.
-            await asyncio.wait_for(self.launcher.wait_idle(), grace + 5.0)
+            async with asyncio.timeout(grace + 5.0):
+                await self.launcher.wait_idle()
         except TimeoutError:
             log.error("%d processes survived SIGKILL", self.launcher.running)
         # If the dispatcher is gone, these reports die with the agent: its processes are
