@@ -179,6 +179,46 @@ def test_a_restarted_agent_adopts_the_processes_the_last_one_left(tmp_path: Path
 
 
 @pytest.mark.timeout(30)
+def test_an_end_not_yet_forgotten_is_said_again_by_a_restarted_agent(tmp_path: Path) -> None:
+    """Its report may never have reached the dispatcher: the next agent says it, as it was,
+    until the dispatcher says to forget it."""
+
+    def quick(upid: str) -> Launch:
+        return Launch(upid, 1, "/bin/sh", ["-c", "exit 3"], {}, None, "{}")
+
+    async def restarted(hub) -> list:  # type: ignore[no-untyped-def]
+        async with running_agent(hub.port, tmp_path, orphans="keep") as agent:
+            session = await hub.next_session()
+            inventory = list(session.hello.inventory)
+            agent.proc.send_signal(signal.SIGTERM)
+            assert await agent.wait() == 0
+        return inventory
+
+    async def scenario() -> None:
+        async with running_hub() as hub:
+            async with running_agent(hub.port, tmp_path, orphans="keep") as agent:
+                session = await hub.next_session()
+                session.send(quick("quick"))
+                ended = await session.report("quick", "exited")
+                assert ended.exit_code == 3
+                agent.proc.send_signal(signal.SIGTERM)  # before any Forget
+                assert await agent.wait() == 0
+
+            assert await restarted(hub) == [ended]
+
+            async with running_agent(hub.port, tmp_path, orphans="keep") as agent:
+                session = await hub.next_session()
+                session.send(Forget("quick", 1), quick("after"))
+                await session.report("after", "exited")  # so the Forget was obeyed
+                agent.proc.send_signal(signal.SIGTERM)
+                assert await agent.wait() == 0
+
+            assert [r.upid for r in await restarted(hub)] == ["after"]
+
+    run(scenario())
+
+
+@pytest.mark.timeout(30)
 def test_kill_orphans_kills_the_groups_a_killed_agent_left(tmp_path: Path) -> None:
     fifo = make_fifo(tmp_path / "gc")
     script = 'sleep 100 & echo $! > "$1"; wait'

@@ -194,6 +194,18 @@ def test_a_frozen_agent_within_the_grace_keeps_its_process_in_the_same_round(
     assert len(pids(corral, tmp_path / "once.pids")) == 1
 
 
+def deafen(monkeypatch: pytest.MonkeyPatch, prefix: str, *statuses: str) -> None:
+    """The dispatcher never hears these reports of the processes whose upid has ``prefix``."""
+    apply = Syncer._apply
+
+    def deaf(self: Syncer, record: Any, report: Any) -> Any:
+        if record.upid.startswith(prefix) and report.status in statuses:
+            return []
+        return apply(self, record, report)
+
+    monkeypatch.setattr(Syncer, "_apply", deaf)
+
+
 def test_a_start_whose_report_died_with_its_agent_counts_as_run(
     corral, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,25 +214,44 @@ def test_a_start_whose_report_died_with_its_agent_counts_as_run(
     (node,) = corral.ready_nodes()
     lost = node["node_id"]
     path = tmp_path / "unheard.pids"
-    apply = Syncer._apply
-
-    def deaf(self: Syncer, record: Any, report: Any) -> Any:
-        if record.upid.startswith("unheard") and report.status == "running":
-            return []  # the report that would have said it started never arrives
-        return apply(self, record, report)
-
-    monkeypatch.setattr(Syncer, "_apply", deaf)
+    deafen(monkeypatch, "unheard", "running")
     upid = corral.run(FOREVER, upid="unheard-1", env={"PIDS": path}, restart_mode="NEVER")
     (first,) = corral.wait_until(lambda: pids(corral, path), "the process to start")
     assert corral.describe(upid)["state"] == "400-PENDING"
+    monkeypatch.undo()  # what the journal tells is heard
 
     os.kill(corral.agent_pid(lost), signal.SIGKILL)
 
     failed = corral.wait_state(upid, "850-FAILED")
     assert (failed["round"], failed["starts"]) == (1, 1)
-    assert "had started there" in failed["end_reason"]
+    assert f"node {lost} lost" in failed["end_reason"]
     corral.wait_until(lambda: not corral.pid_alive(first), "the orphan to be killed")
     time.sleep(0.5)  # proving a negative: no second start on the new node
     assert pids(corral, path) == [first]
     history = [step["state"] for step in corral.client.process_history(upid)["steps"]]
     assert history[-2:] == ["500-RUNNING", "850-FAILED"]
+
+
+def test_an_end_whose_reports_died_with_its_agent_stands(
+    corral, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch job ran and succeeded, then its agent died before the dispatcher heard of
+    either: the node's journal says how it ended, so it ends EXITED and is not run again
+    (as a lost node's process of restart mode ABNORMAL would be)."""
+    (node,) = corral.ready_nodes()
+    lost = node["node_id"]
+    path = tmp_path / "done.pids"
+    deafen(monkeypatch, "unheard", "running", "exited")
+    upid = corral.run('echo $$ >> "$PIDS"; exit 0', upid="unheard-2", env={"PIDS": path})
+    (first,) = corral.wait_until(lambda: pids(corral, path), "the process to run")
+    journal = corral.home / "nodes" / lost / "pids" / "journal"
+    corral.wait_until(lambda: f"-{first} [0, " in journal.read_text(), "its end in the journal")
+    assert corral.describe(upid)["state"] == "400-PENDING"
+    monkeypatch.undo()
+
+    os.kill(corral.agent_pid(lost), signal.SIGKILL)
+
+    done = corral.wait_state(upid, "800-EXITED")
+    assert (done["round"], done["starts"], done["exit_code"]) == (1, 1, 0)
+    time.sleep(0.5)  # proving a negative: no second run on the new node
+    assert pids(corral, path) == [first]

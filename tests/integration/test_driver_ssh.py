@@ -1,5 +1,6 @@
 """The ssh driver against a real OpenSSH server on loopback: it starts agents that join and
-run processes, checks host keys, runs one agent per host, and cleans up on destroy."""
+run processes, checks host keys, runs one agent per host, reads a dead agent's last reports,
+and cleans up on destroy."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from corral.agent.launcher import last_reports
+from corral.agent.pidfiles import Ending, PidJournal, PidRecord
 from corral.core.ids import NodeId
 from corral.drivers.base import CapacityUnavailable, CloudError, NodeSpec
 from corral.drivers.ssh import SSHDriver, SSHOptions
@@ -177,12 +180,41 @@ def test_one_agent_per_host_and_destroy_cleans_up(sshd: SSHServer) -> None:
         with pytest.raises(CapacityUnavailable):
             await driver.create(NodeSpec(NodeId("n2"), engine("e")), {})
         (pid,) = _agent_pids(sshd.root)
+        assert await driver.last_reports(instance.instance_id) is None  # its agent still runs
         await driver.destroy(instance.instance_id)
         assert await driver.list() == []
         return pid
 
     pid = asyncio.run(scenario())
     wait_until(lambda: not pid_alive(pid), "the agent gone", 5)
+
+
+def test_a_dead_agents_last_reports_are_read_over_ssh(sshd: SSHServer) -> None:
+    """What a dead agent's journal says reaches the dispatcher as the reports it would have
+    sent: the round it had started, and the one that had ended, as it ended."""
+    state = sshd.root / "agents" / "n7"
+    (state / "pids").mkdir(parents=True)
+    journal = PidJournal(state / "pids")
+    journal.started([(4001, PidRecord("job", 2, 4001, 0, 10.0, 0))])
+    journal.started([(4002, PidRecord("svc", 1, 4002, 0, 11.0, 0))])
+    journal.ended(4001, Ending(None, 9, None, 12.5))
+    journal.close()
+    driver = SSHDriver(SSHOptions.from_options(sshd.options()), "127.0.0.1:9", "secret")
+
+    async def scenario() -> None:
+        reports = await driver.last_reports(f"{sshd.host}/n7")
+        assert reports == last_reports(state)
+        assert {(r.upid, r.status, r.signal) for r in reports or []} == {
+            ("svc", "running", None),
+            ("job", "exited", 9),
+        }
+        assert await driver.last_reports(f"{sshd.host}/n8") == []  # no state: nothing ran
+        assert await driver.last_reports("elsewhere/n7") is None  # not one of its hosts
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(state)
 
 
 def test_a_host_whose_key_does_not_match_is_refused(sshd: SSHServer) -> None:

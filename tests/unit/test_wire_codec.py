@@ -23,6 +23,7 @@ from corral.wire.codec import (
     ConnectionClosed,
     ProtocolError,
     decode_frame,
+    decode_whole_frame,
     encode_frame,
 )
 from corral.wire.messages import (
@@ -103,6 +104,14 @@ def test_messages_round_trip_through_one_frame(batch: list[Message]) -> None:
     (length,) = struct.unpack(">I", frame[:4])
     assert length == len(frame) - 4
     assert decode_frame(frame[4:]) == batch
+    assert decode_whole_frame(frame) == batch
+
+
+@pytest.mark.parametrize("cut", [1, 3, -1])
+def test_a_whole_frame_whose_prefix_does_not_match_its_size_is_refused(cut: int) -> None:
+    frame = encode_frame([report()])
+    with pytest.raises(ProtocolError, match="length prefix"):
+        decode_whole_frame(frame[:cut] if cut > 0 else frame + b"\x00")
 
 
 def test_a_message_is_a_compact_array_led_by_its_type_code() -> None:

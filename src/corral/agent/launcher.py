@@ -11,7 +11,9 @@ leader is reaped with ``waitpid`` and the exit code or signal reported.
 
 Processes outlive the agent: the records in ``STATE_DIR/pids`` let a restarted agent adopt
 them (their exit status is then unknowable, since they are no longer its children) and let
-``kill_orphans`` clean up after an agent that is gone for good.
+``kill_orphans`` clean up after an agent that is gone for good. Ended rounds stay there, with
+how they ended, until the dispatcher says to forget them (``forget``): a restarted agent
+reports them again, and ``last_reports`` tells a driver what a dead agent would have said.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from pathlib import Path
 from corral.agent import pidfiles
 from corral.agent.identity import Identity
 from corral.agent.logs import DEFAULT_MAX_BYTES, SPILL_EVERY, LogSpool, safe_name
+from corral.wire.codec import encode_frame
 from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
 
 log = logging.getLogger("corral.agent")
 
-Key = tuple[str, int]
-"""A process round: ``(upid, round)``."""
+Key = pidfiles.Key
 
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -249,9 +251,13 @@ class Launcher:
             # The processes run on; only an orphan clean-up after an agent crash misses them.
             log.warning("cannot record the pids of %d processes: %s", len(records), exc)
 
-    def _forget_pid(self, pid: int) -> None:
-        """Drop ``pid``'s record; the journal learns it at the end of this loop turn."""
-        self._journal.ended(pid)
+    def forget(self, key: Key) -> None:
+        """The dispatcher recorded how round ``key`` ended: its record may go."""
+        self._journal.forgotten(key)
+
+    def _note_end(self, pid: int, ending: pidfiles.Ending) -> None:
+        """``pid`` ended so; the journal learns it at the end of this loop turn."""
+        self._journal.ended(pid, ending)
         if not self._ends_due:
             self._ends_due = True
             self._loop.call_soon(self._write_ends)
@@ -287,17 +293,17 @@ class Launcher:
         """Take over the processes a previous agent left running; report the ones that ended.
 
         Reports come back for every record found: ``running`` for a process still alive
-        (watched from now on), ``exited`` with an unknown status for one that is gone.
+        (watched from now on), ``exited`` with an unknown status for one that is gone, and
+        ``exited`` as it ended for a round the dispatcher had not forgotten (its report may
+        not have reached it).
         """
-        reports = []
+        reports = [_ended_report(entry) for entry in self._journal.finished()]
         for pid, record in self._journal.records().items():
             pidfd = pidfiles.open_pidfd_if_same(pid, record)
             if pidfd is None:
                 reports.append(self._ended_unwatched(pid, record))
                 continue
-            report = ProcessReport(
-                record.upid, record.round, RUNNING, pid, None, None, None, record.started_at, None
-            )
+            report = _running_report(pid, record)
             key = (record.upid, record.round)
             config_path = self._config_path(*key)
             self._watch(_Child(report, pid, pidfd, False, record.pidfd_ino, config_path))
@@ -307,20 +313,11 @@ class Launcher:
         return reports
 
     def _ended_unwatched(self, pid: int, record: pidfiles.PidRecord) -> ProcessReport:
-        self._forget_pid(pid)
+        ending = pidfiles.Ending(None, None, ENDED_UNWATCHED, None)
+        self._note_end(pid, ending)
         with contextlib.suppress(ValueError):
             self._config_path(record.upid, record.round).unlink(missing_ok=True)
-        return ProcessReport(
-            record.upid,
-            record.round,
-            EXITED,
-            pid,
-            None,
-            None,
-            ENDED_UNWATCHED,
-            record.started_at,
-            None,
-        )
+        return _ended_report(pidfiles.Finished(pid, record, ending))
 
     # --- exits --------------------------------------------------------------------------------
 
@@ -351,7 +348,8 @@ class Launcher:
             exit_code, signum, error = _reap(child.pid)
         # A leader someone else reaped (an adopted one) may have had its group id reused:
         # leave that group alone rather than risk killing a stranger.
-        self._forget_pid(child.pid)
+        ended_at = time.time()
+        self._note_end(child.pid, pidfiles.Ending(exit_code, signum, error, ended_at))
         self._drop_config(child.config_path)
         self.logs.settle(child.report.upid)
         report = replace(
@@ -360,7 +358,7 @@ class Launcher:
             exit_code=exit_code,
             signal=signum,
             error=error,
-            ended_at=time.time(),
+            ended_at=ended_at,
         )
         if not self._live:
             self._idle.set()
@@ -442,16 +440,47 @@ def kill_orphans(state_dir: str | os.PathLike[str]) -> int:
         return killed
 
 
-def rounds_started(state_dir: str | os.PathLike[str]) -> set[tuple[str, int]] | None:
-    """The rounds a dead agent had started and not seen end, as its journal says (its
-    reports of them may have died with it); None while an agent still runs there."""
+def last_reports(state_dir: str | os.PathLike[str]) -> list[ProcessReport] | None:
+    """What a dead agent would have reported of the rounds its dispatcher had not forgotten,
+    as its journal says (the reports themselves may have died with it): ``running`` for
+    those it had started and not seen end, ``exited`` as they ended for the others. None
+    while an agent still runs there."""
     try:
         with _dead_agents_journal(Path(state_dir)) as journal:
             if journal is None:
-                return set()
-            return {(record.upid, record.round) for record in journal.records().values()}
+                return []
+            running = [_running_report(pid, r) for pid, r in journal.records().items()]
+            return running + [_ended_report(entry) for entry in journal.finished()]
     except pidfiles.StateDirBusy:
         return None
+
+
+def print_last_reports(state_dir: str) -> None:
+    """:func:`last_reports` for a driver that reads it through a shell (ssh): one line, the
+    reports as a frame in hex, or ``busy`` while an agent still runs there."""
+    reports = last_reports(state_dir)
+    print("busy" if reports is None else encode_frame(reports).hex())
+
+
+def _running_report(pid: int, record: pidfiles.PidRecord) -> ProcessReport:
+    return ProcessReport(
+        record.upid, record.round, RUNNING, pid, None, None, None, record.started_at, None
+    )
+
+
+def _ended_report(entry: pidfiles.Finished) -> ProcessReport:
+    record, ending = entry.record, entry.ending
+    return ProcessReport(
+        record.upid,
+        record.round,
+        EXITED,
+        entry.pid,
+        ending.exit_code,
+        ending.signal,
+        ending.error,
+        record.started_at,
+        ending.ended_at,
+    )
 
 
 @contextlib.contextmanager

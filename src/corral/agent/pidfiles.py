@@ -1,11 +1,19 @@
-"""The agent's records of live children, and the lock on its state directory.
+"""The agent's records of its children, and the lock on its state directory.
 
 ``STATE_DIR/pids/journal`` holds a line for each child started (``+`` and a JSON object: its
-pid, upid, round and process group) and one for each child ended (``-`` and its pid); read in
-order, the lines give the live children. A batch of launches, or of exits, costs one append:
-a file per child cost a create, a rename and an unlink, the biggest share of the agent's own
-work per launch. Once ended children make up most of the lines, the file is rewritten with
-the live ones (write and rename: a crash leaves the old file or the new one). A line cut
+pid, upid, round and process group), one for each child ended (``-``, its pid, and how it
+ended: exit code, signal or why that is unknown, and when), and one for each ended round the
+dispatcher has since recorded and told the agent to forget (``~`` and its upid and round).
+Read in order, the lines give the live children and the ended rounds not yet forgotten: an
+agent killed before its reports of them reached the dispatcher leaves what they said on disk,
+for the agent that restarts there, or the driver that cleans up after it, to tell instead. A
+process that ran is then never taken for one that did not, and run again.
+
+A batch of launches, or of exits, costs one append: a file per child cost a create, a rename
+and an unlink, the biggest share of the agent's own work per launch. Forget lines wait for
+the next append (one lost in a crash only has a round reported again, which the dispatcher
+forgets again). Once forgotten rounds make up most of the lines, the file is rewritten with
+what is left (write and rename: a crash leaves the old file or the new one). A line cut
 short by a crash is skipped.
 
 A record also says what identifies that very process: its pidfs inode number (a pidfd's
@@ -17,7 +25,8 @@ The inode costs one ``fstat`` of a pidfd the agent holds anyway; reading ``/proc
 after a spawn waits for the child's exec to finish. Records outlive the agent on purpose: a
 restarted agent adopts the processes they name, and ``kill_orphans`` (in ``launcher``) kills
 them when the agent is gone for good. Records an older agent kept as one file per child
-(``pids/<pid>``) are taken into the journal when it is opened.
+(``pids/<pid>``) are taken into the journal when it is opened; its ``-`` lines, which carry
+no ending, drop their child as forgotten.
 
 ``STATE_DIR/agent.lock`` is held (``flock``) by the running agent, so two agents never share a
 state directory and orphans are never "cleaned" under a live agent.
@@ -95,8 +104,44 @@ def proc_identity(pid: int) -> tuple[str, int, int] | None:
     return fields[0].decode(), int(fields[2]), int(fields[19])  # fields 3, 5 and 22
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a child ended: its exit code or signal, else why that is unknown; and when."""
+
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    ended_at: float | None
+
+    def as_doc(self) -> list[Any]:
+        return [self.exit_code, self.signal, self.error, self.ended_at]
+
+    @classmethod
+    def from_doc(cls, raw: Any) -> Ending:
+        """Raises ValueError or TypeError for anything but an ending."""
+        exit_code, signum, error, ended_at = raw
+        return cls(
+            None if exit_code is None else int(exit_code),
+            None if signum is None else int(signum),
+            None if error is None else str(error),
+            None if ended_at is None else float(ended_at),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An ended child whose round the dispatcher has not yet told the agent to forget."""
+
+    pid: int
+    record: PidRecord
+    ending: Ending
+
+
+Key = tuple[str, int]
+"""A process round: ``(upid, round)``."""
+
 JOURNAL = "journal"
-#: ended lines the journal may hold beyond its live ones before it is rewritten
+#: lines the journal may hold beyond those still meant before it is rewritten
 COMPACT_AFTER = 4096
 
 
@@ -111,8 +156,10 @@ class PidJournal:
         self._path = pids_dir / JOURNAL
         self._lines: dict[int, bytes] = {}  # the live records' lines, as in the file
         self._records: dict[int, PidRecord] = {}
-        self._stale = 0  # lines in the file that no longer describe a live child
-        self._ends: list[int] = []  # ended children whose line is not written yet
+        # ended rounds not yet forgotten, with their two lines as in the file
+        self._finished: dict[Key, tuple[Finished, bytes]] = {}
+        self._stale = 0  # lines in the file that no longer mean anything
+        self._pending: list[bytes] = []  # end and forget lines not written yet
         self._replay()
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if self._stale:
@@ -124,8 +171,12 @@ class PidJournal:
         """The live children's records, by pid, as of the last write."""
         return dict(self._records)
 
+    def finished(self) -> list[Finished]:
+        """The ended rounds not yet forgotten, as of the last write."""
+        return [entry for entry, _ in self._finished.values()]
+
     def started(self, records: Iterable[tuple[int, PidRecord]]) -> None:
-        """Record children that started, with the ends not yet written: one append."""
+        """Record children that started, with the lines not yet written: one append."""
         lines = []
         for pid, record in records:
             line = b"+" + json.dumps({"pid": pid, **record.as_doc()}).encode() + b"\n"
@@ -136,22 +187,34 @@ class PidJournal:
             lines.append(line)
         self._append(lines)
 
-    def ended(self, pid: int) -> None:
-        """Forget ``pid``; its line is written with the next :meth:`flush` or start."""
-        if self._lines.pop(pid, None) is not None:
-            del self._records[pid]
-            self._ends.append(pid)
+    def ended(self, pid: int, ending: Ending) -> None:
+        """``pid`` ended so; its line is written with the next :meth:`flush` or start."""
+        line = self._lines.pop(pid, None)
+        if line is None:
+            return
+        record = self._records.pop(pid)
+        end = b"-%d " % pid + json.dumps(ending.as_doc()).encode() + b"\n"
+        self._keep_finished(Finished(pid, record, ending), line + end)
+        self._pending.append(end)
+
+    def forgotten(self, key: Key) -> None:
+        """The dispatcher recorded how round ``key`` ended: drop it. Its line waits for the
+        next write of anything else."""
+        if self._finished.pop(key, None) is not None:
+            self._pending.append(b"~" + json.dumps(key).encode() + b"\n")
+            self._stale += 3
 
     def flush(self) -> None:
-        """Write the ends noted since the last write."""
-        if self._ends:
+        """Write the lines noted since the last write."""
+        if self._pending:
             self._append([])
 
     def clear(self) -> None:
         """Forget every record and remove the journal (``kill_orphans``, once all is killed)."""
         self._lines.clear()
         self._records.clear()
-        self._ends.clear()
+        self._finished.clear()
+        self._pending.clear()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path)
 
@@ -160,23 +223,31 @@ class PidJournal:
             self.flush()
         os.close(self._fd)
 
+    def _keep_finished(self, entry: Finished, lines: bytes) -> None:
+        key = (entry.record.upid, entry.record.round)
+        if key in self._finished:
+            self._stale += 2  # the round ran twice here: only its last run counts
+        self._finished[key] = (entry, lines)
+
     def _append(self, lines: list[bytes]) -> None:
-        ends, self._ends = self._ends, []
-        data = b"".join([*(b"-%d\n" % pid for pid in ends), *lines])
+        pending, self._pending = self._pending, []
+        data = b"".join([*pending, *lines])
         if not data:
             return
         # One write: tmpfs writes it whole. The file of an agent killed midway ends with at
         # most a cut line, which the replay skips.
         _write_all(self._fd, data)
-        self._stale += 2 * len(ends)
-        if self._stale > max(COMPACT_AFTER, len(self._lines)):
+        if self._stale > max(COMPACT_AFTER, len(self._lines) + 2 * len(self._finished)):
             self._rewrite()
 
     def _rewrite(self) -> None:
         tmp = self._dir / f"{JOURNAL}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, b"".join(self._lines.values()))
+            # Ended rounds first: a pid that ran one of them may run again, and its live line
+            # must come after the end that frees the pid.
+            kept = [*(lines for _, lines in self._finished.values()), *self._lines.values()]
+            _write_all(fd, b"".join(kept))
         finally:
             os.close(fd)
         os.rename(tmp, self._path)
@@ -193,19 +264,32 @@ class PidJournal:
             return
         for line in data.splitlines(keepends=True):
             self._stale += 1
-            try:
-                if line.startswith(b"+") and line.endswith(b"\n"):
-                    raw = json.loads(line[1:])
-                    pid = int(raw["pid"])
-                    self._records[pid] = PidRecord.from_doc(raw)
-                    self._lines[pid] = line
-                elif line.startswith(b"-"):
-                    pid = int(line[1:])
-                    self._lines.pop(pid, None)
-                    self._records.pop(pid, None)
-            except (ValueError, KeyError, TypeError):
+            if not line.endswith(b"\n"):
                 continue  # cut short by a crash while it was written
-        self._stale -= len(self._lines)
+            try:
+                self._replay_line(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # unreadable: nothing can be done with it
+        self._stale -= len(self._lines) + 2 * len(self._finished)
+
+    def _replay_line(self, line: bytes) -> None:
+        kind, body = line[:1], line[1:]
+        if kind == b"+":
+            raw = json.loads(body)
+            pid = int(raw["pid"])
+            self._records[pid] = PidRecord.from_doc(raw)
+            self._lines[pid] = line
+        elif kind == b"-":
+            pid_text, _, ending_text = body.partition(b" ")
+            pid = int(pid_text)
+            ending = Ending.from_doc(json.loads(ending_text)) if ending_text.strip() else None
+            record = self._records.pop(pid, None)
+            start = self._lines.pop(pid, b"")
+            if record is not None and ending is not None:
+                self._keep_finished(Finished(pid, record, ending), start + line)
+        elif kind == b"~":
+            upid, round_ = json.loads(body)
+            self._finished.pop((str(upid), int(round_)), None)
 
     def _take_in_single_files(self) -> None:
         """Records an older agent kept as ``pids/<pid>``: into the journal, then removed."""

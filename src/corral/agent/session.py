@@ -7,8 +7,9 @@
    derives from (``corral.wire.handshake``; the token itself never travels). A dispatcher
    that cannot prove it is left like any failed connection: nothing it says is obeyed, and
    this agent's proof is never sent to it. Then send Hello with the whole inventory: every
-   running round and every finished one not yet forgotten, so whatever happened while
-   disconnected reaches the dispatcher.
+   running round and every finished one not yet forgotten (kept on disk until then, so an
+   agent restarted in between says them too), so whatever happened while disconnected
+   reaches the dispatcher.
 3. Welcome starts the heartbeats; Refused ends the agent (exit code 3: a wrong token must not
    retry forever). So does a whole pass over the dispatchers in which every one that
    answered failed its proof: the agent cannot tell a wrong token of its own from impostors,
@@ -559,6 +560,7 @@ class Agent:
             self._send(known)
             return
         del self._inventory[key]
+        self.launcher.forget(key)
 
     async def _shutdown(self, conn: Connection, grace: float) -> None:
         log.info("shutting down: terminating %d processes", self.launcher.running)

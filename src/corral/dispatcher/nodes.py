@@ -23,7 +23,7 @@ from corral.core.ids import EngineId, NodeId, Round, Upid
 from corral.core.model import Engine, InstanceType, NodeRecord, ProcessRecord
 from corral.core.node_states import Health, IdleBehavior, NodeState, classify_health
 from corral.core.planner import PoolNode, plan
-from corral.core.process_states import UNSTARTED_STATES, ProcessEvent, ProcessState
+from corral.core.process_states import ProcessEvent, ProcessState
 from corral.dispatcher.log_reads import LogReads
 from corral.dispatcher.partitions import Partitions
 from corral.dispatcher.rounds import moved
@@ -553,9 +553,10 @@ class Nodes:
     def lose(self, node_id: NodeId, reason: str) -> None:
         """The node is gone: its processes follow their restart modes, its instance goes.
 
-        A process still PENDING there may have started just before the node went, its
-        report lost with the agent. The driver is asked first what the node's agent had
-        started, so that such a round counts as run (a NEVER process is not run again).
+        Its agent may have started or ended rounds just before it went, their reports lost
+        with it. The driver is asked first what the agent would have reported, and that is
+        taken as heard: a round that ended ends as it did (a batch job that succeeded is not
+        run again), and one that started counts as run (a NEVER process is not run twice).
         """
         node = self._state.nodes.get(node_id)
         if node is None:
@@ -566,25 +567,23 @@ class Nodes:
         if live is not None and live.session is not None:
             live.session.close()
         self._state.delete_node(node_id)
-        why = f"node {node_id} lost: {reason}"
-        if any(r.state in UNSTARTED_STATES for r in held):
-            self._spawn(self._lose_once_asked(node, held, why))
-            return
-        self.syncer.lose(held, why)
-        self._spawn(self._pool.destroy(node.engine, node.instance_id or node.node_id))
+        self._spawn(self._lose_once_asked(node, held, f"node {node_id} lost: {reason}"))
 
     async def _lose_once_asked(self, node: NodeRecord, held: list[ProcessRecord], why: str) -> None:
         instance = node.instance_id or node.node_id
-        started = await self._pool.rounds_started(node.engine, instance)
-        # What changed meanwhile (a terminate, say) is what ends now.
+        reports = await self._pool.last_reports(node.engine, instance) if held else None
+        if reports:
+            self.syncer.reports(node.node_id, reports)
+        # What changed meanwhile (a terminate, say, or the reports just taken) stands.
         current = [
             now
             for r in held
             if (now := self._state.processes.get(r.upid)) is not None
             and now.round == r.round
             and now.assigned == node.node_id
+            and now.state.holds_slot
         ]
-        self.syncer.lose(current, why, began=started or set())
+        self.syncer.lose(current, why)
         await self._pool.destroy(node.engine, instance)
 
     def _spawn(self, coro: Any) -> None:

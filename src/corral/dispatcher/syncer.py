@@ -113,26 +113,19 @@ class Syncer:
         records: Iterable[ProcessRecord],
         reason: str,
         fence: Fence | None = None,
-        began: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset(),
     ) -> None:
         """End the rounds of processes whose node (or agent) is gone; ``fence`` when they
-        may still run there (see ``core.disconnect``). A round in ``began`` had started
-        there, whatever its record says: it counts as run first."""
+        may still run there (see ``core.disconnect``)."""
         now = self._clock.time()
         changed: list[ProcessRecord] = []
         for record in records:
-            why = reason
-            if record.state in UNSTARTED_STATES and (record.upid, record.round) in began:
-                record = started(record, None, None, now)
-                changed.append(record)
-                why = f"{reason} (it had started there, its report lost with the node)"
             changed.append(
                 ended(
                     record,
                     Outcome.NODE_LOST,
                     now,
                     self._rng.random(),
-                    reason=why,
+                    reason=reason,
                     max_dispatch_attempts=self._max_dispatch_attempts(record.engine),
                     fence=fence,
                 )

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from corral.core.ids import NodeId
 from corral.core.model import Engine, InstanceType
+from corral.wire.messages import ProcessReport
 
 #: tag keys every instance carries, so a restarted dispatcher can find and re-adopt it
 TAG_POOL = "corral-pool"
@@ -137,7 +138,7 @@ class Driver(Protocol):
         """Make the instance and everything it runs go away; unknown ids are not an error."""
         ...
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
         """Of a lost instance, before :meth:`destroy`: the rounds (upid, round) its agent had
         started, as the instance itself tells (its agent's reports of them may have been
         lost with it); None when the driver cannot tell."""

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -183,7 +183,7 @@ class FakeDriver:
         await self._call("list")
         return [Instance(a.instance_id, dict(a.tags)) for a in self._agents.values() if not a.gone]
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
         return None  # its simulated agents keep no journal
 
     async def destroy(self, instance_id: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from corral.drivers.base import (
 )
 from corral.errors import InvalidRequest
 from corral.secretfile import node_token
+from corral.wire.messages import ProcessReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ class LibcloudDriver:
                 found.append(Instance(str(node.id), tags))
         return found
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
         return None  # its agents' journals are out of this dispatcher's reach
 
     async def destroy(self, instance_id: str) -> None:

@@ -17,15 +17,16 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from corral.agent.launcher import kill_orphans, rounds_started
+from corral.agent.launcher import kill_orphans, last_reports
 from corral.agent.pidfiles import proc_identity, remove_runtime_dirs
 from corral.drivers.base import CERTIFICATE_NAME, Instance, NodeSpec, agent_command
 from corral.drivers.wrappers import UNLIMITED
 from corral.secretfile import node_token, replace_file, write_secret
+from corral.wire.messages import ProcessReport
 
 
 class LocalDriver:
@@ -87,11 +88,11 @@ class LocalDriver:
             found.append(Instance(state_dir.name, dict(record.tags)))
         return found
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
         state_dir = self.nodes_dir / instance_id
         if state_dir.parent != self.nodes_dir or not state_dir.is_dir():
             return None
-        return await asyncio.to_thread(rounds_started, state_dir)
+        return await asyncio.to_thread(last_reports, state_dir)
 
     async def destroy(self, instance_id: str) -> None:
         state_dir = self.nodes_dir / instance_id

@@ -40,6 +40,7 @@ from corral.drivers.base import (
     tags_from_instance_name,
 )
 from corral.secretfile import node_token
+from corral.wire.messages import ProcessReport
 
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "RESIZING", "SUSPENDED"})
 
@@ -121,7 +122,7 @@ class SlurmDriver:
                 found.append(Instance(job_id.strip(), tags))
         return found
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
         return None  # its agents' journals are out of this dispatcher's reach
 
     async def destroy(self, instance_id: str) -> None:

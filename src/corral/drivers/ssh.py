@@ -5,7 +5,9 @@ keys verified against ``known_hosts``; no password) writes the node's own agent 
 stdin, never on a command line), its tags, and starts ``python -m corral.agent`` there in a
 session of its own, so it outlives the connection. Listing asks every host which agents
 are alive; destroying stops the agent, kills what it left running, and removes its state.
-The host needs Python and corral installed (``python`` names the interpreter).
+Before a lost node is destroyed, its dead agent's journal is read there (``last_reports``),
+so that what the agent did but could not report still counts. The host needs Python and
+corral installed (``python`` names the interpreter).
 
 Settings, in the engine's ``driver_options``::
 
@@ -37,6 +39,8 @@ from corral.drivers.base import (
     write_certificate_lines,
 )
 from corral.secretfile import node_token
+from corral.wire.codec import ProtocolError, decode_whole_frame
+from corral.wire.messages import ProcessReport
 
 DEFAULT_PORT = 22
 
@@ -117,14 +121,31 @@ class SSHDriver:
             found += listed
         return found
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
-        return None  # its agents' journals are out of this dispatcher's reach
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
+        where = self._state_of(instance_id)
+        if where is None:
+            return None
+        host, state = where
+        python = shlex.quote(self.options.python)
+        script = (
+            f"[ -d {state} ] || exit 0\n"
+            f"{python} -c 'import sys; from corral.agent.launcher import print_last_reports;"
+            f" print_last_reports(sys.argv[1])' {state}"
+        )
+        output = (await self._run(host, script)).strip()
+        if output == "busy":
+            return None  # its agent still runs (the node was lost on a partition)
+        try:
+            messages = decode_whole_frame(bytes.fromhex(output)) if output else []
+        except (ValueError, ProtocolError) as exc:
+            raise CloudError(f"{host}: unreadable last reports of {instance_id}: {exc}") from exc
+        return [msg for msg in messages if isinstance(msg, ProcessReport)]
 
     async def destroy(self, instance_id: str) -> None:
-        host, _, node_id = instance_id.partition("/")
-        if host not in self.options.hosts or not node_id or "/" in node_id:
+        where = self._state_of(instance_id)
+        if where is None:
             return
-        state = shlex.quote(f"{self.options.state_dir}/{node_id}")
+        host, state = where
         python = shlex.quote(self.options.python)
         script = "\n".join(
             [
@@ -142,6 +163,13 @@ class SSHDriver:
         await self._run(host, script)
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _state_of(self, instance_id: str) -> tuple[str, str] | None:
+        """The host and (shell-quoted) state directory of one of our instances, else None."""
+        host, _, node_id = instance_id.partition("/")
+        if host not in self.options.hosts or not node_id or "/" in node_id:
+            return None
+        return host, shlex.quote(f"{self.options.state_dir}/{node_id}")
 
     def _agent(self, spec: NodeSpec, state: str) -> builtins.list[str]:
         return agent_command(

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from corral.drivers.base import (
@@ -28,6 +28,7 @@ from corral.drivers.base import (
     QuotaExceeded,
     RateLimited,
 )
+from corral.wire.messages import ProcessReport
 
 ANY_TYPE = ""
 
@@ -103,8 +104,8 @@ class Guarded:
             self._blocked_until = max(self._blocked_until, exc.retry_at)
             raise
 
-    async def rounds_started(self, instance_id: str) -> set[tuple[str, int]] | None:
-        return await self.driver.rounds_started(instance_id)  # of what is left: no cloud call
+    async def last_reports(self, instance_id: str) -> Sequence[ProcessReport] | None:
+        return await self.driver.last_reports(instance_id)  # of what is left: no cloud call
 
     async def destroy(self, instance_id: str) -> None:
         self._check_rate()

@@ -7,7 +7,7 @@ capacity errors pause creating instead of being retried on every tick.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine, InstanceType
@@ -22,6 +22,7 @@ from corral.drivers.base import (
     NodeSpec,
 )
 from corral.drivers.wrappers import Guarded
+from corral.wire.messages import ProcessReport
 
 log = logging.getLogger("corral.pool")
 
@@ -92,15 +93,15 @@ class NodePool:
                     found[node_id] = instance
         return found
 
-    async def rounds_started(
+    async def last_reports(
         self, engine_id: EngineId, instance_id: str
-    ) -> set[tuple[str, int]] | None:
-        """What the driver can tell of the rounds a lost instance had started (None: it
-        cannot, or failed to)."""
+    ) -> Sequence[ProcessReport] | None:
+        """What the driver can tell of the rounds a lost instance's agent had not seen
+        forgotten (None: it cannot, or failed to)."""
         try:
-            return await self._drivers[engine_id].rounds_started(instance_id)
+            return await self._drivers[engine_id].last_reports(instance_id)
         except Exception:
-            log.exception("reading what instance %s had started failed", instance_id)
+            log.exception("reading what instance %s had run failed", instance_id)
             return None
 
     async def destroy(self, engine_id: EngineId, instance_id: str) -> None:

@@ -250,6 +250,12 @@ class MessageSet(Generic[M]):
         bodies = [self.encode_message(msg) for msg in messages]
         return b"".join(_frame_parts(bodies, sum(map(len, bodies))))
 
+    def decode_whole_frame(self, frame: bytes) -> list[M]:
+        """The messages of one whole frame, as :meth:`encode_frame` made it."""
+        if len(frame) < _HEADER.size or _HEADER.unpack_from(frame)[0] != len(frame) - _HEADER.size:
+            raise ProtocolError("the frame's length prefix does not match its size")
+        return self.decode_frame(frame[_HEADER.size :])
+
 
 def _decode_with(spec: _Spec, item: list[Any]) -> Any:
     if len(item) != len(spec.checks) + 1:
@@ -284,6 +290,7 @@ AGENT_MESSAGES: Final = MessageSet[Message](TYPE_CODES)
 
 decode_message = AGENT_MESSAGES.decode_message
 decode_frame = AGENT_MESSAGES.decode_frame
+decode_whole_frame = AGENT_MESSAGES.decode_whole_frame
 encode_message = AGENT_MESSAGES.encode_message
 encode_frame = AGENT_MESSAGES.encode_frame
 
