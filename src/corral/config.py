@@ -20,18 +20,21 @@ The dispatcher's own settings (the command line's options win)::
     [dispatcher]
     store = "postgresql://corral@db.example/corral"
     lease_duration = 3.0   # seconds; on a shared (PostgreSQL) store, see docs/operations.md
+    ended_retention = 86400  # seconds an ended process is kept; 0: no limit
+    ended_max = 100000       # ended processes kept at most, the oldest go first; 0: no limit
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from corral.core.ids import EngineId
 from corral.core.model import Engine, InstanceType
+from corral.core.retention import Retention
 from corral.drivers.fake import FakeFaults
 from corral.drivers.libcloud import libcloud_options_errors
 from corral.drivers.slurm import slurm_options_errors
@@ -55,6 +58,8 @@ class Config:
     store: str | None = None
     #: how long the active dispatcher's lease lasts unrenewed, on a PostgreSQL store
     lease_duration: float = LEASE_DURATION
+    #: how long, and how many, ended processes are kept
+    retention: Retention = field(default_factory=Retention)
 
     @property
     def default_engine(self) -> Engine:
@@ -122,8 +127,10 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def _dispatcher(item: Any, source: str) -> dict[str, Any]:
-    """``[dispatcher]``: ``store`` (a URL) and ``lease_duration`` (seconds)."""
-    _check_table(item, "dispatcher", source, {"store", "lease_duration"}, "a dispatcher setting")
+    """``[dispatcher]``: ``store`` (a URL), ``lease_duration`` (seconds), and the retention
+    of ended processes: ``ended_retention`` (seconds) and ``ended_max`` (a count)."""
+    known = {"store", "lease_duration", "ended_retention", "ended_max"}
+    _check_table(item, "dispatcher", source, known, "a dispatcher setting")
     values: dict[str, Any] = {}
     if "store" in item:
         store = item["store"]
@@ -140,6 +147,27 @@ def _dispatcher(item: Any, source: str) -> dict[str, Any]:
                 field="dispatcher.lease_duration",
             )
         values["lease_duration"] = float(duration)
+    retention = Retention()
+    if "ended_retention" in item:
+        age = item["ended_retention"]
+        if isinstance(age, bool) or not isinstance(age, int | float) or not age >= 0:
+            raise InvalidRequest(
+                f"{source}: dispatcher.ended_retention must be a number of seconds, 0 or more"
+                " (0: ended processes are kept however old)",
+                field="dispatcher.ended_retention",
+            )
+        retention = replace(retention, max_age=float(age))
+    if "ended_max" in item:
+        count = item["ended_max"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidRequest(
+                f"{source}: dispatcher.ended_max must be a whole number, 0 or more"
+                " (0: no limit on how many ended processes are kept)",
+                field="dispatcher.ended_max",
+            )
+        retention = replace(retention, max_count=count)
+    if retention != Retention():
+        values["retention"] = retention
     return values
 
 

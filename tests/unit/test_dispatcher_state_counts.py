@@ -4,8 +4,9 @@ records after any changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,6 +35,16 @@ class NullStore:
         pass
 
 
+@contextlib.asynccontextmanager
+async def running_state() -> AsyncIterator[State]:
+    committer = GroupCommitter(NullStore())
+    await committer.start()
+    try:
+        yield State(committer, on_fatal=lambda error: None)
+    finally:
+        await committer.aclose()
+
+
 _CONSTRAINTS = {"a": {}, "b": {}, "c": {"zone": "x"}, "d": {"zone": ["x", "y"]}}
 
 changes = st.lists(
@@ -50,10 +61,7 @@ changes = st.lists(
 @given(changes)
 def test_by_state_counts_every_process_once_in_its_current_state(batches):
     async def scenario() -> None:
-        committer = GroupCommitter(NullStore())
-        await committer.start()
-        state = State(committer, on_fatal=lambda error: None)
-        try:
+        async with running_state() as state:
             for batch in batches:
                 records = {
                     upid: process_record(
@@ -69,7 +77,30 @@ def test_by_state_counts_every_process_once_in_its_current_state(batches):
                 assert +state.by_state == expected
                 queued = Counter(demand_key(p) for p in state.queue.values())
                 assert {demand_key(d): n for d, n in state.demand.groups()} == queued
-        finally:
-            await committer.aclose()
+
+    asyncio.run(scenario())
+
+
+@settings(max_examples=60, deadline=None)
+@given(changes, st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=4))
+def test_ended_processes_are_listed_and_forgetting_takes_only_them(batches, forget):
+    async def scenario() -> None:
+        async with running_state() as state:
+            for batch in batches:
+                # a change that keeps its state (same round and state) counts as one too
+                records = {upid: process_record(upid, state=s) for upid, s in batch}
+                await state.save_processes(records.values())
+                ended = {u for u, r in state.processes.items() if r.state.is_terminal}
+                assert set(state.ended) == ended
+                assert all(state.settled(upid) for upid in state.processes)
+            before = dict(state.processes)
+            await state.forget_processes(forget)
+            for upid, record in before.items():
+                gone = upid in forget and record.state.is_terminal
+                assert (upid not in state.processes) == gone
+                assert (upid in state.ended) == (record.state.is_terminal and not gone)
+                if gone:
+                    assert state.history.of(upid) == []
+            assert +state.by_state == Counter(r.state for r in state.processes.values())
 
     asyncio.run(scenario())

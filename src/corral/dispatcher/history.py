@@ -116,6 +116,13 @@ class History:
         self._steps[record.upid] = (numbers, *details)
         return changes
 
+    def forget(self, upid: Upid) -> list[Change]:
+        """Drop the process's steps; return the deletions of their rows."""
+        packed = self._steps.pop(upid, None)
+        if packed is None:
+            return []
+        return [Delete(Table.HISTORY, _key(upid, step.seq)) for step in _unpacked(packed)]
+
     def of(self, upid: Upid) -> list[Step]:
         """The process's steps, oldest first (empty for a process never seen to change)."""
         packed = self._steps.get(upid)

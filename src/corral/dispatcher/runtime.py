@@ -27,6 +27,7 @@ from corral.dispatcher.events import EventBus
 from corral.dispatcher.mapper import Mapper
 from corral.dispatcher.metrics import Metrics
 from corral.dispatcher.nodes import Nodes
+from corral.dispatcher.retention import Reaper
 from corral.dispatcher.service import Dispatcher
 from corral.dispatcher.space import SpaceGuard
 from corral.dispatcher.state import State
@@ -174,9 +175,11 @@ class Runtime:
             queue=self.queue,
         )
         loop = asyncio.get_running_loop()
+        reaper = Reaper(state, settings.config.retention, self.clock)
         self._tasks = [
             loop.create_task(mapper.run(), name="mapper"),
             loop.create_task(self._node_loop(nodes), name="nodes"),
+            loop.create_task(reaper.run(), name="retention"),
         ]
         mapper.wake()
         log.info(

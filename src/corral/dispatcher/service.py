@@ -251,7 +251,7 @@ class Dispatcher:
             await asyncio.shield(committed)  # a caller who gives up must not cancel it
         else:
             await self._state.durable(record.upid)
-        return public_process(self._state.processes[record.upid])
+        return self._latest(record)
 
     async def schedule_processes(
         self,
@@ -292,7 +292,7 @@ class Dispatcher:
             await asyncio.shield(committed)
         for record in records:
             await self._state.durable(record.upid)
-        return [public_process(self._state.processes[r.upid]) for r in records]
+        return [self._latest(r) for r in records]
 
     def _scheduled(
         self,
@@ -398,10 +398,17 @@ class Dispatcher:
     def describe_processes(self) -> list[dict[str, Any]]:
         return [public_process(r) for r in self._state.processes.values()]
 
+    def _latest(self, record: ProcessRecord) -> dict[str, Any]:
+        """The process as it is now; as ``record`` says if it has ended and been forgotten
+        since (``core.retention``)."""
+        return public_process(self._state.processes.get(record.upid, record))
+
     def _process(self, upid: str) -> ProcessRecord:
         record = self._state.processes.get(Upid(upid))
         if record is None:
-            raise NotFound(f"no process {upid!r}", field="upid")
+            retention = self._config.retention
+            why = f" (it may have ended and been forgotten: {retention.describe()})"
+            raise NotFound(f"no process {upid!r}{why if retention.bounded else ''}", field="upid")
         return record
 
     async def terminate_process(self, upid: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
@@ -455,7 +462,7 @@ class Dispatcher:
             assert record.assigned is not None
             self._nodes.kill(record.assigned, record.upid, record.round)
         self._wake_mapper()
-        return public_process(self._state.processes[new.upid])
+        return self._latest(new)
 
     async def wait_process(
         self,
@@ -474,7 +481,7 @@ class Dispatcher:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._events.next_change(record.upid), remaining)
-            record = self._state.processes[record.upid]
+            record = self._process(upid)  # NotFound if it ended and was forgotten meanwhile
         await self._state.durable(record.upid)
         return public_process(record)
 

@@ -68,6 +68,8 @@ class State:
         self.held_version: dict[NodeId, int] = {}
         #: delayed restarts: (not_before, upid, round)
         self.delayed: list[tuple[float, Upid, Round]] = []
+        #: ended processes with the time they ended, oldest end first (the retention's order)
+        self.ended: dict[Upid, float] = {}
         self._last_commit: dict[Upid, asyncio.Future[None]] = {}
         self._listeners: list[Listener] = []
         #: each process's last state changes, with their times
@@ -120,7 +122,7 @@ class State:
         changes: list[Change] = [
             Put(Table.PROCESSES, upid, record.as_doc()) for upid, record in latest.items()
         ]
-        future = self._commit(changes + steps, events)
+        future = self._commit(changes + steps, events, list(latest))
         for upid in latest:
             self._last_commit[upid] = future
         return future
@@ -141,6 +143,24 @@ class State:
         self.nodes.pop(node_id, None)
         self.by_node.pop(node_id, None)
         return self._commit([Delete(Table.NODES, node_id)])
+
+    def forget_processes(self, upids: Iterable[Upid]) -> asyncio.Future[None]:
+        """Remove ended processes, with their histories, in one transaction.
+
+        A process that is no longer ended, or whose last change is not yet committed, is
+        left alone: only what the store already holds as ended goes.
+        """
+        changes: list[Change] = []
+        for upid in upids:
+            record = self.processes.get(upid)
+            if record is None or not record.state.is_terminal or not self.settled(upid):
+                continue
+            del self.processes[upid]
+            self.by_state[record.state] -= 1
+            del self.ended[upid]
+            changes.append(Delete(Table.PROCESSES, upid))
+            changes.extend(self.history.forget(upid))
+        return self._commit(changes)
 
     def room(self, node: NodeRecord, engine: Engine | None) -> Resources | None:
         """What is left of the node's instance type (None: a slots-only node)."""
@@ -174,13 +194,20 @@ class State:
     # -- internals ------------------------------------------------------------
 
     def _commit(
-        self, changes: list[Change], events: list[Change_] | None = None
+        self,
+        changes: list[Change],
+        events: list[Change_] | None = None,
+        upids: list[Upid] | None = None,
     ) -> asyncio.Future[None]:
+        """Commit ``changes``; then tell the listeners of ``events``, and count the processes
+        ``upids`` settled unless a later change of theirs is in flight."""
         future = self._committer.commit_nowait(changes)
-        future.add_done_callback(lambda f: self._committed(f, events or []))
+        future.add_done_callback(lambda f: self._committed(f, events or [], upids or []))
         return future
 
-    def _committed(self, future: asyncio.Future[None], events: list[Change_]) -> None:
+    def _committed(
+        self, future: asyncio.Future[None], events: list[Change_], upids: list[Upid]
+    ) -> None:
         if future.cancelled():
             return
         error = future.exception()
@@ -189,7 +216,7 @@ class State:
             # restart reload the truth.
             self._on_fatal(error)
             return
-        for upid in {e.record.upid for e in events}:
+        for upid in upids:
             if self._last_commit.get(upid) is future:
                 del self._last_commit[upid]
         if events:
@@ -222,6 +249,16 @@ class State:
             if upid not in held:
                 held.add(upid)
                 self._bump(record.assigned)
+        self._index_queue(record)
+        if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
+            heapq.heappush(self.delayed, (record.not_before, upid, record.round))
+        if not record.state.is_terminal:
+            self.ended.pop(upid, None)
+        elif upid not in self.ended:
+            self.ended[upid] = record.updated_at  # by this dispatcher's clock, as is now
+
+    def _index_queue(self, record: ProcessRecord) -> None:
+        upid = record.upid
         if record.state in MATCHABLE_STATES:
             old = self.queue.get(upid)
             pending = _pending(
@@ -244,8 +281,6 @@ class State:
                 self.demand.remove(old)
             self.fresh.pop(upid, None)
             self.plain.pop(upid, None)
-        if record.state is ProcessState.UNSCHEDULED_PENDING and record.not_before is not None:
-            heapq.heappush(self.delayed, (record.not_before, upid, record.round))
 
 
 def _pending(record: ProcessRecord, restart: bool) -> Pending:
