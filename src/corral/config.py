@@ -179,6 +179,7 @@ _INTS = (
     "max_dispatch_attempts",
     "launch_ahead",
     "log_max_bytes",
+    "log_retention",
 )
 _FLOATS = (
     "heartbeat_period",

@@ -231,3 +231,42 @@ def test_a_log_without_a_limit_keeps_everything(state_dir: Path) -> None:
     spool.settle("svc")
     assert (state_dir / "logs/svc.stdout").read_bytes() == written
     assert read_all(spool, "svc") == written[: 1 << 20]
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make ``path`` look last written ``seconds`` ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_logs_past_their_retention_go_unless_their_process_runs(state_dir: Path) -> None:
+    spool = LogSpool(state_dir)
+    (state_dir / "logs/running.stdout").write_bytes(b"an earlier round\n")
+    running = spool.open("running")  # a new round, still running
+    for upid in ("old", "fresh"):
+        out, err = spool.open(upid)
+        write(out, f"{upid}\n".encode())
+        write(err, b"!\n")
+        os.close(out)
+        os.close(err)
+        spool.settle(upid)
+    for name in ("old.stdout", "old.stderr", "running.stdout"):
+        age(state_dir / "logs" / name, 7200)
+    (state_dir / "logs/notes.txt").write_text("not a log")
+    age(state_dir / "logs/notes.txt", 7200)
+
+    now = time.time()
+    found = spool.past_retention(3600, now)
+    assert sorted(found) == ["old.stderr", "old.stdout", "running.stdout"]
+    age(state_dir / "logs/old.stderr", 60)  # written to since the look: stays
+    assert spool.drop(found, 3600, now) == 1
+    assert sorted(os.listdir(state_dir / "logs")) == [
+        "fresh.stderr",
+        "fresh.stdout",
+        "notes.txt",
+        "old.stderr",
+        "running.stdout",
+    ]
+    assert read_all(spool, "old") == b""  # what is gone reads as an empty log
+    for fd in running:
+        os.close(fd)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from test_agent_harness import (
     wait_gone,
 )
 
+from corral.testing.serve import wait_until
 from corral.wire.messages import Kill, Launch, LogChunk, ReadLog, Shutdown
 
 
@@ -294,3 +298,31 @@ def test_shutdown_terminates_everything_and_exits_0(tmp_path: Path) -> None:
     run(scenario())
     assert not any(is_alive(pid) for pid in pids if pid is not None)
     assert list((tmp_path / "state/pids").iterdir()) == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("retention", ["3600", "0"])
+def test_an_agent_removes_the_logs_past_their_retention(tmp_path: Path, retention: str) -> None:
+    """Of processes it no longer runs: those unwritten for ``--log-retention`` seconds go
+    (looked for at start, then every few minutes); 0 keeps them all."""
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(parents=True)
+    old, fresh = logs / "done-long-ago.stdout", logs / "done-lately.stdout"
+    old.write_text("old\n")
+    fresh.write_text("fresh\n")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+
+    async def scenario() -> None:
+        args = ("--allow-root", "--log-retention", retention)
+        async with running_hub() as hub, running_agent(hub.port, tmp_path, args=args) as agent:
+            session = await hub.next_session()
+            session.send(sh("p1", "echo done"))  # the agent is up and has looked by now
+            await session.report("p1", "exited")
+            if retention != "0":
+                await asyncio.to_thread(wait_until, lambda: not old.exists(), "old log gone", 10)
+                assert "removed 1 log files unwritten for 3600s" in agent.log()
+
+    run(scenario())
+    assert fresh.read_text() == "fresh\n"
+    assert old.exists() == (retention == "0")

@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from corral.agent.logs import DEFAULT_RETENTION
+from corral.agent.main import build_parser as build_agent_parser
 from corral.config import Config, default_config, load_config, parse_config
 from corral.core.ids import EngineId, NodeId
 from corral.core.model import Engine
+from corral.core.retention import Retention
 from corral.drivers.base import NodeSpec, agent_command
 from corral.errors import InvalidRequest
 
@@ -93,6 +96,17 @@ def test_log_max_bytes_reaches_the_agents_command_line_when_set():
     assert argv[argv.index("--log-max-bytes") + 1] == "0"
 
 
+def test_log_retention_reaches_the_agent_which_reads_it_as_seconds():
+    spec = NodeSpec(NodeId("n"), parse_config(_one()).default_engine)
+    argv = agent_command("python3", spec, "h:1", "t", "s")
+    assert "--log-retention" not in argv
+    assert argv[:3] == ["python3", "-m", "corral.agent"]
+    assert build_agent_parser().parse_args(argv[3:]).log_retention == DEFAULT_RETENTION
+    kept = NodeSpec(NodeId("n"), parse_config(_one(log_retention=3600)).default_engine)
+    argv = agent_command("python3", kept, "h:1", "t", "s")
+    assert build_agent_parser().parse_args(argv[3:]).log_retention == 3600.0
+
+
 def test_labels_become_strings_as_constraints_compare_them():
     labels = parse_config(_one(labels={"zone": 1, "gpu": True, "ssd": False, "ratio": 1.5}))
     assert labels.default_engine.labels == {
@@ -125,6 +139,7 @@ def test_labels_become_strings_as_constraints_compare_them():
         (_one(base_need=-1), "engines[0].base_need"),
         (_one(launch_ahead=-1), "engines[0].launch_ahead"),
         (_one(log_max_bytes=-1), "engines[0].log_max_bytes"),
+        (_one(log_retention=1.5), "engines[0].log_retention"),
         (_one(log_max_bytes="10M"), "engines[0].log_max_bytes"),
         (_one(maximum_vms="4"), "engines[0].maximum_vms"),
         (_one(base_need=3, maximum_vms=2), "engines[0].base_need"),
@@ -297,9 +312,22 @@ def test_the_dispatcher_table_sets_the_store_and_the_lease():
     assert with_engines.lease_duration == 1.5
 
 
+def test_the_dispatcher_table_sets_how_long_and_how_many_ended_processes_are_kept():
+    assert default_config().retention == Retention(86_400.0, 100_000)
+    config = parse_config({"dispatcher": {"ended_retention": 3600, "ended_max": 0}})
+    assert config.retention == Retention(max_age=3600.0, max_count=0)
+    assert config.retention.bounded
+    unbounded = parse_config({**_one(), "dispatcher": {"ended_retention": 0, "ended_max": 0}})
+    assert not unbounded.retention.bounded
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
+        ({"dispatcher": {"ended_retention": -1}}, "dispatcher.ended_retention"),
+        ({"dispatcher": {"ended_retention": "1d"}}, "dispatcher.ended_retention"),
+        ({"dispatcher": {"ended_max": 1.5}}, "dispatcher.ended_max"),
+        ({"dispatcher": {"ended_max": True}}, "dispatcher.ended_max"),
         ({"dispatcher": {"store": ""}}, "dispatcher.store"),
         ({"dispatcher": {"lease_duration": 0}}, "dispatcher.lease_duration"),
         ({"dispatcher": {"lease_duration": "3"}}, "dispatcher.lease_duration"),

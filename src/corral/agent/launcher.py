@@ -33,7 +33,14 @@ from pathlib import Path
 
 from corral.agent import pidfiles
 from corral.agent.identity import Identity
-from corral.agent.logs import DEFAULT_MAX_BYTES, SPILL_EVERY, LogSpool, safe_name
+from corral.agent.logs import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_RETENTION,
+    SPILL_EVERY,
+    LogSpool,
+    LogSweeper,
+    safe_name,
+)
 from corral.wire.codec import encode_frame
 from corral.wire.messages import EXITED, RUNNING, SPAWN_FAILED, Launch, ProcessReport
 
@@ -71,10 +78,12 @@ class Launcher:
         environ: Mapping[str, str],
         identity: Identity | None = None,
         log_max_bytes: int = DEFAULT_MAX_BYTES,
+        log_retention: float = DEFAULT_RETENTION,
     ) -> None:
         """``identity`` starts the processes as another user (or refuses to start them);
         None runs them as the agent's own user (see ``identity``). Each log keeps its newest
-        ``log_max_bytes`` (0: all)."""
+        ``log_max_bytes`` (0: all); the logs of a process that no longer runs here go once
+        unwritten for ``log_retention`` seconds (0: never)."""
         self._state_dir = state_dir
         self._pids_dir = state_dir / "pids"
         self._identity = identity
@@ -104,6 +113,7 @@ class Launcher:
         self._idle.set()
         self.logs = LogSpool(state_dir, log_max_bytes)
         self._spill_timer = self._loop.call_later(SPILL_EVERY, self._spill)
+        self._sweeper = LogSweeper(self.logs, log_retention)
 
     @property
     def running(self) -> int:
@@ -407,6 +417,7 @@ class Launcher:
     def detach(self) -> None:
         """Stop watching without killing: the processes keep running, their records stay."""
         self._spill_timer.cancel()
+        self._sweeper.stop()
         self.record_pending()
         for child in self._live.values():
             self._unwatch(child)

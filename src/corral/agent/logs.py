@@ -2,8 +2,11 @@
 
 Each process appends its stdout and stderr to ``STATE_DIR/logs/<name>.stdout`` and
 ``.stderr``, where ``<name>`` is its upid made safe for a file name. Every round of a process
-appends to the same pair, so a restarted service keeps one history. The agent never deletes
-logs: what it reads back is whatever is on disk, even for a forgotten process.
+appends to the same pair, so a restarted service keeps one history. What the agent reads back
+is whatever is on disk, even for a process the dispatcher told it to forget. The logs of a
+process that no longer runs here go once unwritten for ``retention`` seconds (the engine's
+``log_retention``, a day by default, as long as the dispatcher keeps an ended process): a
+node that runs batch jobs for months does not fill its disk with their logs.
 
 When ``STATE_DIR/spool`` links to a tmpfs (the agent's runtime directory), the process writes
 to ``spool/<name>.<stream>`` instead: creating a file there costs microseconds, where a busy
@@ -26,6 +29,7 @@ holds a bounded share of the disk however long it runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -54,6 +58,10 @@ SPILL_QUIET_MAX: Final = 30.0
 
 #: the newest bytes a disk log keeps, per stream, unless the engine says otherwise
 DEFAULT_MAX_BYTES: Final = 100 << 20
+#: seconds the log of a process that no longer runs here stays after its last write
+DEFAULT_RETENTION: Final = 86_400
+#: seconds between looks for logs past their retention (the first comes at start)
+SWEEP_EVERY: Final = 600.0
 
 _COPY_BLOCK: Final = 1 << 20
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -180,6 +188,35 @@ class LogSpool:
         self._flush(name, watch)
 
     # --- the agent's side ---------------------------------------------------------------------
+
+    def past_retention(self, retention: float, now: float) -> list[str]:
+        """The disk logs last written before ``now - retention``, by file name. Reads the
+        whole directory: call it off the event loop, then :meth:`drop` what it found."""
+        cutoff = now - retention
+        found = []
+        with os.scandir(self._logs) as entries:
+            for entry in entries:
+                if entry.name.rpartition(".")[2] not in STREAMS:
+                    continue
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        found.append(entry.name)
+        return found
+
+    def drop(self, files: list[str], retention: float, now: float) -> int:
+        """Remove those of ``files`` (from :meth:`past_retention`) that are still past their
+        retention and whose process does not run here; return how many went. On the event
+        loop, so that a round starting meanwhile keeps its log."""
+        cutoff = now - retention
+        dropped = 0
+        for file in files:
+            if file.rpartition(".")[0] in self._watched:
+                continue  # a round writes to it (or its spool still holds output)
+            with contextlib.suppress(OSError):
+                if os.stat(file, dir_fd=self._logs_fd, follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(file, dir_fd=self._logs_fd)
+                    dropped += 1
+        return dropped
 
     def spill_due(self) -> None:
         """Copy the spools that are due; called about every :data:`SPILL_EVERY` seconds."""
@@ -410,3 +447,47 @@ def _free_pages(fd: int, length: int) -> bool:
         log.warning("this file system cannot punch holes: spools are freed only at exit")
         return False
     return True
+
+
+class LogSweeper:
+    """Removes the logs past their retention: at start, then every :data:`SWEEP_EVERY`
+    seconds. The directory is read off the event loop; the files go on it, a batch per loop
+    turn, so that a large backlog never stalls the agent."""
+
+    BATCH: Final = 500
+
+    def __init__(self, spool: LogSpool, retention: float) -> None:
+        """Runs on the current event loop; ``retention`` 0 removes nothing, ever."""
+        self._spool = spool
+        self._retention = retention
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.Handle | None = None
+        if retention > 0:
+            self._timer = self._loop.call_soon(self._look)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _look(self) -> None:
+        now = time.time()
+        found = self._loop.run_in_executor(None, self._spool.past_retention, self._retention, now)
+        found.add_done_callback(lambda done: self._found(done, now))
+
+    def _found(self, found: asyncio.Future[list[str]], now: float) -> None:
+        if self._timer is None or found.cancelled():
+            return  # stopped meanwhile
+        error = found.exception()
+        if error is not None:
+            log.warning("cannot look for logs past their retention: %s", error)
+        self._drop([] if error is not None else found.result(), now, 0)
+
+    def _drop(self, files: list[str], now: float, dropped: int) -> None:
+        dropped += self._spool.drop(files[: self.BATCH], self._retention, now)
+        if len(files) > self.BATCH:
+            self._timer = self._loop.call_soon(self._drop, files[self.BATCH :], now, dropped)
+            return
+        if dropped:
+            log.info("removed %d log files unwritten for %gs", dropped, self._retention)
+        self._timer = self._loop.call_later(SWEEP_EVERY, self._look)

@@ -27,7 +27,7 @@ from pathlib import Path
 from corral import eventloop
 from corral.agent.dialing import parse_address
 from corral.agent.identity import Identity, Refuse, RunAs, resolve
-from corral.agent.logs import DEFAULT_MAX_BYTES
+from corral.agent.logs import DEFAULT_MAX_BYTES, DEFAULT_RETENTION
 from corral.agent.pidfiles import (
     StateDirBusy,
     lock_state_dir,
@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the newest bytes each process's stdout and stderr log keeps; older ones are"
         f" dropped (0: keep all; default: {DEFAULT_MAX_BYTES})",
     )
+    add(
+        "--log-retention",
+        type=_seconds,
+        default=DEFAULT_RETENTION,
+        metavar="SECONDS",
+        help="the logs of a process that no longer runs here are removed once unwritten this"
+        f" long (0: never; default: {DEFAULT_RETENTION})",
+    )
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -242,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             link_timeout=args.link_timeout,
             tls=tls,
             log_max_bytes=args.log_max_bytes,
+            log_retention=args.log_retention,
         )
         log.info("agent %s starting; state in %s", config.node_id, state_dir)
         return eventloop.run(Agent(config).run())

@@ -53,7 +53,7 @@ from typing import Final
 from corral.agent.dialing import Address, Backoff, parse_address, tune_socket
 from corral.agent.identity import Identity
 from corral.agent.launcher import Key, Launcher
-from corral.agent.logs import DEFAULT_MAX_BYTES
+from corral.agent.logs import DEFAULT_MAX_BYTES, DEFAULT_RETENTION
 from corral.wire.codec import Connection, ConnectionClosed, ProtocolError, open_connection
 from corral.wire.handshake import AuthenticationFailed, new_hello, send_hello
 from corral.wire.launch_queue import LaunchQueue
@@ -117,6 +117,8 @@ class AgentConfig:
     """Dial the dispatchers over TLS with this context (None: plain TCP)."""
     log_max_bytes: int = DEFAULT_MAX_BYTES
     """The newest bytes each process's stdout and stderr log keeps (0: all of them)."""
+    log_retention: float = DEFAULT_RETENTION
+    """Seconds the logs of a process that no longer runs here stay unwritten (0: always)."""
 
 
 class _End(enum.Enum):
@@ -167,7 +169,12 @@ class Agent:
             loop.add_signal_handler(signum, self._on_signal, signum, task)
         cfg = self._config
         self._launcher = Launcher(
-            cfg.state_dir, self._on_exit, cfg.environ, cfg.identity, cfg.log_max_bytes
+            cfg.state_dir,
+            self._on_exit,
+            cfg.environ,
+            cfg.identity,
+            cfg.log_max_bytes,
+            cfg.log_retention,
         )
         for report in self._launcher.adopt():
             self._inventory[(report.upid, report.round)] = report

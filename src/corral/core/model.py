@@ -134,6 +134,9 @@ class Engine:
     #: the newest bytes each process's stdout and stderr log keeps on its node; older ones
     #: are dropped (0: all; None: the agent's default, 100 MiB)
     log_max_bytes: int | None = None
+    #: seconds the logs of a process that no longer runs on a node stay there unwritten
+    #: (0: always; None: the agent's default, a day)
+    log_retention: int | None = None
 
     @property
     def ahead(self) -> int:

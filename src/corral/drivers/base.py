@@ -90,6 +90,8 @@ def agent_command(
         argv.append("--allow-root")
     if engine.log_max_bytes is not None:
         argv += ["--log-max-bytes", str(engine.log_max_bytes)]
+    if engine.log_retention is not None:
+        argv += ["--log-retention", str(engine.log_retention)]
     if tls:
         argv += ["--tls-ca", f"{state_dir}/{CERTIFICATE_NAME}"]
     return argv
