@@ -5,6 +5,8 @@ compacted or left by an older agent."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,19 @@ def test_a_long_running_agent_keeps_its_journal_small(tmp_path: Path) -> None:
     reopened = PidJournal(tmp_path)
     assert reopened.records() == {2: record(2)}
     assert reopened.finished() == []
+
+
+def test_the_state_dirs_lock_waits_a_moment_for_a_reader_but_not_for_an_agent(
+    tmp_path: Path,
+) -> None:
+    held = pidfiles.lock_state_dir(tmp_path)  # what a reader of a dead agent's journal holds
+    threading.Timer(0.2, os.close, [held]).start()
+    with pytest.raises(pidfiles.StateDirBusy):
+        pidfiles.lock_state_dir(tmp_path)  # an agent starting does not wait
+    os.close(pidfiles.lock_state_dir(tmp_path, wait=5.0))  # a reader does, and gets it
+    forever = pidfiles.lock_state_dir(tmp_path)  # a live agent
+    try:
+        with pytest.raises(pidfiles.StateDirBusy):
+            pidfiles.lock_state_dir(tmp_path, wait=0.1)
+    finally:
+        os.close(forever)

@@ -50,6 +50,10 @@ Key = pidfiles.Key
 
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
+#: seconds to wait for the lock of a dead agent's directory, which another reader of its
+#: journal (the dispatcher asking what it ran, a clean-up) may hold for a moment
+_DEAD_AGENT_LOCK_WAIT = 2.0
+
 UNKNOWN_STATUS = "exit status unknown: the process was adopted after an agent restart"
 ENDED_UNWATCHED = "exit status unknown: the process ended while no agent was watching it"
 
@@ -497,8 +501,8 @@ def _ended_report(entry: pidfiles.Finished) -> ProcessReport:
 @contextlib.contextmanager
 def _dead_agents_journal(root: Path) -> Iterator[pidfiles.PidJournal | None]:
     """The pid journal of ``root``'s agent, which must be dead (else ``StateDirBusy``);
-    None if no agent ever ran there."""
-    lock = pidfiles.lock_state_dir(root)
+    None if no agent ever ran there. Waits a little for whoever else reads it."""
+    lock = pidfiles.lock_state_dir(root, wait=_DEAD_AGENT_LOCK_WAIT)
     try:
         if not (root / "pids").is_dir():
             yield None

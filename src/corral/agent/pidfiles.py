@@ -42,6 +42,7 @@ import os
 import select
 import shutil
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -448,17 +449,23 @@ def remove_runtime_dirs(state_dir: Path) -> None:
                 link.resolve().parent.rmdir()
 
 
-def lock_state_dir(state_dir: Path) -> int:
+def lock_state_dir(state_dir: Path, wait: float = 0.0) -> int:
     """Take the state directory's lock and return its descriptor (keep it open to hold it).
 
-    Raises StateDirBusy if another process holds it. The descriptor is close-on-exec, so the
-    children never inherit the lock and it dies with the agent.
+    Raises StateDirBusy if another holds it for ``wait`` seconds more: an agent holds it as
+    long as it lives, one who reads or cleans up after a dead agent for milliseconds. The
+    descriptor is close-on-exec, so the children never inherit the lock and it dies with
+    the agent.
     """
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateDirBusy(f"an agent is running on {state_dir}") from None
-    return fd
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StateDirBusy(f"an agent is running on {state_dir}") from None
+        time.sleep(0.01)

@@ -92,6 +92,9 @@ class LocalDriver:
         state_dir = self.nodes_dir / instance_id
         if state_dir.parent != self.nodes_dir or not state_dir.is_dir():
             return None
+        record = _AgentRecord.read(state_dir / "instance.json")
+        if record is not None and record.alive():
+            return None  # its journal is its own: lost on a partition, say, not dead
         return await asyncio.to_thread(last_reports, state_dir)
 
     async def destroy(self, instance_id: str) -> None:
