@@ -54,7 +54,7 @@ def test_ended_processes_past_the_bound_are_forgotten_oldest_first(
         for gone in ("q0", "q1", "q2"):
             with pytest.raises(NotFound, match=r"forgotten: ended processes are kept .* 3 at most"):
                 client.describe_process(gone)
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFound, match="forgotten"):
                 client.process_history(gone)
         assert [client.describe_process(f"q{i}")["state"] for i in (3, 4, 5)] == ["800-EXITED"] * 3
         assert client.describe_process("sleeper")["state"] == "500-RUNNING"

@@ -1,21 +1,22 @@
-"""The state's running counts (processes by state, the planner's tally of the queue) match its
-records after any changes."""
+"""The state's running counts (processes by state, the planner's tally of the queue, the ended
+processes) match its records after any changes, and readers see only what is committed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.core.ids import NodeId
+from corral.core.ids import NodeId, Upid
 from corral.core.planner import demand_key
 from corral.core.process_states import ProcessState
 from corral.dispatcher.state import State
-from corral.store import Change, GroupCommitter, Loaded, Table
+from corral.store import Change, GroupCommitter, Loaded, Store, Table
 from corral.testing.factories import process_record
 
 
@@ -36,8 +37,8 @@ class NullStore:
 
 
 @contextlib.asynccontextmanager
-async def running_state() -> AsyncIterator[State]:
-    committer = GroupCommitter(NullStore())
+async def running_state(store: Store | None = None) -> AsyncIterator[State]:
+    committer = GroupCommitter(store or NullStore())
     await committer.start()
     try:
         yield State(committer, on_fatal=lambda error: None)
@@ -102,5 +103,39 @@ def test_ended_processes_are_listed_and_forgetting_takes_only_them(batches, forg
                 if gone:
                     assert state.history.of(upid) == []
             assert +state.by_state == Counter(r.state for r in state.processes.values())
+
+    asyncio.run(scenario())
+
+
+class GatedStore(NullStore):
+    """Commits only while its gate is open."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        assert self.gate.wait(10)
+
+
+def test_readers_are_shown_what_the_store_holds_never_a_change_in_flight():
+    async def scenario() -> None:
+        store = GatedStore()
+        async with running_state(store) as state:
+            waiting = process_record("a", state=ProcessState.WAITING)
+            await state.save_processes([waiting])
+            assert state.stored(Upid("a")) == waiting
+            store.gate.clear()
+            running = process_record("a", state=ProcessState.RUNNING, assigned=NodeId("n1"))
+            newcomer = process_record("b", state=ProcessState.WAITING)
+            in_flight = state.save_processes([running, newcomer])
+            assert state.processes[Upid("a")] == running  # the loops see it at once
+            assert state.stored(Upid("a")) == waiting  # readers do not, yet
+            assert state.stored(Upid("b")) is None
+            assert list(state.stored_processes()) == [waiting]
+            store.gate.set()
+            await in_flight
+            assert state.stored(Upid("a")) == running
+            assert list(state.stored_processes()) == [running, newcomer]
 
     asyncio.run(scenario())

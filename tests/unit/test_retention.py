@@ -62,3 +62,7 @@ def test_the_bounds_read_as_a_sentence() -> None:
     )
     assert Retention(0, 5).describe() == "ended processes are kept 5 at most"
     assert Retention(0, 0).describe() == "ended processes are kept"
+    assert Retention(0, 0).not_found("x") == "no process 'x'"
+    assert Retention(0, 5).not_found("x") == (
+        "no process 'x' (it may have ended and been forgotten: ended processes are kept 5 at most)"
+    )

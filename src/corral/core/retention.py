@@ -41,6 +41,12 @@ class Retention:
         bounds += [f"{self.max_count} at most"] if self.max_count > 0 else []
         return "ended processes are kept " + ", ".join(bounds)
 
+    def not_found(self, upid: str) -> str:
+        """What to say of a upid the dispatcher does not know."""
+        if not self.bounded:
+            return f"no process {upid!r}"
+        return f"no process {upid!r} (it may have ended and been forgotten: {self.describe()})"
+
 
 def expired(
     ended: Iterable[tuple[Upid, float]],

@@ -393,22 +393,22 @@ class Dispatcher:
         return replace(current, **given)
 
     def describe_process(self, upid: str) -> dict[str, Any]:
-        return public_process(self._process(upid))
+        return public_process(self._process(upid, stored=True))
 
     def describe_processes(self) -> list[dict[str, Any]]:
-        return [public_process(r) for r in self._state.processes.values()]
+        return [public_process(r) for r in self._state.stored_processes()]
 
     def _latest(self, record: ProcessRecord) -> dict[str, Any]:
-        """The process as it is now; as ``record`` says if it has ended and been forgotten
-        since (``core.retention``)."""
-        return public_process(self._state.processes.get(record.upid, record))
+        """The process as the store holds it now, ``record`` being committed; as ``record``
+        says if it has ended and been forgotten since (``core.retention``)."""
+        return public_process(self._state.stored(record.upid) or record)
 
-    def _process(self, upid: str) -> ProcessRecord:
-        record = self._state.processes.get(Upid(upid))
+    def _process(self, upid: str, stored: bool = False) -> ProcessRecord:
+        """Its record, to act on; with ``stored``, as the store holds it, to show."""
+        state = self._state
+        record = state.stored(Upid(upid)) if stored else state.processes.get(Upid(upid))
         if record is None:
-            retention = self._config.retention
-            why = f" (it may have ended and been forgotten: {retention.describe()})"
-            raise NotFound(f"no process {upid!r}{why if retention.bounded else ''}", field="upid")
+            raise NotFound(self._config.retention.not_found(upid), field="upid")
         return record
 
     async def terminate_process(self, upid: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 Every change goes through ``save_*``: the in-memory record changes at once (so the loops
 see it), the store commits it in the next group commit, and only then are waiters,
-event streams and subscribers told. Commands to agents are sent from a commit's
-callback, so an agent never acts on a decision the store could lose. Each change of a
-process's state also adds a step to its ``history``, in the same transaction; the
-``audit`` log's entries commit with the changes they record.
+event streams and subscribers told. Readers (the API, the dashboard) are shown what the
+store holds (``stored``): never a change a crash could still take back. Commands to agents
+are sent from a commit's callback, so an agent never acts on a decision the store could
+lose. Each change of a process's state also adds a step to its ``history``, in the same
+transaction; the ``audit`` log's entries commit with the changes they record.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import heapq
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,9 @@ class State:
         #: ended processes with the time they ended, oldest end first (the retention's order)
         self.ended: dict[Upid, float] = {}
         self._last_commit: dict[Upid, asyncio.Future[None]] = {}
+        #: of the processes whose latest change is not committed yet, what the store holds
+        #: (None: nothing yet); kept from the first such change until they are settled
+        self._stored: dict[Upid, ProcessRecord | None] = {}
         self._listeners: list[Listener] = []
         #: each process's last state changes, with their times
         self.history = History()
@@ -114,6 +118,8 @@ class State:
         events: list[Change_] = []
         for record in records:
             previous = self.processes.get(record.upid)
+            if record.upid not in self._last_commit and record.upid not in self._stored:
+                self._stored[record.upid] = previous  # settled: what the store holds
             self._index(previous, record)
             latest[record.upid] = record
             if previous is None or (previous.round, previous.state) != (record.round, record.state):
@@ -180,6 +186,21 @@ class State:
         """Call ``callback`` once every change saved so far is committed."""
         self._committer.commit_nowait([]).add_done_callback(lambda _: callback())
 
+    def stored(self, upid: Upid) -> ProcessRecord | None:
+        """The process as the store holds it (None: it holds none). While a change is in
+        flight that is the record from before it, a commit behind at most."""
+        stored = self._stored
+        return stored[upid] if upid in stored else self.processes.get(upid)
+
+    def stored_processes(self) -> Iterator[ProcessRecord]:
+        """Every process the store holds, as it holds it (see :meth:`stored`)."""
+        stored = self._stored
+        for upid, record in self.processes.items():
+            if upid not in stored:
+                yield record
+            elif (held := stored[upid]) is not None:
+                yield held
+
     def settled(self, upid: Upid) -> bool:
         """Is the latest change to ``upid`` committed, and were its commit's callbacks (the
         commands it sends to agents) run?"""
@@ -219,6 +240,7 @@ class State:
         for upid in upids:
             if self._last_commit.get(upid) is future:
                 del self._last_commit[upid]
+                self._stored.pop(upid, None)
         if events:
             for listener in self._listeners:
                 try:

@@ -157,7 +157,7 @@ class Views:
         needle = text.lower() if text else None
         found = [
             r
-            for r in self._state.processes.values()
+            for r in self._state.stored_processes()
             if (not wanted or r.state in wanted)
             and (engine is None or (r.engine or r.request.execution_engine_id) == engine)
             and (node is None or r.assigned == node)
@@ -178,8 +178,8 @@ class Views:
 
     def history(self, upid: str) -> dict[str, Any]:
         """The process's last state changes, oldest first, with their times."""
-        if Upid(upid) not in self._state.processes:
-            raise NotFound(f"no process {upid!r}", field="upid")
+        if self._state.stored(Upid(upid)) is None:
+            raise NotFound(self._config.retention.not_found(upid), field="upid")
         steps = self._state.history.of(Upid(upid))
         return {
             "upid": upid,
@@ -208,7 +208,7 @@ class Views:
     def computations(self) -> dict[str, Any]:
         """Computations and shared pools, each with its worker processes."""
         groups: dict[tuple[str, str], list[ProcessRecord]] = {}
-        for record in self._state.processes.values():
+        for record in self._state.stored_processes():
             if record.request.definition_id == COMPUTE_WORKER:
                 groups.setdefault(_computation_of(record), []).append(record)
         found: list[dict[str, Any]] = []
@@ -231,7 +231,7 @@ class Views:
     def pipelines(self, limit: int = 50) -> dict[str, Any]:
         """The event queue this dispatcher hosts (if any) and the pipelines' workers."""
         workers: dict[str, list[ProcessRecord]] = {}
-        for record in self._state.processes.values():
+        for record in self._state.stored_processes():
             definition = record.request.definition_id
             if definition.startswith(PIPELINE_PREFIX):
                 workers.setdefault(definition.removeprefix(PIPELINE_PREFIX), []).append(record)
