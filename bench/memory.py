@@ -20,10 +20,11 @@ from corral.core.process_states import ProcessState
 from corral.store import Put, Table, open_store
 
 
-def fill(home: str, count: int) -> None:
+def fill(home: str, count: int, age: float = 0.0) -> None:
+    """``count`` processes that exited ``age`` seconds ago, straight into ``home``'s store."""
     store = open_store(f"sqlite:///{home}/corral.db")
     definition = Definition(DefinitionId("true"), "exec", Executable("/bin/true"))
-    now = time.time()
+    now = time.time() - age
     changes: list[Put] = [Put(Table.DEFINITIONS, "true", definition.as_doc())]
     for i in range(count):
         record = ProcessRecord(

@@ -100,9 +100,11 @@ class NodePool:
         forgotten (None: it cannot, or failed to)."""
         try:
             return await self._drivers[engine_id].last_reports(instance_id)
+        except CloudError as exc:  # an unreachable host, most likely: it was lost, after all
+            log.warning("cannot read what instance %s had run: %s", instance_id, exc)
         except Exception:
             log.exception("reading what instance %s had run failed", instance_id)
-            return None
+        return None
 
     async def destroy(self, engine_id: EngineId, instance_id: str) -> None:
         try:
