@@ -4,7 +4,6 @@ compacted or left by an older agent."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -124,7 +123,7 @@ def test_an_ended_round_stays_until_forgotten_and_its_forget_waits_for_a_write(
 
 
 def test_an_older_agents_end_lines_drop_their_child(tmp_path: Path) -> None:
-    old = b"+" + json.dumps({"pid": 7, **record(7).as_doc()}).encode() + b"\n-7\n"
+    old = record(7).line(7) + b"-7\n"
     (tmp_path / pidfiles.JOURNAL).write_bytes(old)
     journal = PidJournal(tmp_path)
     assert journal.records() == {}
@@ -135,7 +134,7 @@ def test_a_line_cut_by_a_crash_is_skipped_and_what_follows_is_kept(tmp_path: Pat
     journal = PidJournal(tmp_path)
     journal.started([(7, record(7))])
     journal.close()
-    whole = b"+" + json.dumps({"pid": 8, **record(8).as_doc()}).encode()
+    whole = record(8).line(8)
     with (tmp_path / pidfiles.JOURNAL).open("ab") as file:
         file.write(whole[: len(whole) // 2])  # the agent died in the middle of this write
 
@@ -163,7 +162,7 @@ def test_a_reused_pid_is_the_newest_record(tmp_path: Path) -> None:
 
 
 def test_records_an_older_agent_kept_one_file_each_are_taken_in(tmp_path: Path) -> None:
-    (tmp_path / "7").write_text(json.dumps(record(7).as_doc()))
+    (tmp_path / "7").write_bytes(record(7).line(7)[1:])  # its JSON object alone
     (tmp_path / "8").write_text("not json")
     (tmp_path / ".9.tmp").write_text("{")  # an older agent died while writing it
 
@@ -212,3 +211,32 @@ def test_the_state_dirs_lock_waits_a_moment_for_a_reader_but_not_for_an_agent(
             pidfiles.lock_state_dir(tmp_path, wait=0.1)
     finally:
         os.close(forever)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    upid=st.text(min_size=1, max_size=30),
+    started_at=st.floats(0, 4e9),
+    ending=st.builds(
+        Ending,
+        st.none() | st.integers(0, 255),
+        st.none() | st.integers(1, 64),
+        st.none() | st.text(max_size=40),
+        st.none() | st.floats(0, 4e9),
+    ),
+)
+def test_any_upid_and_ending_read_back_as_written(
+    tmp_path_factory: pytest.TempPathFactory, upid: str, started_at: float, ending: Ending
+) -> None:
+    pids_dir = tmp_path_factory.mktemp("pids")
+    started = PidRecord(upid, 3, 41, 7, started_at, 99)
+    journal = PidJournal(pids_dir)
+    journal.started([(41, started)])
+    journal.ended(41, ending)
+    journal.forgotten(("other", 1))
+    journal.close()
+    reopened = PidJournal(pids_dir)
+    assert reopened.finished() == [Finished(41, started, ending)]
+    reopened.forgotten((upid, 3))
+    reopened.close()
+    assert PidJournal(pids_dir).finished() == []
