@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from corral import Client
@@ -62,6 +63,10 @@ def test_ended_processes_past_the_bound_are_forgotten_oldest_first(
         client.wait_process("sleeper", timeout=20)
         # its end makes q3 the oldest of four ended: it goes too
         wait_until(lambda: sum(client.dump()["processes"]["by_state"].values()) == 3, "q3 gone")
+        metrics = httpx.get(
+            f"{corral.url}/metrics", headers={"Authorization": f"Bearer {corral.token}"}
+        )
+        assert "corral_processes_forgotten_total 4.0" in metrics.text.splitlines()
 
     store = open_store(f"sqlite:///{home / 'corral.db'}")
     try:

@@ -95,7 +95,10 @@ def test_ended_processes_are_listed_and_forgetting_takes_only_them(batches, forg
                 assert set(state.ended) == ended
                 assert all(state.settled(upid) for upid in state.processes)
             before = dict(state.processes)
-            await state.forget_processes(forget)
+            forgotten, committed = state.forget_processes(forget)
+            await committed
+            ended_asked = {u for u in forget if u in before and before[u].state.is_terminal}
+            assert forgotten == len(ended_asked)
             for upid, record in before.items():
                 gone = upid in forget and record.state.is_terminal
                 assert (upid not in state.processes) == gone

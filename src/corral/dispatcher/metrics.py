@@ -69,6 +69,11 @@ class Metrics:
             ["engine", "operation", "outcome"],
             registry=self.registry,
         )
+        self.forgotten = CounterMetric(
+            "corral_processes_forgotten",
+            "Ended processes forgotten, record and history, past the retention.",
+            registry=self.registry,
+        )
         for record in state.processes.values():
             if record.state in MATCHABLE_STATES:
                 self._queued_since[record.upid] = record.updated_at

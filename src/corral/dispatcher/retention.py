@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from corral.clock import Clock
 from corral.core.ids import Upid
@@ -25,10 +26,18 @@ BATCH = 1000
 
 
 class Reaper:
-    def __init__(self, state: State, retention: Retention, clock: Clock) -> None:
+    def __init__(
+        self,
+        state: State,
+        retention: Retention,
+        clock: Clock,
+        on_forgotten: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        """``on_forgotten`` hears how many went, after each batch is committed."""
         self._state = state
         self._retention = retention
         self._clock = clock
+        self._on_forgotten = on_forgotten
 
     def due(self) -> list[Upid]:
         """The ended processes to forget now (a batch at most), oldest first."""
@@ -41,8 +50,10 @@ class Reaper:
         if due:
             # Only what the store holds as ended may go: let the changes in flight land.
             await self._state.flush()
-            await self._state.forget_processes(due)
-            log.info("forgot %d ended process(es), the oldest first", len(due))
+            gone, committed = self._state.forget_processes(due)
+            await committed
+            self._on_forgotten(gone)
+            log.info("forgot %d ended process(es), the oldest first", gone)
         return len(due)
 
     async def run(self) -> None:

@@ -175,7 +175,7 @@ class Runtime:
             queue=self.queue,
         )
         loop = asyncio.get_running_loop()
-        reaper = Reaper(state, settings.config.retention, self.clock)
+        reaper = Reaper(state, settings.config.retention, self.clock, metrics.forgotten.inc)
         self._tasks = [
             loop.create_task(mapper.run(), name="mapper"),
             loop.create_task(self._node_loop(nodes), name="nodes"),

@@ -150,13 +150,15 @@ class State:
         self.by_node.pop(node_id, None)
         return self._commit([Delete(Table.NODES, node_id)])
 
-    def forget_processes(self, upids: Iterable[Upid]) -> asyncio.Future[None]:
-        """Remove ended processes, with their histories, in one transaction.
+    def forget_processes(self, upids: Iterable[Upid]) -> tuple[int, asyncio.Future[None]]:
+        """Remove ended processes, with their histories, in one transaction; how many went,
+        and the commit.
 
         A process that is no longer ended, or whose last change is not yet committed, is
         left alone: only what the store already holds as ended goes.
         """
         changes: list[Change] = []
+        gone = 0
         for upid in upids:
             record = self.processes.get(upid)
             if record is None or not record.state.is_terminal or not self.settled(upid):
@@ -166,7 +168,8 @@ class State:
             del self.ended[upid]
             changes.append(Delete(Table.PROCESSES, upid))
             changes.extend(self.history.forget(upid))
-        return self._commit(changes)
+            gone += 1
+        return gone, self._commit(changes)
 
     def room(self, node: NodeRecord, engine: Engine | None) -> Resources | None:
         """What is left of the node's instance type (None: a slots-only node)."""
