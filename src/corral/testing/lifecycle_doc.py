@@ -93,7 +93,8 @@ def _process_states() -> str:
     return _section(
         "Process states",
         "*Queued*: nothing runs for it yet; *slot*: it holds (or reserves) a slot on its node; "
-        "*terminal*: only a restart or a new `schedule_process` moves it again.",
+        "*terminal*: only a restart or a new `schedule_process` moves it again; a process that "
+        "stays terminal is forgotten past the retention (`ended_retention`, `ended_max`).",
         ["state", "queued", "slot", "terminal"],
         rows,
     )
