@@ -94,6 +94,7 @@ def test_ended_processes_are_listed_and_forgetting_takes_only_them(batches, forg
                 ended = {u for u, r in state.processes.items() if r.state.is_terminal}
                 assert set(state.ended) == ended
                 assert all(state.settled(upid) for upid in state.processes)
+                assert state.stored_counts() == +state.by_state  # nothing in flight
             before = dict(state.processes)
             forgotten, committed = state.forget_processes(forget)
             await committed
@@ -136,9 +137,11 @@ def test_readers_are_shown_what_the_store_holds_never_a_change_in_flight():
             assert state.stored(Upid("a")) == waiting  # readers do not, yet
             assert state.stored(Upid("b")) is None
             assert list(state.stored_processes()) == [waiting]
+            assert state.stored_counts() == Counter({ProcessState.WAITING: 1})
             store.gate.set()
             await in_flight
             assert state.stored(Upid("a")) == running
             assert list(state.stored_processes()) == [running, newcomer]
+            assert state.stored_counts() == Counter([ProcessState.RUNNING, ProcessState.WAITING])
 
     asyncio.run(scenario())

@@ -137,7 +137,7 @@ class _Levels(Collector):
         self._longest_wait = longest_wait
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        by_state = self._state.by_state
+        by_state = self._state.stored_counts()
         processes = GaugeMetricFamily("corral_processes", "Processes by state.", labels=["state"])
         for state in ProcessState:
             processes.add_metric([str(state)], by_state.get(state, 0))

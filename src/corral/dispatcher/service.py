@@ -585,12 +585,12 @@ class Dispatcher:
         ]
 
     def dump(self) -> dict[str, Any]:
-        counts = self._state.by_state
-        by_state = {str(state): counts[state] for state in sorted(counts) if counts[state]}
+        counts = self._state.stored_counts()
+        by_state = {str(state): counts[state] for state in sorted(counts)}
         return {
             "engines": self.list_engines(),
             "nodes": self.list_nodes(),
-            "processes": {"total": len(self._state.processes), "by_state": by_state},
+            "processes": {"total": counts.total(), "by_state": by_state},
             "queue": list(self._state.queue)[:1000],
             "queue_length": len(self._state.queue),
             "delayed_restarts": len(self._state.delayed),

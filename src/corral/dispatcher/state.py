@@ -195,6 +195,16 @@ class State:
         stored = self._stored
         return stored[upid] if upid in stored else self.processes.get(upid)
 
+    def stored_counts(self) -> Counter[ProcessState]:
+        """How many processes the store holds in each state (see :meth:`stored`): the
+        running counts, corrected for the few changes in flight."""
+        counts = self.by_state.copy()
+        for upid, held in self._stored.items():
+            counts[self.processes[upid].state] -= 1
+            if held is not None:
+                counts[held.state] += 1
+        return +counts
+
     def stored_processes(self) -> Iterator[ProcessRecord]:
         """Every process the store holds, as it holds it (see :meth:`stored`)."""
         stored = self._stored

@@ -89,7 +89,7 @@ class Views:
     def overview(self) -> dict[str, Any]:
         """Processes by state, the queue, nodes by state and engine, price and launches."""
         now = self._clock.time()
-        by_state = self._state.by_state  # kept as processes change: no walk over them
+        by_state = self._state.stored_counts()  # kept as processes change: no walk over them
         nodes = self._nodes.describe_nodes()
         engines: dict[str, dict[str, Any]] = {
             e.engine_id: {"nodes": 0, "by_state": Counter(), "slots": 0, "used": 0}
@@ -111,8 +111,8 @@ class Views:
         return {
             "time": now,
             "processes": {
-                "total": len(self._state.processes),
-                "by_state": {str(s): n for s, n in sorted(by_state.items()) if n},
+                "total": by_state.total(),
+                "by_state": {str(s): n for s, n in sorted(by_state.items())},
             },
             "queue": {
                 "length": len(self._state.queue),
