@@ -11,11 +11,13 @@ through the API); the terminated process group is gone after the grace, every ch
 
 from __future__ import annotations
 
-import subprocess
+import os
 import threading
 from typing import Any
 
 import pytest
+
+from corral.agent.pidfiles import proc_identity
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -68,8 +70,15 @@ def test_a_forking_process_that_ignores_sigterm_is_killed_with_all_its_children(
     pgid = record["pid"]
 
     def group() -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True, text=True)
-        return [int(pid) for pid in out.stdout.split()]
+        """The live processes of the group (``ps -g`` would select a session)."""
+        pids = (int(name) for name in os.listdir("/proc") if name.isdigit())
+        return [
+            pid
+            for pid in pids
+            if (identity := proc_identity(pid)) is not None
+            and identity[1] == pgid
+            and identity[0] != "Z"
+        ]
 
     served.wait_until(lambda: len(group()) >= 21, "the twenty children to start")
     client.terminate_process("stubborn")

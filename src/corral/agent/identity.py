@@ -116,7 +116,7 @@ class RunAs:
                 stdout=out,
                 stderr=err,
                 cwd=launch.working_directory,
-                start_new_session=True,
+                process_group=0,  # a group of its own, as the launcher's own spawns
                 user=self.uid,
                 group=self.gid,
                 extra_groups=list(self.groups),
