@@ -53,7 +53,8 @@ class Reaper:
             gone, committed = self._state.forget_processes(due)
             await committed
             self._on_forgotten(gone)
-            log.info("forgot %d ended process(es), the oldest first", gone)
+            # a line every pass at the bound would be noise: corral_processes_forgotten counts
+            log.debug("forgot %d ended process(es), the oldest first", gone)
         return len(due)
 
     async def run(self) -> None:

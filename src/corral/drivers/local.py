@@ -115,7 +115,8 @@ class LocalDriver:
                     break
                 await asyncio.sleep(0.01)
         self._children.pop(instance_id, None)
-        kill_orphans(state_dir)
+        # off the event loop: the lock may be held a moment by a reader of the journal
+        await asyncio.to_thread(kill_orphans, state_dir)
         remove_runtime_dirs(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
 
